@@ -1,0 +1,94 @@
+"""The apps the benchmark serves: one trivial backend, and the same backend behind each
+routing layer. Configured from environment variables by the bench harness."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+MESSAGE = (os.environ.get("MESSAGE", "This is version 1") + "\n").encode()
+HEADERS = [(b"content-type", b"text/plain"), (b"content-length", str(len(MESSAGE)).encode())]
+
+
+async def backend(scope: Any, receive: Any, send: Any) -> None:
+    """The same trivial app as shared/peers/openresty/backend_asgi.py."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/big":  # for the 1 GiB streaming run
+        await _big(scope, send)
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
+    await send({"type": "http.response.body", "body": MESSAGE})
+
+
+async def _big(scope: Any, send: Any) -> None:
+    size = int(scope["query_string"].decode().partition("=")[2] or 0)
+    chunk = b"x" * 65536
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(size).encode())]})  # fmt: skip
+    while size > 0:
+        piece = chunk[: min(size, len(chunk))]
+        size -= len(piece)
+        await send({"type": "http.response.body", "body": piece, "more_body": size > 0})
+
+
+def router() -> Any:
+    """The backend behind CanaryRouter, options from BENCH_ROUTER (JSON)."""
+    from canary_mw import CanaryRouter, openresty_rules
+
+    options = json.loads(os.environ["BENCH_ROUTER"])
+    if options.pop("openresty_rules", False):
+        options["default_rules"] = openresty_rules()
+    transport = options.pop("transport", None)
+    if transport == "aiohttp":
+        from canary_mw.forward.transports import AiohttpTransport
+
+        options["transport"] = AiohttpTransport()
+    elif transport == "httpx2":
+        from canary_mw.forward.transports import HTTPCore2Transport
+
+        options["transport"] = HTTPCore2Transport()
+    app = CanaryRouter(backend, **options)
+    if os.environ.get("BENCH_GC_FREEZE"):
+        import gc
+
+        gc.freeze()
+    return app
+
+
+def base_http_noop() -> Any:
+    """What the common pattern costs: a BaseHTTPMiddleware that does nothing."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    async def dispatch(request: Any, call_next: Any) -> Any:
+        return await call_next(request)
+
+    return BaseHTTPMiddleware(backend, dispatch=dispatch)
+
+
+def flask_app() -> Any:
+    """The classic Flask demo app, behind CanaryWSGI when BENCH_ROUTER is set."""
+    from flask import Flask
+
+    app = Flask(__name__)
+    message = MESSAGE.decode()
+
+    @app.route("/", defaults={"path": ""})
+    @app.route("/<path:path>")
+    def get_message(path: str) -> str:
+        return message
+
+    if "BENCH_ROUTER" in os.environ:
+        from canary_mw import CanaryWSGI, openresty_rules
+
+        options = json.loads(os.environ["BENCH_ROUTER"])
+        if options.pop("openresty_rules", False):
+            options["default_rules"] = openresty_rules()
+        app.wsgi_app = CanaryWSGI(app.wsgi_app, **options)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,386 @@
+"""What the benchmark measures, one function per group."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.harness import (
+    ROOT,
+    Load,
+    Server,
+    cpu_seconds,
+    free_port,
+    have,
+    peak_rss_mib,
+    pyload,
+    summarize,
+    uvicorn,
+    wrk,
+)  # fmt: skip
+
+CANARY_IP, STABLE_IP = "10.9.9.9", "10.8.8.8"
+SHARED = ROOT.parent / "shared" / "peers" / "openresty"
+
+
+@dataclass
+class Row:
+    group: str
+    name: str
+    connections: int
+    load: Load
+    cpu_us: float  # CPU time of every serving process, per request
+    rss_mib: float
+    note: str = ""
+
+
+@dataclass
+class Context:
+    seconds: float
+    redis_port: int
+    canary: Server
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+
+# -- wrk scripts ---------------------------------------------------------------------------
+def _script(body: str) -> str:
+    return (
+        "counter = 0\nrequest = function()\n  counter = counter + 1\n"
+        + body
+        + "\n  return wrk.format(nil, nil)\nend\n"
+    )
+
+
+COOKIE_FIXED = _script('  wrk.headers["Cookie"] = "uid=stable-user; beta=0"')
+COOKIE_USERS = _script('  wrk.headers["Cookie"] = "uid=u" .. (counter % 100)')
+CLIENT_IP = _script(
+    f'  wrk.headers["X-Real-IP"] = "{STABLE_IP}"\n  wrk.headers["X-Forwarded-For"] = "{STABLE_IP}"'
+)
+CANARY_CLIENT = _script(
+    f'  wrk.headers["X-Real-IP"] = "{CANARY_IP}"\n  wrk.headers["X-Forwarded-For"] = "{CANARY_IP}"'
+)
+MIX_95_5 = _script(
+    f'  local ip = (counter % 20 == 0) and "{CANARY_IP}" or "{STABLE_IP}"\n'
+    '  wrk.headers["X-Real-IP"] = ip\n  wrk.headers["X-Forwarded-For"] = ip'
+)
+
+
+def _client_ip_headers(ip: str) -> str:
+    return f"X-Real-IP: {ip}\r\nX-Forwarded-For: {ip}\r\n"
+
+
+def load(url: str, connections: int, seconds: float, script: str | None) -> Load:
+    if have("wrk"):
+        return wrk(url, connections, seconds, script)
+    # No wrk: the Python generator, with the same headers the scripts would send.
+    headers = {COOKIE_FIXED: lambda n: "Cookie: uid=stable-user; beta=0\r\n",
+               COOKIE_USERS: lambda n: f"Cookie: uid=u{n % 100}\r\n",
+               CLIENT_IP: lambda n: f"X-Real-IP: {STABLE_IP}\r\nX-Forwarded-For: {STABLE_IP}\r\n",
+               CANARY_CLIENT: lambda n: f"X-Real-IP: {CANARY_IP}\r\nX-Forwarded-For: {CANARY_IP}\r\n",
+               MIX_95_5: lambda n: _client_ip_headers(CANARY_IP if n % 20 == 0 else STABLE_IP),
+               }.get(script)  # fmt: skip
+    port = int(url.rsplit(":", 1)[1].split("/", maxsplit=1)[0])
+    return pyload(port, connections, seconds, headers_for=headers)
+
+
+def measure(ctx: Context, group: str, name: str, server: Server, script: str | None,
+            extra_pids: list[int] = (), note: str = "") -> list[Row]:  # type: ignore[assignment]  # fmt: skip
+    rows = []
+    for connections in (10, 50):
+        load(
+            server.url + "/", connections, 1, script
+        )  # warm up: connections, caches, JIT-less paths
+        pids = server.pids() + list(extra_pids) + redis_pids(ctx)
+        before = cpu_seconds(pids)
+        result = load(server.url + "/", connections, ctx.seconds, script)
+        used = cpu_seconds(pids) - before
+        row = Row(group, name, connections, result, used / max(result.requests, 1) * 1e6,
+                  peak_rss_mib(server.pids()), note)  # fmt: skip
+        print(f"  {name:<42} c{connections:<3} {result.rps:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
+              f"  p99 {result.p99_ms:6.2f} ms  {row.cpu_us:6.1f} us CPU/req  errors {result.errors}",
+              flush=True)  # fmt: skip
+        rows.append(row)
+    ctx.rows.extend(rows)
+    return rows
+
+
+# -- ASGI -------------------------------------------------------------------------------
+def router(ctx: Context, name: str, rules: Any = None, *, mode: str | None = None,
+           openresty: bool = False, trusted: bool = False, **options: Any) -> Server:  # fmt: skip
+    from canary_mw.stores import store_from_url
+
+    prefix = f"bench{free_port()}:"
+    store = store_from_url(ctx.redis_url, prefix=prefix)
+    if mode:
+        store.set_mode(mode)
+    store.close()
+    config: dict[str, Any] = {
+        "store": f"{ctx.redis_url}?prefix={prefix}",
+        "canary_url": ctx.canary.url,
+        **options,
+    }
+    if rules is not None:
+        config["default_rules"] = rules
+    if openresty:
+        config["openresty_rules"] = True
+    if trusted:
+        config["trusted_proxies"] = ["127.0.0.1"]
+    port = free_port()
+    return Server(name, uvicorn("bench.apps:router", port, factory=True), port=port,
+                  env={"BENCH_ROUTER": json.dumps(config)})  # fmt: skip
+
+
+def asgi(ctx: Context) -> None:
+    print("ASGI (uvicorn, httptools + uvloop, 1 process)", flush=True)
+    canary_pids = ctx.canary.pids()
+    port = free_port()
+    bare = Server("bare", uvicorn("bench.apps:backend", port), port=port)
+    measure(ctx, "asgi", "bare ASGI app", bare, None)
+    bare.stop()
+    cases = [
+        ("stable path, IP-list rule", {"rules": [{"id": "office", "when": {"ip": ["10.0.0.0/8"]}}]}, None),
+        ("stable path, cookie rule", {"rules": [{"id": "beta", "when": {"cookie": "beta", "equals": "1"}}]}, COOKIE_FIXED),
+        ("stable path, Redis-set rule (100 users)", {"rules": [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]}, COOKIE_USERS),
+        ("stable path, sticky 5% (key outside)", {"rules": [{"id": "pct", "when": {"percent": 5, "by": "cookie:uid", "salt": "bench"}}]}, COOKIE_FIXED),
+        ("stable path, OpenResty keys (Redis GET)", {"openresty": True, "trusted": True}, CLIENT_IP),
+        ("canary path (httpx transport)", {"mode": "all"}, None),
+        ("95/5 mix, OpenResty keys", {"openresty": True, "trusted": True}, MIX_95_5),
+    ]  # fmt: skip
+    for name, options, script in cases:
+        server = router(ctx, name, **options)
+        if "Redis-set" in name:
+            ctx.extra["redis_cmds"] = redis_commands(ctx, server, script)
+        measure(
+            ctx,
+            "asgi",
+            name,
+            server,
+            script,
+            canary_pids if "canary" in name or "mix" in name else [],
+        )
+        server.stop()
+    port = free_port()
+    noop = Server("basehttp", uvicorn("bench.apps:base_http_noop", port, factory=True), port=port)
+    measure(ctx, "asgi", "BaseHTTPMiddleware no-op (for scale)", noop, None)
+    noop.stop()
+
+
+def transports(ctx: Context) -> None:
+    print("Canary-path transports", flush=True)
+    for transport in ("aiohttp", "httpx2"):
+        try:
+            __import__({"aiohttp": "aiohttp", "httpx2": "httpcore2"}[transport])
+        except ImportError:
+            ctx.notes.append(f"{transport} transport skipped: pip install '.[bench]'")
+            continue
+        server = router(ctx, transport, mode="all", transport=transport)
+        measure(
+            ctx,
+            "transport",
+            f"canary path ({transport} transport)",
+            server,
+            None,
+            ctx.canary.pids(),
+        )
+        server.stop()
+
+
+def redis_commands(ctx: Context, server: Server, script: str | None) -> dict[str, float]:
+    """Redis commands per second while the stable path runs at two request rates."""
+    import redis
+
+    client = redis.Redis(port=ctx.redis_port)
+    out: dict[str, float] = {}
+    for connections in (10, 50):
+        load(server.url + "/", connections, 1, script)
+        client.config_resetstat()
+        result = load(server.url + "/", connections, ctx.seconds, script)
+        calls = sum(stat["calls"] for stat in client.info("commandstats").values())
+        out[f"c{connections}_rps"] = result.rps
+        out[f"c{connections}_cmds_per_s"] = calls / ctx.seconds
+    client.close()
+    return out
+
+
+# -- WSGI ---------------------------------------------------------------------------------
+def wsgi(ctx: Context) -> None:
+    print("WSGI (gunicorn gthread, 2 workers x 8 threads)", flush=True)
+    cases = [("bare Flask app", None, None),
+             ("Flask + CanaryWSGI, stable path, Redis-set rule", {"default_rules": [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]}, COOKIE_USERS),
+             ("Flask + CanaryWSGI, canary path", "all", None)]  # fmt: skip
+    for name, options, script in cases:
+        env = {}
+        if options is not None:
+            from canary_mw.stores import store_from_url
+
+            prefix = f"benchw{free_port()}:"
+            config: dict[str, Any] = {
+                "store": f"{ctx.redis_url}?prefix={prefix}",
+                "canary_url": ctx.canary.url,
+            }
+            if options == "all":
+                store = store_from_url(ctx.redis_url, prefix=prefix)
+                store.set_mode("all")
+                store.close()
+            else:
+                config.update(options)
+            env["BENCH_ROUTER"] = json.dumps(config)
+        port = free_port()
+        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
+                   "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:flask_app()"]  # fmt: skip
+        server = Server(name, command, port=port, env=env)
+        measure(ctx, "wsgi", name, server, script, ctx.canary.pids() if "canary" in name else [])
+        server.stop()
+
+
+# -- the classic OpenResty setup ----------------------------------------------------------------
+def openresty(ctx: Context, stable: Server) -> None:
+    if not (have("nginx") and Path("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists()
+            and (SHARED / "gray.lua").exists()):  # fmt: skip
+        ctx.notes.append(
+            "OpenResty setup skipped: needs nginx with the Lua module (apt-get install "
+            "nginx libnginx-mod-http-lua lua-nginx-redis) and ../shared/peers/openresty"
+        )
+        return
+    print("OpenResty + Lua + Redis (../shared/peers/openresty, 1 nginx worker)", flush=True)
+    import redis
+
+    client = redis.Redis(port=ctx.redis_port)
+    client.set(CANARY_IP, CANARY_IP)  # the classic layout: the IP as key and value
+    workdir = Path(tempfile.mkdtemp(prefix="bench-openresty-"))
+    shutil.copy(SHARED / "gray.lua", workdir / "gray.lua")
+    for pool in (1, 0):
+        port, plain = free_port(), free_port()
+        conf = (SHARED / "nginx.conf.tmpl").read_text()
+        for key, value in {"__DIR__": str(workdir), "__STABLE__": str(stable.port),
+                           "__CANARY__": str(ctx.canary.port), "__PORT__": str(port),
+                           "__REDIS__": str(ctx.redis_port), "__POOL__": str(pool),
+                           "__PLAINPORT__": str(plain)}.items():  # fmt: skip
+            conf = conf.replace(key, value)
+        conf = conf.replace("daemon on;", "daemon off;").replace(
+            "run/nginx.pid", f"nginx{pool}.pid"
+        )
+        (workdir / "run").mkdir(exist_ok=True)
+        (workdir / f"nginx{pool}.conf").write_text(conf)
+        server = Server(f"openresty{pool}", ["nginx", "-c", str(workdir / f"nginx{pool}.conf"),
+                                              "-p", str(workdir)], port=port)  # fmt: skip
+        label = "keepalive" if pool else "connect per request"
+        backends = stable.pids() + ctx.canary.pids()
+        if pool:
+            measure(
+                ctx, "openresty", f"OpenResty stable path ({label})", server, CLIENT_IP, backends
+            )
+            measure(
+                ctx,
+                "openresty",
+                f"OpenResty canary path ({label})",
+                server,
+                CANARY_CLIENT,
+                backends,
+            )
+            measure(ctx, "openresty", "OpenResty 95/5 mix (keepalive)", server, MIX_95_5, backends)
+        else:
+            measure(
+                ctx, "openresty", f"OpenResty stable path ({label})", server, CLIENT_IP, backends
+            )
+        server.stop()
+    client.delete(CANARY_IP)
+    client.close()
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def redis_pids(ctx: Context) -> list[int]:
+    return ctx.extra.get("redis_pids", [])
+
+
+# -- Redis outage during load ---------------------------------------------------------------
+def outage(ctx: Context, redis_binary: str) -> None:
+    print("Redis outage during load (SIGSTOP for 4 s, then SIGCONT)", flush=True)
+    port = free_port()
+    directory = tempfile.mkdtemp(prefix="bench-outage-")
+    redis_process = subprocess.Popen([redis_binary, "--port", str(port), "--save", "", "--appendonly", "no",
+                                      "--dir", directory], stdout=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(0.5)
+    outage_ctx = Context(ctx.seconds, port, ctx.canary)
+    rules = [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]
+    server = router(outage_ctx, "outage", rules=rules)
+    bare_port = free_port()
+    bare = Server("bare-outage", uvicorn("bench.apps:backend", bare_port), port=bare_port)
+    users = lambda n: f"Cookie: uid=u{n % 1000}\r\n"  # noqa: E731 - 1,000 users: many lookups
+    try:
+        pyload(bare.port, 10, 1, headers_for=users)
+        baseline = pyload(bare.port, 10, 4, headers_for=users)
+        pyload(server.port, 10, 1, headers_for=users)
+        start = time.monotonic()
+        stopper = subprocess.Popen([sys.executable, "-c",
+            f"import os, signal, time; time.sleep(3); os.kill({redis_process.pid}, signal.SIGSTOP); "
+            f"time.sleep(4); os.kill({redis_process.pid}, signal.SIGCONT)"])  # fmt: skip
+        result = pyload(server.port, 10, 11, headers_for=users)
+        stopper.wait()
+        phases = {"healthy": (0, 3), "detecting (first 1 s)": (3, 4), "breaker open": (4, 7),
+                  "after recovery": (7.5, 11)}  # fmt: skip
+        out = {"bare_p50_ms": baseline.p50_ms, "bare_p99_ms": baseline.p99_ms, "phases": {}}
+        for phase, (begin, end) in phases.items():
+            samples = [s for s in result.latencies if begin <= s[0] - start < end]
+            summary = summarize(samples, end - begin)
+            out["phases"][phase] = {"p50_ms": summary.p50_ms, "p99_ms": summary.p99_ms,
+                                    "requests": summary.requests, "failed": summary.errors}  # fmt: skip
+            print(f"  {phase:<24} {summary.requests:>7} requests  p50 {summary.p50_ms:6.2f} ms  "
+                  f"p99 {summary.p99_ms:6.2f} ms  failed {summary.errors}", flush=True)  # fmt: skip
+        ctx.extra["outage"] = out
+    finally:
+        server.stop()
+        bare.stop()
+        redis_process.send_signal(signal.SIGCONT)
+        redis_process.terminate()
+        redis_process.wait(10)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- 1 GiB through the canary path -------------------------------------------------------------
+def streaming(ctx: Context) -> None:
+    print("1 GiB streamed through the canary path", flush=True)
+    server = router(ctx, "stream", mode="all")
+    import socket
+
+    size = 1 << 30
+    try:
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(b"GET /small HTTP/1.1\r\nHost: b\r\n\r\n")
+            sock.recv(65536)
+        before = peak_rss_mib(server.pids())
+        started = time.monotonic()
+        received = 0
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(f"GET /big?size={size} HTTP/1.1\r\nHost: b\r\n\r\n".encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                head += sock.recv(65536)
+            received = len(head.partition(b"\r\n\r\n")[2])
+            while received < size:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    break
+                received += len(chunk)
+        elapsed = time.monotonic() - started
+        after = peak_rss_mib(server.pids())
+        ctx.extra["stream"] = {"bytes": received, "seconds": elapsed, "rss_before_mib": before,
+                               "rss_growth_mib": after - before}  # fmt: skip
+        print(f"  {received / 2**30:.2f} GiB in {elapsed:.1f} s, peak RSS {before:.1f} -> {after:.1f} MiB",
+              flush=True)  # fmt: skip
+    finally:
+        server.stop()

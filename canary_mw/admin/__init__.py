@@ -1,0 +1,1 @@
+"""Operator tools: the ``canary-mw`` command line."""

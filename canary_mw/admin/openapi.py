@@ -1,0 +1,178 @@
+"""The admin API's OpenAPI 3.1 document, written out so the contract is reviewed, not inferred."""
+# ruff: noqa: E501 - a declarative document reads best with one path per line
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import __version__
+
+__all__ = ["OPENAPI"]
+
+_JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"required": True, "content": {_JSON: {"schema": schema}}}
+
+
+def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {_JSON: {"schema": schema}}}
+
+
+_ERRORS = {
+    "401": {"description": "Missing bearer token", "content": {_JSON: {"schema": _ref("Error")}}},
+    "403": {"description": "Wrong token (or a non-loopback client without auth)",
+            "content": {_JSON: {"schema": _ref("Error")}}},
+    "503": {"description": "The store is unavailable", "content": {_JSON: {"schema": _ref("Error")}}},
+}  # fmt: skip
+_WRITE_ERRORS = {
+    **_ERRORS,
+    "413": {"description": "Request body too large", "content": {_JSON: {"schema": _ref("Error")}}},
+    "422": {"description": "Invalid body: the field is named in detail[].loc",
+            "content": {_JSON: {"schema": _ref("ValidationError")}}},
+}  # fmt: skip
+
+
+def _read(summary: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": {"200": _ok(schema), **_ERRORS}, **extra}
+
+
+def _write(summary: str, body: dict[str, Any] | None, **extra: Any) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "summary": summary,
+        "responses": {"200": _ok(_ref("Change"), "What the change did"), **_WRITE_ERRORS},
+        **extra,
+    }
+    if body is not None:
+        operation["requestBody"] = _body(body)
+    return operation
+
+
+def _object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object", "properties": properties, "additionalProperties": False,
+    }  # fmt: skip
+    if required:
+        schema["required"] = required
+    return schema
+
+
+_PATH = {"in": "path", "required": True, "schema": {"type": "string"}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "canary_mw admin API",
+        "version": __version__,
+        "description": "Operate canary routing: every write is validated, atomic, recorded "
+        "in the history and followed by every instance within a second.",
+    },
+    "security": [{"bearer": []}],
+    "paths": {
+        "/status": {"get": _read("Mode, rules, upstreams, health, set sizes, traffic", _ref("Status"))},
+        "/mode": {
+            "get": _read("The global mode", _object({"mode": _ref("Mode"), "version": {"type": "integer"}})),
+            "put": _write("Set the mode (off: kill switch, all: everyone to the canary)",
+                          _object({"mode": _ref("Mode")}, ["mode"])),
+        },
+        "/rules": {
+            "get": _read("The rules in force", _object({
+                "source": {"enum": ["store", "defaults"]},
+                "rules": {"type": "array", "items": _ref("RuleSummary")}})),
+            "put": _write("Replace the rule document (validated first)",
+                          _object({"rules": {"type": "array", "items": _ref("Rule")}}, ["rules"])),
+            "post": _write("Add one rule", _object(
+                {"rule": _ref("Rule"), "position": {"type": "integer", "minimum": 0}}, ["rule"])),
+        },
+        "/rules/{rule_id}": {
+            "parameters": [{"name": "rule_id", **_PATH}],
+            "get": _read("One rule", _ref("RuleSummary")),
+            "delete": _write("Remove one rule", None),
+        },
+        "/sets/{name}": {
+            "parameters": [{"name": "name", **_PATH}],
+            "get": _read("A set's size, and its members when there are at most 10,000",
+                         _object({"name": {"type": "string"}, "size": {"type": "integer"},
+                                  "members": {"type": ["array", "null"], "items": {"type": "string"}}})),
+        },
+        "/sets/{name}/{action}": {
+            "parameters": [{"name": "name", **_PATH},
+                           {"name": "action", "in": "path", "required": True,
+                            "schema": {"enum": ["add", "remove"]}}],
+            "post": _write("Add or remove members (ip: true validates addresses / CIDRs)",
+                           _object({"members": {"type": "array", "items": {"type": "string"},
+                                                "minItems": 1},
+                                    "ip": {"type": "boolean"}}, ["members"])),
+        },
+        "/percent": {
+            "put": _write("Set a sticky percentage (the rule is created if missing)", _object({
+                "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                "rule": {"type": "string"}, "by": {"type": "string"},
+                "salt": {"type": "string"}, "target": {"type": "string"}}, ["percent"])),
+        },
+        "/upstreams": {"get": _read("Upstream URLs set in the store", {"type": "object"})},
+        "/upstreams/{name}": {
+            "parameters": [{"name": "name", **_PATH}],
+            "put": _write("Point an upstream name at a URL (optionally for one host)",
+                          _object({"url": {"type": "string", "format": "uri"},
+                                   "host": {"type": "string"}}, ["url"])),
+            "delete": _write("Forget the store's URL for a name",
+                             None, parameters=[{"name": "host", "in": "query", "required": False,
+                                                "schema": {"type": "string"}}]),
+        },
+        "/history": {
+            "get": _read("The latest changes, newest first",
+                         {"type": "array", "items": _ref("AuditEntry")},
+                         parameters=[{"name": "limit", "in": "query", "required": False,
+                                      "schema": {"type": "integer", "minimum": 1,
+                                                 "maximum": 10000, "default": 20}}]),
+        },
+        "/rollback": {
+            "post": _write("Restore mode, rules and upstreams as they were after a version "
+                           "(no version: undo the latest config change)",
+                           _object({"version": {"type": ["integer", "null"], "minimum": 0}})),
+        },
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Mode": {"enum": ["off", "rules", "all"]},
+            "Rule": {"type": "object", "required": ["id", "when"], "properties": {
+                "id": {"type": "string"}, "when": {"type": "object"},
+                "target": {"type": "string", "default": "canary"},
+                "enabled": {"type": "boolean", "default": True},
+                "description": {"type": "string"}}},
+            "RuleSummary": {"type": "object", "properties": {
+                "id": {"type": "string"}, "when": {"type": "object"},
+                "target": {"type": "string"}, "enabled": {"type": "boolean"}}},
+            "Change": {"type": "object", "properties": {
+                "version": {"type": "integer"}, "changed": {"type": "boolean"},
+                "action": {"type": "string"}, "target": {"type": ["string", "null"]},
+                "count": {"type": "integer"}, "before": {}, "after": {}}},
+            "AuditEntry": {"type": "object", "properties": {
+                "id": {"type": "string"}, "version": {"type": "integer"},
+                "time": {"type": "string"}, "actor": {"type": "string"},
+                "action": {"type": "string"}, "target": {"type": ["string", "null"]},
+                "before": {}, "after": {}, "detail": {}}},
+            "Status": {"type": "object", "properties": {
+                "store": {"type": "string"}, "prefix": {"type": "string"},
+                "version": {"type": "integer"}, "mode": _ref("Mode"),
+                "rules_source": {"enum": ["store", "defaults"]},
+                "rules_problem": {"type": ["string", "null"]},
+                "rules": {"type": "array", "items": _ref("RuleSummary")},
+                "upstreams": {"type": "object"}, "health": {"type": "object"},
+                "sets": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "traffic": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+            "Error": {"type": "object", "properties": {"detail": {"type": "string"}}},
+            "ValidationError": {"type": "object", "properties": {"detail": {
+                "type": "array", "items": {"type": "object", "properties": {
+                    "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                    "msg": {"type": "string"}}}}}},
+        },
+    },
+}  # fmt: skip

@@ -1,0 +1,80 @@
+"""The routing decision: one pure function shared by the ASGI and WSGI front ends.
+
+``decide`` does no I/O. Store membership answers come in through ``answers`` (anything with
+``get(probe)``); when one is missing the rule is *unknown*, the request stays on stable, and
+the returned decision lists the probes a caller may look up before calling again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .conditions import Answers, Probe
+from .decision import CANARY, STABLE, Decision
+from .errors import ConfigurationError
+from .facts import RequestFacts
+from .snapshot import Snapshot
+
+__all__ = ["NO_OVERRIDES", "Overrides", "decide"]
+
+_FORCE = {"always": CANARY, "never": STABLE}
+
+
+@dataclass(frozen=True, slots=True)
+class Overrides:
+    """A header and/or cookie that pins a request: value ``always`` → canary, ``never`` → stable.
+
+    Off by default: anyone can send a header or cookie, so only turn these on when reaching
+    the canary on demand is acceptable for every client.
+    """
+
+    header: str | None = None
+    cookie: str | None = None
+
+    def __post_init__(self) -> None:
+        for what, name in (("force header", self.header), ("force cookie", self.cookie)):
+            if name is not None and (not isinstance(name, str) or not name.strip()):
+                raise ConfigurationError(f"the {what} name must be a non-empty string or None")
+        if self.header is not None:
+            object.__setattr__(self, "header", self.header.strip().lower())
+
+
+NO_OVERRIDES = Overrides()
+
+_HEADER_DECISIONS = {v: Decision(t, "override-header") for v, t in _FORCE.items()}
+_COOKIE_DECISIONS = {v: Decision(t, "override-cookie") for v, t in _FORCE.items()}
+_MODE_OFF = Decision(STABLE, "mode-off")
+_MODE_ALL = Decision(CANARY, "mode-all")
+_NO_MATCH = Decision(STABLE, "no-match")
+
+
+def decide(
+    facts: RequestFacts,
+    snapshot: Snapshot,
+    answers: Answers,
+    overrides: Overrides = NO_OVERRIDES,
+) -> Decision:
+    """Route one request: overrides, then the global mode, then the rules in order."""
+    if overrides.header is not None:
+        value = facts.header(overrides.header)
+        if value is not None and (forced := _HEADER_DECISIONS.get(value.strip().lower())):
+            return forced
+    if overrides.cookie is not None:
+        value = facts.cookie(overrides.cookie)
+        if value is not None and (forced := _COOKIE_DECISIONS.get(value.strip().lower())):
+            return forced
+    mode = snapshot.mode
+    if mode == "off":
+        return _MODE_OFF
+    if mode == "all":
+        return _MODE_ALL
+    for rule in snapshot.rules:
+        verdict = rule.condition.evaluate(facts, snapshot, answers, None)
+        if verdict:
+            return rule.decision
+        if verdict is None:
+            # Evaluate once more, collecting the probes, only on this (rare) path.
+            pending: list[Probe] = []
+            rule.condition.evaluate(facts, snapshot, answers, pending)
+            return Decision(STABLE, "unknown", rule.id, tuple(pending))
+    return _NO_MATCH

@@ -1,0 +1,47 @@
+"""The outcome of routing one request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .conditions import Probe
+
+__all__ = ["CANARY", "STABLE", "Decision", "Reason"]
+
+STABLE = "stable"
+#: The upstream name used by ``mode all``, force overrides and ``canary_url=`` shorthand.
+CANARY = "canary"
+
+Reason = Literal[
+    "override-header",
+    "override-cookie",
+    "mode-off",
+    "mode-all",
+    "rule",
+    "no-match",
+    "unknown",
+    "no-upstream",  # the rules chose an upstream this router has no URL for: served stable
+    "fallback",  # the upstream was unreachable and the request was served by stable instead
+    "ejected",  # the upstream is marked unhealthy: served stable until it recovers
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Where a request goes and why.
+
+    ``target`` is ``"stable"`` or an upstream name; ``reason`` says what decided, with
+    ``rule_id`` naming the rule for ``rule`` and ``unknown``. ``unknown`` means a rule needed a
+    store answer that was not available, so the request stays on stable; ``pending`` then
+    lists the membership probes that would settle it.
+    """
+
+    target: str
+    reason: Reason
+    rule_id: str | None = None
+    pending: tuple[Probe, ...] = ()
+
+    @property
+    def is_stable(self) -> bool:
+        return self.target == STABLE

@@ -1,0 +1,8 @@
+"""Engines: a store snapshot kept current in the background, and the decide loop around it."""
+
+from .aio import AsyncEngine
+from .breaker import CircuitBreaker
+from .cache import MembershipCache
+from .sync import Engine
+
+__all__ = ["AsyncEngine", "CircuitBreaker", "Engine", "MembershipCache"]

@@ -1,0 +1,164 @@
+"""What the blocking and the asyncio engines share: configuration, snapshot, cache, breaker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Mapping
+
+from ..conditions import Probe
+from ..decide import NO_OVERRIDES, Overrides, decide
+from ..decision import Decision
+from ..errors import ConfigurationError
+from ..facts import RequestFacts
+from ..rules import DEFAULT_RULES, RuleSet
+from ..snapshot import Snapshot
+from ..stores.layout import StoreState
+from .breaker import CircuitBreaker
+from .builder import SnapshotBuilder
+from .cache import MembershipCache
+
+__all__ = ["EngineCore"]
+
+logger = logging.getLogger("canary_mw.engine")
+
+#: Lookup rounds per request at most: each round settles at least one more rule.
+MAX_ROUNDS = 4
+#: How often the pub/sub listener wakes up to notice a shutdown, in seconds.
+LISTEN_WAKEUP = 1.0
+#: How often request counts per target are added to the store's traffic hash, in seconds.
+TRAFFIC_FLUSH = 5.0
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigurationError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    return float(value)
+
+
+class _Layered:
+    """Answers fetched for this request first, then the shared cache."""
+
+    __slots__ = ("cache", "local")
+
+    def __init__(self, local: Mapping[Probe, bool], cache: MembershipCache):
+        self.local = local
+        self.cache = cache
+
+    def get(self, probe: Probe, /) -> bool | None:
+        answer = self.local.get(probe)
+        return self.cache.get(probe) if answer is None else answer
+
+
+class EngineCore:
+    """State and policy of an engine; subclasses add the I/O loops."""
+
+    def __init__(
+        self,
+        *,
+        overrides: Overrides = NO_OVERRIDES,
+        default_rules: RuleSet = DEFAULT_RULES,
+        poll_interval: float = 0.5,
+        cache_ttl: float = 0.5,
+        cache_size: int = 100_000,
+        breaker_threshold: int = 3,
+        breaker_reset: float = 1.0,
+        first_load_wait: float = 0.2,
+    ) -> None:
+        if not isinstance(overrides, Overrides):
+            raise ConfigurationError("overrides must be an Overrides(header=..., cookie=...)")
+        if not isinstance(default_rules, RuleSet):
+            raise ConfigurationError("default_rules must be a RuleSet (see parse_rules)")
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
+            raise ConfigurationError(f"cache_size must be an integer >= 0, got {cache_size!r}")
+        if (
+            isinstance(breaker_threshold, bool)
+            or not isinstance(breaker_threshold, int)
+            or (breaker_threshold < 1)
+        ):
+            raise ConfigurationError(f"breaker_threshold must be >= 1, got {breaker_threshold!r}")
+        self.overrides = overrides
+        self.poll_interval = _positive("poll_interval", poll_interval)
+        self.first_load_wait = _positive("first_load_wait", first_load_wait, allow_zero=True)
+        self.cache = MembershipCache(
+            maxsize=cache_size, ttl=_positive("cache_ttl", cache_ttl, allow_zero=True)
+        )
+        self.breaker = CircuitBreaker(
+            threshold=breaker_threshold, reset_timeout=_positive("breaker_reset", breaker_reset)
+        )
+        self.builder = SnapshotBuilder(default_rules)
+        #: Completed background refresh attempts (successful or not), for status and tests.
+        self.refreshes = 0
+        #: Failed request-time lookups and background refreshes, for metrics.
+        self.lookup_failures = 0
+        self.refresh_failures = 0
+        #: Requests per target since the last flush to the store's traffic hash.
+        self.traffic: Counter[str] = Counter()
+        self._traffic_flushed = time.monotonic()
+        # Databases whose request-time connection is warm; emptied after failures.
+        self._warm_dbs: frozenset[int | None] = frozenset()
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self.builder.current
+
+    def _first_pass(self, facts: RequestFacts) -> tuple[Decision, Snapshot]:
+        snapshot = self.builder.current
+        return decide(facts, snapshot, self.cache, self.overrides), snapshot
+
+    def _next_pass(
+        self,
+        facts: RequestFacts,
+        snapshot: Snapshot,
+        local: dict[Probe, bool],
+        fetched: Mapping[Probe, bool],
+        generation: int,
+    ) -> Decision | None:
+        """Fold one round of lookups in; None when the new answers settle nothing more."""
+        self.breaker.success()
+        self.cache.put_many(fetched, generation)
+        news = {probe: value for probe, value in fetched.items() if probe not in local}
+        if not news:
+            return None
+        local.update(news)
+        return decide(facts, snapshot, _Layered(local, self.cache), self.overrides)
+
+    def _lookup_failed(self, exc: BaseException) -> None:
+        self.lookup_failures += 1
+        self.breaker.failure(exc)
+        logger.debug("canary_mw: membership lookup failed: %s", exc)
+
+    def _apply(self, state: StoreState) -> bool:
+        """Fold a store read into the snapshot; False when the rules now need more sets."""
+        self.builder.update(state)
+        return self.builder.covers(state)
+
+    def _refresh_failed(self, exc: BaseException) -> None:
+        # The refresher's timeout is generous; if even it fails the store is down, so stop
+        # paying for request-time lookups at once rather than after `threshold` requests.
+        self.refresh_failures += 1
+        self.breaker.trip(exc)
+        self._warm_dbs = frozenset()
+
+    def _cold_dbs(self) -> frozenset[int | None]:
+        """Databases the current rules look up in whose connection is not warm yet."""
+        return (self.builder.current.ruleset.lookup_dbs | {None}) - self._warm_dbs
+
+    def count(self, target: str) -> None:
+        """One request served by ``target`` (summed across instances in the store)."""
+        self.traffic[target] += 1
+
+    def _traffic_due(self) -> dict[str, int] | None:
+        """The counts to flush, every TRAFFIC_FLUSH seconds (none while idle)."""
+        if time.monotonic() - self._traffic_flushed < TRAFFIC_FLUSH or not self.traffic:
+            return None
+        counts, self.traffic = dict(self.traffic), Counter()
+        self._traffic_flushed = time.monotonic()
+        return counts
+
+    def _notice(self) -> None:
+        """A change notification or a (re)subscription: cached answers may be stale."""
+        self.cache.clear()

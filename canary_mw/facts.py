@@ -1,0 +1,237 @@
+"""Request facts: what a routing decision may look at, read from an ASGI scope or WSGI environ.
+
+Every field is parsed on first use and kept for the rest of the request, so a rule set that
+only looks at the client address never parses cookies or the query string.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Mapping, MutableMapping
+from typing import Any
+from urllib.parse import parse_qsl
+
+from .clientip import ClientIPResolver
+from .ipmatch import IPAddress
+
+__all__ = ["ASGIFacts", "RequestFacts", "WSGIFacts", "parse_cookie_header"]
+
+_UNSET: Any = object()
+_NO_PROXIES = ClientIPResolver()
+
+
+def parse_cookie_header(value: str) -> dict[str, str]:
+    """Parse a ``Cookie`` header into ``{name: value}``.
+
+    Lenient like browsers and Starlette (a malformed pair is skipped, not fatal), with two
+    choices that matter for routing: when a name repeats, the *first* value wins (browsers
+    send the most specific path first), and one pair of surrounding double quotes is removed.
+    """
+    cookies: dict[str, str] = {}
+    for pair in value.split(";"):
+        name, sep, raw = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            continue
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == '"' and raw[-1] == '"':
+            raw = raw[1:-1]
+        cookies.setdefault(name, raw)
+    return cookies
+
+
+@functools.lru_cache(maxsize=256)
+def _cookie_pattern(name: str) -> re.Pattern[str]:
+    # Same rules as parse_cookie_header, for one name: the first pair whose name matches.
+    return re.compile(r"(?:^|;)[ \t]*" + re.escape(name) + r"[ \t]*=([^;]*)")
+
+
+def cookie_value(header: str, name: str) -> str | None:
+    """The value of cookie ``name`` in a Cookie header (as ``parse_cookie_header`` would give
+    it), found without parsing the other cookies: browsers send dozens of them."""
+    match = _cookie_pattern(name).search(header)
+    if match is None:
+        return None
+    value = match.group(1).strip()
+    if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
+        value = value[1:-1]
+    return value
+
+
+@functools.lru_cache(maxsize=256)
+def _header_key(name: str) -> bytes:
+    return name.lower().encode("latin-1")
+
+
+def _host_without_port(host: str) -> str:
+    host = host.strip().lower()
+    if host.startswith("["):  # [2001:db8::1]:8080
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.partition(":")[0]
+
+
+class RequestFacts:
+    """The request as the decision sees it. Subclasses read one server interface.
+
+    ``header(name)`` takes a lower-case name and returns the value, several occurrences
+    joined with ``", "`` (``"; "`` for Cookie), or None. ``cookie`` and ``query`` return the
+    first value of a name or None. ``client_ip`` applies the trusted-proxy policy.
+    """
+
+    __slots__ = ("_client_ip", "_query", "_resolver")
+
+    def __init__(self, resolver: ClientIPResolver = _NO_PROXIES) -> None:
+        self._resolver = resolver
+        self._client_ip: IPAddress | None = _UNSET
+        self._query: dict[str, str] = _UNSET
+
+    # -- provided by each server interface ---------------------------------------------
+    @property
+    def method(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def path(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def host(self) -> str:
+        """Lower-case host name without the port, from the Host header or the server name."""
+        raise NotImplementedError
+
+    def header(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    def _peer(self) -> str | None:
+        raise NotImplementedError
+
+    def _raw_query(self) -> str:
+        raise NotImplementedError
+
+    # -- shared, lazily parsed ---------------------------------------------------------
+    @property
+    def client_ip(self) -> IPAddress | None:
+        address = self._client_ip
+        if address is _UNSET:
+            address = self._client_ip = self._resolver.resolve(self._peer(), self.header)
+        return address
+
+    def cookie(self, name: str) -> str | None:
+        header = self.header("cookie")
+        return cookie_value(header, name) if header else None
+
+    def query(self, name: str) -> str | None:
+        args = self._query
+        if args is _UNSET:
+            args = {}
+            for key, value in parse_qsl(self._raw_query(), keep_blank_values=True):
+                args.setdefault(key, value)
+            self._query = args
+        return args.get(name)
+
+
+class ASGIFacts(RequestFacts):
+    """Facts from an ASGI ``http`` or ``websocket`` scope."""
+
+    __slots__ = ("_headers", "_scope")
+
+    def __init__(self, scope: Mapping[str, Any], resolver: ClientIPResolver = _NO_PROXIES):
+        # Set the slots directly: this runs for every request.
+        self._resolver = resolver
+        self._client_ip = _UNSET
+        self._query = _UNSET
+        self._scope = scope
+        self._headers: dict[bytes, bytes] = _UNSET
+
+    @property
+    def method(self) -> str:
+        method: str = self._scope.get("method", "GET")  # websocket scopes carry no method
+        return method
+
+    @property
+    def path(self) -> str:
+        path: str = self._scope.get("path", "/")
+        return path
+
+    @property
+    def host(self) -> str:
+        host = self.header("host")
+        if host:
+            return _host_without_port(host)
+        server = self._scope.get("server")
+        return str(server[0]).lower() if server else ""
+
+    def raw_headers(self) -> dict[bytes, bytes]:
+        """Lower-case name → value, as bytes; repeated headers joined. Built once, in C
+        (``dict(pairs)``) unless a name repeats. ASGI servers send lower-case names."""
+        headers = self._headers
+        if headers is _UNSET:
+            pairs = self._scope.get("headers", ())
+            headers = dict(pairs)
+            if len(headers) != len(pairs):  # a repeated header: join, as HTTP defines
+                headers = {}
+                for key, value in pairs:
+                    previous = headers.get(key)
+                    separator = b"; " if key == b"cookie" else b", "
+                    headers[key] = value if previous is None else previous + separator + value
+            self._headers = headers
+        return headers
+
+    def header(self, name: str) -> str | None:
+        value = self.raw_headers().get(_header_key(name))
+        return None if value is None else value.decode("latin-1")
+
+    def _peer(self) -> str | None:
+        client = self._scope.get("client")
+        return str(client[0]) if client else None
+
+    def _raw_query(self) -> str:
+        raw: bytes = self._scope.get("query_string", b"")
+        return raw.decode("latin-1")
+
+
+class WSGIFacts(RequestFacts):
+    """Facts from a PEP 3333 ``environ``."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: MutableMapping[str, Any], resolver: ClientIPResolver = _NO_PROXIES):
+        super().__init__(resolver)
+        self._environ = environ
+
+    @property
+    def method(self) -> str:
+        method: str = self._environ.get("REQUEST_METHOD", "GET")
+        return method
+
+    @property
+    def path(self) -> str:
+        # PEP 3333 strings are bytes decoded as latin-1; decode them as the UTF-8 they are.
+        raw = self._environ.get("SCRIPT_NAME", "") + self._environ.get("PATH_INFO", "")
+        return raw.encode("latin-1").decode("utf-8", "replace") or "/"
+
+    @property
+    def host(self) -> str:
+        host = self._environ.get("HTTP_HOST")
+        if host:
+            return _host_without_port(host)
+        return str(self._environ.get("SERVER_NAME", "")).lower()
+
+    def header(self, name: str) -> str | None:
+        if name == "content-type":
+            key = "CONTENT_TYPE"
+        elif name == "content-length":
+            key = "CONTENT_LENGTH"
+        else:
+            key = "HTTP_" + name.upper().replace("-", "_")
+        value: str | None = self._environ.get(key)
+        return value
+
+    def _peer(self) -> str | None:
+        peer: str | None = self._environ.get("REMOTE_ADDR")
+        return peer
+
+    def _raw_query(self) -> str:
+        query: str = self._environ.get("QUERY_STRING", "")
+        return query

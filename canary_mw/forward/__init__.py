@@ -1,0 +1,1 @@
+"""Forwarding canary traffic through httpx: header hygiene, clients, error replies."""

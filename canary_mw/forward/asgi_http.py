@@ -1,0 +1,195 @@
+"""Forward one ASGI HTTP request to an upstream through httpx and stream the answer back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, MutableMapping
+from enum import Enum
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..errors import UpstreamError
+from ..upstreams import Upstream
+from .common import ForwarderBase
+from .headers import RawHeaders, single_content_length
+
+__all__ = ["AsyncHTTPForwarder", "Outcome"]
+
+logger = logging.getLogger("canary_mw.forward")
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[Any], Any]
+
+
+class Outcome(Enum):
+    DONE = "done"  # a response (the upstream's or our 5xx) was sent, or the client left
+    FALLBACK = "fallback"  # nothing was sent or read: the caller may serve stable instead
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away while we were still reading its request body."""
+
+
+class _Body:
+    """The request body as an async byte stream for httpx, read from ``receive`` on demand
+    (never buffered whole), remembering whether any of it was consumed."""
+
+    __slots__ = ("consumed", "receive")
+
+    def __init__(self, receive: Receive):
+        self.receive = receive
+        self.consumed = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            message = await self.receive()
+            self.consumed = True
+            if message["type"] == "http.disconnect":
+                raise ClientDisconnectedError
+            chunk = message.get("body", b"")
+            if chunk:
+                yield chunk
+            if not message.get("more_body", False):
+                return
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # a body the upstream did not read: drain and ignore it
+
+
+def _raw_path(scope: Scope) -> bytes:
+    raw: bytes | None = scope.get("raw_path")
+    if raw:
+        return raw.partition(b"?")[0]  # some servers include the query in raw_path
+    return quote(scope.get("path", "/"), safe="/:@!$&'()*+,;=-._~").encode("ascii")
+
+
+def _has_body(scope: Scope, length: int | None) -> bool:
+    if length is not None:
+        return length > 0
+    for name, _ in scope["headers"]:
+        if name.lower() == b"transfer-encoding":
+            return True
+    # HTTP/1.x: no Content-Length and no Transfer-Encoding means no body. HTTP/2 and 3 frame
+    # bodies themselves, so there we cannot tell and must stream whatever comes.
+    return scope.get("http_version", "1.1") not in ("1.0", "1.1")
+
+
+class AsyncHTTPForwarder(ForwarderBase):
+    """Sends each request straight to an ``httpx.AsyncBaseTransport``: no httpx Client in
+    between, so no cookie jar at all, no auth or redirect layers, no per-request merging of
+    client defaults (about a third of the forwarding cost with a Client in front)."""
+
+    def __init__(self, transport: Callable[[], httpx.AsyncBaseTransport], **policy: Any):
+        super().__init__(**policy)
+        self._transport = transport
+
+    async def forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        upstream: Upstream,
+        tag: RawHeaders,
+        *,
+        fallback: bool,
+    ) -> tuple[Outcome, int]:
+        """What happened and the status sent (0 when the client left first)."""
+        length = single_content_length(scope["headers"])
+        body = _Body(receive) if _has_body(scope, length) else None
+        client = scope.get("client")
+        request = self.upstream_request(
+            method=scope["method"], upstream=upstream,
+            target=(_raw_path(scope), scope.get("query_string", b"")),
+            headers=scope["headers"], peer=str(client[0]) if client else None,
+            scheme=scope.get("scheme", "http"), body=body, length=length,
+        )  # fmt: skip
+        try:
+            response = await self._transport().handle_async_request(request)
+            try:
+                first, rest = await _first_chunk(response)
+            except BaseException:
+                await response.aclose()
+                raise
+        except ClientDisconnectedError:
+            return Outcome.DONE, 0
+        except httpx.HTTPError as exc:
+            body_read = body is not None and body.consumed
+            reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
+            if reply is None:
+                return Outcome.FALLBACK, 0
+            await send({"type": "http.response.start", "status": reply.status,
+                        "headers": reply.headers(tag)})  # fmt: skip
+            await send({"type": "http.response.body", "body": reply.body})
+            return Outcome.DONE, reply.status
+        try:
+            headers = self.answered(upstream, response, tag)
+            await send({"type": "http.response.start", "status": response.status_code,
+                        "headers": headers})  # fmt: skip
+            if rest is None:  # the whole body is in: no streaming machinery needed
+                await send({"type": "http.response.body", "body": first})
+            else:
+                await self._stream(first, rest, receive, send)
+        finally:
+            await response.aclose()
+        return Outcome.DONE, response.status_code
+
+    async def _stream(
+        self, first: bytes, rest: AsyncIterator[bytes], receive: Receive, send: Send
+    ) -> None:
+        # Stream the body while watching for the client leaving: servers ignore sends to a
+        # closed connection, so without the watcher a departed client would keep the upstream
+        # connection busy until the whole body (or a stalled upstream's timeout) went by.
+        pump = asyncio.ensure_future(_pump(first, rest, send))
+        pump.add_done_callback(_retrieve)  # a pump that fails after we gave up logs nothing
+        watcher = asyncio.ensure_future(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((pump, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            if not pump.done():
+                pump.cancel()  # the client left; the caller closes the upstream response
+                await asyncio.wait((pump,), timeout=1)
+        if pump.done() and not pump.cancelled() and (exc := pump.exception()) is not None:
+            logger.warning(
+                "canary_mw: upstream failed mid-response: %s: %s", type(exc).__name__, exc
+            )
+            # The status line is gone: the only honest signal left is to abort the connection.
+            raise UpstreamError("upstream failed after the response started") from exc
+
+
+async def _first_chunk(response: httpx.Response) -> tuple[bytes, AsyncIterator[bytes] | None]:
+    """The first body chunk, and the rest of the stream (None when the first chunk is the
+    whole body). Most canary responses are small with a Content-Length: they are sent in one
+    message, without a pump task and a disconnect watcher. The stream is read to its end
+    either way, so the connection can be reused (closing a response early costs it)."""
+    chunks = response.stream.__aiter__()  # type: ignore[union-attr]
+    try:
+        first: bytes = await chunks.__anext__()
+    except StopAsyncIteration:
+        return b"", None
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and len(first) >= int(declared):
+        async for extra in chunks:  # the end of the message: no more I/O once all is in
+            first += extra
+        return first, None
+    return first, chunks
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _pump(first: bytes, rest: AsyncIterator[bytes], send: Send) -> None:
+    if first:
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+    async for chunk in rest:
+        if chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})

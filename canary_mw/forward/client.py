@@ -1,0 +1,62 @@
+"""The transports a router forwards through, and the checks of its client options.
+
+The routers send requests straight to a transport: there is no httpx Client, hence no
+cookie jar that could carry one user's cookies to another user's request (the pitfall of
+fastapi-proxy-lib, GHSA-7vwr-g6pm-9hc8), no environment proxies, no redirects followed.
+"""
+
+from __future__ import annotations
+
+import httpx
+
+from ..errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "checked_limits",
+    "checked_timeout",
+    "make_async_transport",
+    "make_sync_transport",
+]
+
+#: connect 2 s (an unreachable canary fails fast), read/write 30 s between two chunks,
+#: 1 s to get a pooled connection (then 503 rather than a queue that grows without bound).
+DEFAULT_TIMEOUT = httpx.Timeout(connect=2.0, read=30.0, write=30.0, pool=1.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=5)
+
+
+def checked_timeout(timeout: object) -> httpx.Timeout:
+    if isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0:
+        return httpx.Timeout(timeout)
+    if isinstance(timeout, dict):  # e.g. from a JSON or TOML configuration file
+        try:
+            return httpx.Timeout(**{"timeout": None, **timeout})
+        except TypeError as exc:
+            raise ConfigurationError(
+                f"timeout keys are connect, read, write and pool (seconds): {exc}"
+            ) from None
+    if not isinstance(timeout, httpx.Timeout):
+        raise ConfigurationError(
+            "timeout must be a number of seconds or an httpx.Timeout, e.g. "
+            f"httpx.Timeout(connect=2, read=30, write=30, pool=1); got {timeout!r}"
+        )
+    return timeout
+
+
+def checked_limits(limits: object) -> httpx.Limits:
+    if not isinstance(limits, httpx.Limits):
+        raise ConfigurationError(
+            "limits must be an httpx.Limits, e.g. httpx.Limits(max_connections=100); "
+            f"got {limits!r}"
+        )
+    return limits
+
+
+def make_async_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    """The default transport for forwarding (see bench/ and the README for the choice)."""
+    return httpx.AsyncHTTPTransport(limits=limits, retries=0, trust_env=False)
+
+
+def make_sync_transport(limits: httpx.Limits) -> httpx.BaseTransport:
+    return httpx.HTTPTransport(limits=limits, retries=0, trust_env=False)

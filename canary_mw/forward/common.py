@@ -1,0 +1,97 @@
+"""What the ASGI and the WSGI forwarder share: building the upstream request and deciding
+what a failure becomes. Only reading the body and sending the response differ."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import httpx
+
+from ..upstreams import Upstream
+from .errors import ErrorReply, Report, classify, error_kind, is_unreachable
+from .headers import RawHeaders, request_headers, response_headers
+
+__all__ = ["IDEMPOTENT", "ForwarderBase"]
+
+logger = logging.getLogger("canary_mw.forward")
+
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+
+class ForwarderBase:
+    def __init__(
+        self,
+        *,
+        preserve_host: bool,
+        is_trusted_peer: Callable[[str | None], bool],
+        request_extra: RawHeaders,
+        response_drop: frozenset[bytes],
+        request_drop: frozenset[bytes],
+        report: Report,
+        timeout: httpx.Timeout,
+    ):
+        self._timeouts = {"timeout": timeout.as_dict()}
+        self._preserve_host = preserve_host
+        self._is_trusted_peer = is_trusted_peer
+        self._request_extra = request_extra
+        self._response_drop = response_drop
+        self._request_drop = request_drop
+        self._report = report
+
+    def upstream_request(
+        self,
+        *,
+        method: str,
+        upstream: Upstream,
+        target: tuple[bytes, bytes],
+        headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+        scheme: str,
+        body: Any,
+        length: int | None,
+    ) -> httpx.Request:
+        """The request for the upstream: raw path and query as received, clean headers, the
+        body as a stream that httpx frames itself (Content-Length when the client gave one)."""
+        outgoing = request_headers(
+            list(headers),
+            client=peer.encode("latin-1") if peer else None,
+            scheme=scheme.encode("latin-1"),
+            host=None if self._preserve_host else upstream.host_header,
+            trusted_peer=self._is_trusted_peer(peer),
+            extra=self._request_extra,
+            drop=self._request_drop,
+        )
+        if length:
+            outgoing.append((b"content-length", str(length).encode()))
+        url = upstream.target(*target)
+        return httpx.Request(method, url, headers=outgoing, content=body, extensions=self._timeouts)
+
+    def failed(
+        self,
+        exc: httpx.HTTPError,
+        upstream: Upstream,
+        request: httpx.Request,
+        *,
+        body_read: bool,
+        fallback: bool,
+    ) -> ErrorReply | None:
+        """The reply for a failure before the upstream answered, or None when stable may
+        serve the request instead: fallback is on, the method is idempotent, the upstream
+        never got the request, and nothing of the body was read."""
+        self._report(upstream.name, error_kind(exc))
+        logger.warning(
+            "canary_mw: upstream %r failed before responding to %s %s: %s: %s",
+            upstream.name, request.method, request.url.raw_path, type(exc).__name__, exc,
+        )  # fmt: skip
+        if fallback and not body_read and is_unreachable(exc) and request.method in IDEMPOTENT:
+            return None
+        return classify(exc)
+
+    def answered(self, upstream: Upstream, response: httpx.Response, tag: RawHeaders) -> RawHeaders:
+        """The upstream answered: its headers to pass on (hop-by-hop removed, our tag added)."""
+        self._report(upstream.name, None)
+        headers = response_headers(response.headers.raw, drop=self._response_drop)
+        headers.extend(tag)
+        return headers

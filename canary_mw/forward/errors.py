@@ -1,0 +1,57 @@
+"""Short error responses the router answers itself when an upstream fails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+
+__all__ = ["ErrorReply", "Report", "classify", "error_kind", "is_unreachable"]
+
+#: ``report(upstream, error_kind or None)``: how each forwarded request went.
+Report = Callable[[str, "str | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    status: int
+    body: bytes
+
+    def headers(self, extra: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        return [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(self.body)).encode()),
+            *extra,
+        ]
+
+
+BAD_GATEWAY = ErrorReply(502, b"Bad Gateway: the canary upstream could not be reached.\n")
+GATEWAY_TIMEOUT = ErrorReply(504, b"Gateway Timeout: the canary upstream did not answer in time.\n")
+UNAVAILABLE = ErrorReply(503, b"Service Unavailable: too many requests to the canary upstream.\n")
+
+
+def classify(exc: BaseException) -> ErrorReply:
+    """The reply for an upstream failure before its response started. Details go to the log,
+    never to the client."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return UNAVAILABLE
+    if isinstance(exc, httpx.TimeoutException):
+        return GATEWAY_TIMEOUT
+    return BAD_GATEWAY
+
+
+def error_kind(exc: BaseException) -> str:
+    """A metrics label: refused (never connected), timeout, pool, or protocol."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return "pool"
+    if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+        return "refused"
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    return "protocol"
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """True when the upstream never received the request, so serving stable instead is safe."""
+    return isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))

@@ -1,0 +1,149 @@
+"""Forward one WSGI request to an upstream with a blocking httpx client (PEP 3333)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from ..upstreams import Upstream
+from .common import ForwarderBase
+from .headers import RawHeaders, single_content_length
+
+__all__ = ["ForwardedBody", "SyncHTTPForwarder", "environ_headers"]
+
+
+Environ = MutableMapping[str, Any]
+StartResponse = Callable[..., Any]
+READ_SIZE = 64 * 1024
+
+
+def environ_headers(environ: Environ) -> RawHeaders:
+    """The request headers as raw pairs. WSGI folds names to ``HTTP_X_FOO``; we send them back
+    as ``x-foo`` (HTTP names are case-insensitive; underscores cannot be told from dashes)."""
+    headers: RawHeaders = []
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            name = key[5:].replace("_", "-").lower()
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            name = key.replace("_", "-").lower()
+        else:
+            continue
+        headers.append((name.encode("latin-1"), str(value).encode("latin-1")))
+    return headers
+
+
+def request_target(environ: Environ) -> tuple[bytes, bytes]:
+    """The raw path and query as the client sent them, when the server kept them (gunicorn's
+    ``RAW_URI``, waitress's and werkzeug's ``REQUEST_URI``); else rebuilt from the decoded
+    ``SCRIPT_NAME`` + ``PATH_INFO`` and ``QUERY_STRING``."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if raw:
+        target = raw.encode("latin-1")
+        if not target.startswith(b"/"):  # absolute-form: http://host/path?query
+            parts = urlsplit(raw)
+            target = (parts.path or "/").encode("latin-1") + (
+                b"?" + parts.query.encode("latin-1") if parts.query else b""
+            )
+        path, _, query = target.partition(b"?")
+        return path, query
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    quoted = quote(path.encode("latin-1"), safe="/:@!$&'()*+,;=-._~")
+    return (quoted or "/").encode("ascii"), environ.get("QUERY_STRING", "").encode("latin-1")
+
+
+class _Input:
+    """``wsgi.input`` as a byte iterator for httpx: exactly Content-Length bytes, or until EOF
+    when the server marks the input as terminated (chunked uploads). Never read whole."""
+
+    __slots__ = ("consumed", "remaining", "stream")
+
+    def __init__(self, stream: Any, length: int | None):
+        self.stream = stream
+        self.remaining = length
+        self.consumed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.remaining is None or self.remaining > 0:
+            size = READ_SIZE if self.remaining is None else min(READ_SIZE, self.remaining)
+            chunk = self.stream.read(size)
+            self.consumed = True
+            if not chunk:
+                return
+            if self.remaining is not None:
+                self.remaining -= len(chunk)
+            yield chunk
+
+
+class ForwardedBody:
+    """The upstream's body as the WSGI response iterable. The server calls ``close()`` when it
+    is done, including when the client went away, which releases the upstream connection."""
+
+    def __init__(self, response: httpx.Response):
+        self._response = response
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._response.iter_raw()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+def _status_line(code: int, reason: str | None = None) -> str:
+    if not reason:
+        try:
+            reason = HTTPStatus(code).phrase
+        except ValueError:
+            reason = "Unknown"
+    return f"{code} {reason}"
+
+
+def _native(headers: RawHeaders) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+
+
+class SyncHTTPForwarder(ForwarderBase):
+    """Sends each request straight to an ``httpx.BaseTransport`` (see AsyncHTTPForwarder)."""
+
+    def __init__(self, transport: Callable[[], httpx.BaseTransport], **policy: Any):
+        super().__init__(**policy)
+        self._transport = transport
+
+    def forward(
+        self,
+        environ: Environ,
+        start_response: StartResponse,
+        upstream: Upstream,
+        tag: RawHeaders,
+        *,
+        fallback: bool,
+    ) -> Iterable[bytes] | None:
+        """The response iterable, or None when the caller should serve stable instead."""
+        raw = environ_headers(environ)
+        length = single_content_length(raw)
+        if length is None and not environ.get("wsgi.input_terminated"):
+            # Without a length, PEP 3333 only lets us read a body the server terminates.
+            has_body = False
+        else:
+            has_body = length is None or length > 0
+        body = _Input(environ["wsgi.input"], length) if has_body else None
+        request = self.upstream_request(
+            method=environ.get("REQUEST_METHOD", "GET"), upstream=upstream,
+            target=request_target(environ), headers=raw, peer=environ.get("REMOTE_ADDR"),
+            scheme=environ.get("wsgi.url_scheme", "http"), body=body, length=length,
+        )  # fmt: skip
+        try:
+            response = self._transport().handle_request(request)
+        except httpx.HTTPError as exc:
+            body_read = body is not None and body.consumed
+            reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
+            if reply is None:
+                return None
+            start_response(_status_line(reply.status), _native(reply.headers(tag)))
+            return [reply.body]
+        headers = self.answered(upstream, response, tag)
+        start_response(_status_line(response.status_code, response.reason_phrase), _native(headers))
+        return ForwardedBody(response)

@@ -1,0 +1,42 @@
+"""An immutable view of everything the decision reads from the store."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from .conditions import IPListRef
+from .ipmatch import IPMatcher
+from .rules import DEFAULT_RULES, Rule, RuleSet
+from .upstreams import UpstreamRoute
+
+__all__ = ["MODES", "Mode", "Snapshot"]
+
+Mode = Literal["off", "rules", "all"]
+#: ``off``: everyone stable (kill switch); ``rules``: normal; ``all``: everyone to the canary.
+MODES: tuple[Mode, ...] = ("off", "rules", "all")
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Mode, rules and the whole-loaded IP sets, as of one store read.
+
+    ``ip_sets`` / ``ip_lists`` only hold what was loaded; a rule referring to a set that is
+    missing from them evaluates as unknown (stable), never as "not a member".
+    """
+
+    mode: Mode = "rules"
+    ruleset: RuleSet = DEFAULT_RULES
+    ip_sets: Mapping[str, IPMatcher] = field(default_factory=dict)
+    ip_lists: Mapping[IPListRef, IPMatcher] = field(default_factory=dict)
+    version: int = 0
+    loaded: bool = False
+    #: Upstream URLs set in the store (``upstream set``), overriding the code's.
+    upstreams: Mapping[str, UpstreamRoute] = field(default_factory=dict)
+    #: Upstream names marked unhealthy in the store: their traffic goes to stable.
+    ejected: frozenset[str] = frozenset()
+    rules: tuple[Rule, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", self.ruleset.active)

@@ -1,0 +1,134 @@
+"""Rule stores: ``store_from_url`` (blocking) and ``async_store_from_url`` (asyncio).
+
+>>> store = store_from_url("memory://")                  # embedded, one process
+>>> store = store_from_url("redis://localhost:6379/0")    # shared by every instance
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from ..errors import ConfigurationError
+from .changes import AuditEntry, Change, StoredConfig
+from .layout import Command, Layout, StoreState
+from .memory import AsyncMemorySubscription, MemoryBackend, MemorySubscription, backend_named
+from .redis_async import AsyncRedisExecutor
+from .redis_sync import RedisExecutor
+from .store import DEFAULT_ACTOR, AsyncStore, Store
+from .urls import parse_store_url
+
+__all__ = [
+    "DEFAULT_ACTOR",
+    "DEFAULT_LOOKUP_TIMEOUT",
+    "DEFAULT_TIMEOUT",
+    "AsyncStore",
+    "AuditEntry",
+    "Change",
+    "Layout",
+    "MemoryBackend",
+    "Store",
+    "StoreState",
+    "StoredConfig",
+    "async_store_from_url",
+    "store_from_url",
+]
+
+#: Budget for one request-time membership lookup (connect included), in seconds.
+DEFAULT_LOOKUP_TIMEOUT = 0.05
+#: Timeout for background snapshot reads, writes and pub/sub, in seconds.
+DEFAULT_TIMEOUT = 1.0
+
+
+class MemoryExecutor:
+    def __init__(self, backend: MemoryBackend):
+        self.backend = backend
+
+    def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]:
+        return self.backend.execute(commands)
+
+    def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
+        pass
+
+    def subscribe(self, channel: str) -> MemorySubscription:
+        return MemorySubscription(self.backend, channel)
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncMemoryExecutor:
+    def __init__(self, backend: MemoryBackend):
+        self.backend = backend
+
+    async def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]:
+        return self.backend.execute(commands)
+
+    async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
+        pass
+
+    async def subscribe(self, channel: str) -> AsyncMemorySubscription:
+        return AsyncMemorySubscription(self.backend, channel)
+
+    async def close(self) -> None:
+        pass
+
+
+def _check_timeouts(lookup_timeout: float, timeout: float) -> None:
+    for name, value in (("lookup_timeout", lookup_timeout), ("timeout", timeout)):
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value <= 60:
+            raise ConfigurationError(f"{name} is in seconds, 0 < {name} <= 60, got {value!r}")
+
+
+def _prefix(parsed: Any, prefix: str | None) -> str:
+    chosen: str = parsed.prefix if prefix is None else prefix
+    if parsed.kind == "cluster" and not re.search(r"\{[^}]+\}", chosen):
+        tagged = "{" + chosen.rstrip(":") + "}:"
+        raise ConfigurationError(
+            "in Redis Cluster the prefix needs a hash tag so that the config, the audit log "
+            f"and the sets share a slot (changes are atomic): use {tagged!r}, not {chosen!r}"
+        )
+    return chosen
+
+
+def store_from_url(
+    url: str,
+    *,
+    prefix: str | None = None,
+    lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Store:
+    """A blocking store for ``memory://[name]``, ``redis://``, ``rediss://``,
+    ``redis+unix://``, ``redis+sentinel://`` or ``redis+cluster://`` URLs.
+
+    Nothing connects here: clients are created on first use, in the process that uses them.
+    ``memory://NAME`` stores with the same name share data within one process.
+    """
+    _check_timeouts(lookup_timeout, timeout)
+    parsed = parse_store_url(url)
+    key_prefix = _prefix(parsed, prefix)
+    if parsed.kind == "memory":
+        return Store(MemoryExecutor(backend_named(parsed.memory_name)), prefix=key_prefix, url=url)
+    executor = RedisExecutor(parsed.target, lookup_timeout=lookup_timeout, timeout=timeout)
+    return Store(executor, prefix=key_prefix, url=url)
+
+
+def async_store_from_url(
+    url: str,
+    *,
+    prefix: str | None = None,
+    lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> AsyncStore:
+    """The asyncio twin of :func:`store_from_url`."""
+    _check_timeouts(lookup_timeout, timeout)
+    parsed = parse_store_url(url)
+    key_prefix = _prefix(parsed, prefix)
+    if parsed.kind == "memory":
+        executor = AsyncMemoryExecutor(backend_named(parsed.memory_name))
+        return AsyncStore(executor, prefix=key_prefix, url=url)
+    redis_executor = AsyncRedisExecutor(
+        parsed.target, lookup_timeout=lookup_timeout, timeout=timeout
+    )
+    return AsyncStore(redis_executor, prefix=key_prefix, url=url)

@@ -1,0 +1,209 @@
+"""The Redis key layout and the commands canary_mw sends, free of any I/O.
+
+Every backend (memory, sync Redis, async Redis) runs these same command lists, so the
+layout an operator sees with ``redis-cli`` is defined here and nowhere else:
+
+=========================  =====  ==========================================================
+key (default prefix)       type   meaning
+=========================  =====  ==========================================================
+``canary:config``          hash   ``mode`` (off|rules|all), ``rules`` (JSON), ``upstreams``
+                                  (JSON), ``version`` (bumped by every change)
+``canary:set:<name>``      set    members of a named set (IPs/CIDRs, user ids, ...)
+``canary:audit``           stream one entry per change: time, actor, action, before, after
+``canary:health``          hash   upstream name → JSON health state shared by all instances
+``canary:traffic``         hash   target → requests served, summed over all instances
+``canary:changes``         chan   pub/sub channel: one message per change made by canary_mw
+``<ip>`` (any db)          str    classic OpenResty layout: value equal to the key → canary
+``<key>`` (any db)         str    classic OpenResty white-list: a JSON list of IPs
+=========================  =====  ==========================================================
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ..conditions import IPKeyRef, IPListRef, Probe, SetRef
+from ..rules import valid_name
+
+__all__ = ["AUDIT_LENGTH", "CHANGE", "CHANGE_SCRIPT", "Command", "Layout", "StoreState"]
+
+#: ``(db, args)``: db None is the store's own database.
+Command = tuple[int | None, tuple[str | bytes | int, ...]]
+
+#: The audit stream keeps about this many entries (XADD MAXLEN ~).
+AUDIT_LENGTH = 10_000
+#: Pseudo-command name for Layout.change; executors translate it.
+CHANGE = "CANARY.CHANGE"
+#: CHANGE as Redis runs it: all or nothing, in one round trip. Args after the name:
+#: config key, audit key, expected version ("" = any), commands (JSON), audit fields (JSON
+#: flat list), audit length, channel, message, keys (JSON). Returns false on a version
+#: conflict, else {new version, {command results}}. The version is bumped before any other
+#: write, so a corrupt version field fails the script before it changes anything.
+CHANGE_SCRIPT = """
+local current = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] ~= '' and (tonumber(current) or 0) ~= tonumber(ARGV[1]) then
+  return false
+end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+local results = {}
+for i, command in ipairs(cjson.decode(ARGV[2])) do
+  results[i] = redis.call(unpack(command))
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'version', version,
+           unpack(cjson.decode(ARGV[3])))
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {version, results}
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    """Raw data read for one snapshot. A value that is an exception failed on its own
+    (e.g. WRONGTYPE) while the rest of the read succeeded."""
+
+    config: Mapping[bytes, bytes] | Exception
+    ip_sets: Mapping[str, Iterable[bytes] | Exception] = field(default_factory=dict)
+    ip_lists: Mapping[IPListRef, bytes | Exception | None] = field(default_factory=dict)
+    health: Mapping[bytes, bytes] | Exception = field(default_factory=dict)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Key names under one prefix (default ``canary:``)."""
+
+    prefix: str = "canary:"
+
+    @property
+    def config(self) -> str:
+        return self.prefix + "config"
+
+    @property
+    def channel(self) -> str:
+        return self.prefix + "changes"
+
+    @property
+    def audit(self) -> str:
+        return self.prefix + "audit"
+
+    @property
+    def health(self) -> str:
+        return self.prefix + "health"
+
+    @property
+    def traffic(self) -> str:
+        return self.prefix + "traffic"
+
+    def set_key(self, name: str) -> str:
+        if not valid_name(name):
+            raise ValueError(f"set names are 1-64 of [A-Za-z0-9_.:-], got {name!r}")
+        return f"{self.prefix}set:{name}"
+
+    # -- reads -------------------------------------------------------------------------
+    def read_state(
+        self, ip_sets: Iterable[str], ip_lists: Iterable[IPListRef]
+    ) -> tuple[list[Command], list[str], list[IPListRef]]:
+        sets, lists = sorted(ip_sets), sorted(ip_lists, key=lambda ref: (ref.db or 0, ref.key))
+        commands: list[Command] = [
+            (None, ("HGETALL", self.config)),
+            (None, ("HGETALL", self.health)),
+        ]
+        commands += [(None, ("SMEMBERS", self.set_key(name))) for name in sets]
+        commands += [(ref.db, ("GET", ref.key)) for ref in lists]
+        return commands, sets, lists
+
+    @staticmethod
+    def parse_state(
+        results: Sequence[object], sets: list[str], lists: list[IPListRef]
+    ) -> StoreState:
+        config, health = (
+            value if isinstance(value, (dict, Exception)) else TypeError(f"bad reply {value!r}")
+            for value in results[:2]
+        )
+        set_results = results[2 : 2 + len(sets)]
+        list_results = results[2 + len(sets) :]
+        return StoreState(
+            config,
+            dict(zip(sets, set_results, strict=False)),  # type: ignore[arg-type]
+            dict(zip(lists, list_results, strict=False)),  # type: ignore[arg-type]
+            health,
+        )
+
+    def lookup(self, probes: Sequence[Probe]) -> list[Command]:
+        commands: list[Command] = []
+        for ref, member in probes:
+            if isinstance(ref, SetRef):
+                commands.append((None, ("SISMEMBER", self.set_key(ref.name), member)))
+            elif isinstance(ref, IPKeyRef):
+                commands.append((ref.db, ("GET", member)))
+        return commands
+
+    @staticmethod
+    def parse_lookup(probes: Sequence[Probe], results: Sequence[object]) -> dict[Probe, bool]:
+        """Answers for the probes that succeeded; failed ones are left out (unknown)."""
+        answers: dict[Probe, bool] = {}
+        for probe, result in zip(probes, results, strict=False):
+            if isinstance(result, Exception):
+                continue
+            if isinstance(probe[0], IPKeyRef):
+                answers[probe] = result is not None and _text(result) == probe[1]
+            else:
+                answers[probe] = bool(result)
+        return answers
+
+    # -- writes ----------------------------------------------------------------------
+    def change(
+        self,
+        *,
+        expected_version: int | None,
+        commands: Sequence[tuple[str | int, ...]],
+        keys: Sequence[str],
+        audit: Mapping[str, str],
+        what: str,
+        name: str | None = None,
+    ) -> Command:
+        """One atomic change: check the version (None: any), bump it, run ``commands``,
+        append ``audit`` to the audit stream and announce it on the channel. Redis runs it
+        as a Lua script (CHANGE_SCRIPT), the memory backend natively. ``keys``: every key
+        the commands touch (Redis Cluster routes the script by them)."""
+        message = json.dumps({"what": what, "name": name}, separators=(",", ":"))
+        fields = [item for pair in audit.items() for item in pair]
+        return (
+            None,
+            (
+                CHANGE,
+                self.config,
+                self.audit,
+                "" if expected_version is None else expected_version,
+                json.dumps([list(command) for command in commands]),
+                json.dumps(fields),
+                AUDIT_LENGTH,
+                self.channel,
+                message,
+                json.dumps(list(keys)),
+            ),
+        )
+
+    def history(self, count: int) -> list[Command]:
+        return [(None, ("XREVRANGE", self.audit, "+", "-", "COUNT", count))]
+
+    def set_health(self, name: str, state: str) -> list[Command]:
+        message = json.dumps({"what": "health", "name": name}, separators=(",", ":"))
+        return [
+            (None, ("HSET", self.health, name, state)),
+            (None, ("PUBLISH", self.channel, message)),
+        ]
+
+    def add_traffic(self, counts: Mapping[str, int]) -> list[Command]:
+        return [(None, ("HINCRBY", self.traffic, target, n)) for target, n in counts.items()]
+
+    def members(self, name: str) -> list[Command]:
+        return [(None, ("SMEMBERS", self.set_key(name)))]
+
+    def get_config(self) -> list[Command]:
+        return [(None, ("HGETALL", self.config))]

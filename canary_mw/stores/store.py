@@ -1,0 +1,383 @@
+"""The public store API, in a blocking and an asyncio flavour with the same methods.
+
+Both flavours run the same plans (``changes.py``) and differ only in how they execute
+commands, so a test suite written against one checks the other.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
+
+from ..conditions import IPListRef, Probe
+from ..errors import ConfigurationError
+from ..rules import RuleSet, parse_rules
+from . import changes as plans
+from .changes import AuditEntry, Change, Plan, StoredConfig
+from .layout import Command, Layout, StoreState
+from .memory import Notice
+
+__all__ = ["DEFAULT_ACTOR", "AsyncStore", "Store"]
+
+T = TypeVar("T")
+RulesInput = RuleSet | str | bytes | Mapping[str, Any] | Sequence[Any]
+
+
+def _default_actor() -> str:
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+#: Who a change is recorded as when the caller does not say: ``user@host``.
+DEFAULT_ACTOR = _default_actor()
+
+
+class SyncSubscription(Protocol):
+    def get(self, timeout: float) -> Notice | None: ...
+    def close(self) -> None: ...
+
+
+class AsyncSubscription(Protocol):
+    async def get(self, timeout: float) -> Notice | None: ...
+    async def close(self) -> None: ...
+
+
+class SyncExecutor(Protocol):
+    def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]: ...
+    def subscribe(self, channel: str) -> SyncSubscription: ...
+    def warm(self, dbs: Iterable[int | None] = (None,)) -> None: ...
+    def close(self) -> None: ...
+
+
+class AsyncExecutor(Protocol):
+    async def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]: ...
+    async def subscribe(self, channel: str) -> AsyncSubscription: ...
+    async def warm(self, dbs: Iterable[int | None] = (None,)) -> None: ...
+    async def close(self) -> None: ...
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _read(commands: list[Command]) -> Plan[list[object]]:
+    results = yield commands
+    return [plans._checked(result) for result in results]
+
+
+def _rules_or_none(config: StoredConfig) -> RuleSet | None:
+    return None if config.rules is None else parse_rules(config.rules)
+
+
+class _Plans:
+    """Plans for every store method, shared by both flavours; never does I/O."""
+
+    def __init__(self, prefix: str):
+        if not isinstance(prefix, str):
+            raise ConfigurationError(f"prefix must be a string, got {prefix!r}")
+        self.layout = Layout(prefix)
+
+    @property
+    def prefix(self) -> str:
+        return self.layout.prefix
+
+    def _read_state(self, sets: Iterable[str], lists: Iterable[IPListRef]) -> Plan[StoreState]:
+        commands, names, refs = self.layout.read_state(sets, lists)
+        results = yield commands
+        return Layout.parse_state(results, names, refs)
+
+    def _get_config(self) -> Plan[StoredConfig]:
+        (result,) = yield self.layout.get_config()
+        return StoredConfig.parse(result)
+
+    def _members(self, name: str) -> Plan[set[str]]:
+        try:
+            commands = self.layout.members(name)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+        (result,) = yield from _read(commands)
+        return {_text(member) for member in result}  # type: ignore[attr-defined]
+
+    def _set_sizes(self, names: Iterable[str]) -> Plan[dict[str, int]]:
+        ordered = sorted(names)
+        results = yield from _read([(None, ("SCARD", self.layout.set_key(n))) for n in ordered])
+        return {name: int(size) for name, size in zip(ordered, results, strict=True)}  # type: ignore[call-overload]
+
+    def _hash(self, key: str) -> Plan[dict[str, str]]:
+        (result,) = yield from _read([(None, ("HGETALL", key))])
+        return {_text(k): _text(v) for k, v in result.items()}  # type: ignore[attr-defined]
+
+    def _plain(self, commands: list[Command]) -> Plan[None]:
+        yield from _read(commands)
+
+    def _rules(self, rules: RulesInput) -> RuleSet:
+        return rules if isinstance(rules, RuleSet) else parse_rules(rules)
+
+
+class Store(_Plans):
+    """Blocking access to the rule store. Build one with :func:`store_from_url`.
+
+    Every write is atomic, bumps the version, is recorded in the audit log with ``actor``
+    (default ``user@host``) and is announced to every running instance.
+
+    >>> store = store_from_url("memory://")
+    >>> store.add_ips("ips", ["203.0.113.7", "10.1.0.0/16"]).count
+    2
+    >>> store.set_mode("off").version  # the kill switch
+    2
+    """
+
+    def __init__(self, executor: SyncExecutor, *, prefix: str = "canary:", url: str = ""):
+        super().__init__(prefix)
+        self._executor = executor
+        self.url = url
+
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            commands = next(plan)
+            while True:
+                commands = plan.send(self._executor.run(commands))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    # -- what the engine uses -----------------------------------------------------------
+    def read_state(self, ip_sets: Iterable[str], ip_lists: Iterable[IPListRef]) -> StoreState:
+        return self._run(self._read_state(ip_sets, ip_lists))
+
+    def lookup(self, probes: Sequence[Probe]) -> dict[Probe, bool]:
+        """Membership answers within the lookup budget; raises StoreError on failure."""
+        results = self._executor.run(self.layout.lookup(probes), fast=True)
+        return Layout.parse_lookup(probes, results)
+
+    def subscribe(self) -> SyncSubscription:
+        return self._executor.subscribe(self.layout.channel)
+
+    def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
+        """Open the request-time connections (to the store's database, None, and any other
+        numbered ``dbs``) ahead of the first request that needs them."""
+        self._executor.warm(dbs)
+
+    def set_health(self, name: str, state: str) -> None:
+        self._run(self._plain(self.layout.set_health(name, state)))
+
+    def add_traffic(self, counts: Mapping[str, int]) -> None:
+        if counts:
+            self._run(self._plain(self.layout.add_traffic(counts)))
+
+    # -- reading -----------------------------------------------------------------------
+    def get_config(self) -> StoredConfig:
+        return self._run(self._get_config())
+
+    def get_rules(self) -> RuleSet | None:
+        """The stored rules, or None when none are stored (defaults apply)."""
+        return _rules_or_none(self.get_config())
+
+    def members(self, name: str) -> set[str]:
+        return self._run(self._members(name))
+
+    def set_sizes(self, names: Iterable[str]) -> dict[str, int]:
+        return self._run(self._set_sizes(names))
+
+    def health(self) -> dict[str, str]:
+        return self._run(self._hash(self.layout.health))
+
+    def traffic(self) -> dict[str, str]:
+        return self._run(self._hash(self.layout.traffic))
+
+    def history(self, count: int = 20) -> list[AuditEntry]:
+        """The latest changes, newest first."""
+        return self._run(plans.history(self.layout, count))
+
+    # -- writing -----------------------------------------------------------------------
+    def set_mode(self, mode: str, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return self._run(plans.set_mode(self.layout, actor, mode))
+
+    def set_rules(self, rules: RulesInput, *, actor: str = DEFAULT_ACTOR) -> Change:
+        """Validate and store a rule document; raises RuleError and writes nothing if invalid."""
+        return self._run(plans.set_rules(self.layout, actor, self._rules(rules)))
+
+    def clear_rules(self, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return self._run(plans.clear_rules(self.layout, actor))
+
+    def add_rule(
+        self, rule: Mapping[str, Any], *, position: int | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return self._run(plans.add_rule(self.layout, actor, rule, position))
+
+    def remove_rule(self, rule_id: str, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return self._run(plans.remove_rule(self.layout, actor, rule_id))
+
+    def set_percent(self, percent: float, *, actor: str = DEFAULT_ACTOR, **options: Any) -> Change:
+        return self._run(plans.set_percent(self.layout, actor, percent, **options))
+
+    def set_upstream(
+        self, name: str, url: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return self._run(plans.set_upstream(self.layout, actor, name, url, host))
+
+    def remove_upstream(
+        self, name: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return self._run(plans.remove_upstream(self.layout, actor, name, host))
+
+    def add_members(
+        self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return self._run(plans.change_members(self.layout, actor, "set add", name, "SADD", members))
+
+    def remove_members(
+        self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return self._run(
+            plans.change_members(self.layout, actor, "set remove", name, "SREM", members)
+        )
+
+    def add_ips(self, name: str, ips: Iterable[str], *, actor: str = DEFAULT_ACTOR) -> Change:
+        members = plans.normalize_ips(ips)
+        return self._run(plans.change_members(self.layout, actor, "ip add", name, "SADD", members))
+
+    def remove_ips(self, name: str, ips: Iterable[str], *, actor: str = DEFAULT_ACTOR) -> Change:
+        members = plans.normalize_ips(ips)
+        return self._run(
+            plans.change_members(self.layout, actor, "ip remove", name, "SREM", members)
+        )
+
+    def rollback(self, version: int | None = None, *, actor: str = DEFAULT_ACTOR) -> Change:
+        """Restore mode, rules and upstreams as they were after ``version`` (default: undo
+        the latest config change). Atomic, and recorded in the history itself."""
+        return self._run(plans.rollback(self.layout, actor, version))
+
+    def close(self) -> None:
+        self._executor.close()
+
+    def __repr__(self) -> str:
+        return f"<Store {self.url or 'custom'} prefix={self.prefix!r}>"
+
+
+class AsyncStore(_Plans):
+    """asyncio access to the rule store (same methods as :class:`Store`, as coroutines).
+    Build one with :func:`async_store_from_url`."""
+
+    def __init__(self, executor: AsyncExecutor, *, prefix: str = "canary:", url: str = ""):
+        super().__init__(prefix)
+        self._executor = executor
+        self.url = url
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            commands = next(plan)
+            while True:
+                commands = plan.send(await self._executor.run(commands))
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+    async def read_state(self, ip_sets: Iterable[str], ip_lists: Iterable[IPListRef]) -> StoreState:
+        return await self._run(self._read_state(ip_sets, ip_lists))
+
+    async def lookup(self, probes: Sequence[Probe]) -> dict[Probe, bool]:
+        results = await self._executor.run(self.layout.lookup(probes), fast=True)
+        return Layout.parse_lookup(probes, results)
+
+    async def subscribe(self) -> AsyncSubscription:
+        return await self._executor.subscribe(self.layout.channel)
+
+    async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
+        await self._executor.warm(dbs)
+
+    async def set_health(self, name: str, state: str) -> None:
+        await self._run(self._plain(self.layout.set_health(name, state)))
+
+    async def add_traffic(self, counts: Mapping[str, int]) -> None:
+        if counts:
+            await self._run(self._plain(self.layout.add_traffic(counts)))
+
+    async def get_config(self) -> StoredConfig:
+        return await self._run(self._get_config())
+
+    async def get_rules(self) -> RuleSet | None:
+        return _rules_or_none(await self.get_config())
+
+    async def members(self, name: str) -> set[str]:
+        return await self._run(self._members(name))
+
+    async def set_sizes(self, names: Iterable[str]) -> dict[str, int]:
+        return await self._run(self._set_sizes(names))
+
+    async def health(self) -> dict[str, str]:
+        return await self._run(self._hash(self.layout.health))
+
+    async def traffic(self) -> dict[str, str]:
+        return await self._run(self._hash(self.layout.traffic))
+
+    async def history(self, count: int = 20) -> list[AuditEntry]:
+        return await self._run(plans.history(self.layout, count))
+
+    async def set_mode(self, mode: str, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return await self._run(plans.set_mode(self.layout, actor, mode))
+
+    async def set_rules(self, rules: RulesInput, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return await self._run(plans.set_rules(self.layout, actor, self._rules(rules)))
+
+    async def clear_rules(self, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return await self._run(plans.clear_rules(self.layout, actor))
+
+    async def add_rule(
+        self, rule: Mapping[str, Any], *, position: int | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return await self._run(plans.add_rule(self.layout, actor, rule, position))
+
+    async def remove_rule(self, rule_id: str, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return await self._run(plans.remove_rule(self.layout, actor, rule_id))
+
+    async def set_percent(
+        self, percent: float, *, actor: str = DEFAULT_ACTOR, **options: Any
+    ) -> Change:
+        return await self._run(plans.set_percent(self.layout, actor, percent, **options))
+
+    async def set_upstream(
+        self, name: str, url: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return await self._run(plans.set_upstream(self.layout, actor, name, url, host))
+
+    async def remove_upstream(
+        self, name: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        return await self._run(plans.remove_upstream(self.layout, actor, name, host))
+
+    async def add_members(
+        self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        plan = plans.change_members(self.layout, actor, "set add", name, "SADD", members)
+        return await self._run(plan)
+
+    async def remove_members(
+        self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        plan = plans.change_members(self.layout, actor, "set remove", name, "SREM", members)
+        return await self._run(plan)
+
+    async def add_ips(self, name: str, ips: Iterable[str], *, actor: str = DEFAULT_ACTOR) -> Change:
+        members = plans.normalize_ips(ips)
+        plan = plans.change_members(self.layout, actor, "ip add", name, "SADD", members)
+        return await self._run(plan)
+
+    async def remove_ips(
+        self, name: str, ips: Iterable[str], *, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        members = plans.normalize_ips(ips)
+        plan = plans.change_members(self.layout, actor, "ip remove", name, "SREM", members)
+        return await self._run(plan)
+
+    async def rollback(self, version: int | None = None, *, actor: str = DEFAULT_ACTOR) -> Change:
+        return await self._run(plans.rollback(self.layout, actor, version))
+
+    async def aclose(self) -> None:
+        await self._executor.close()
+
+    def __repr__(self) -> str:
+        return f"<AsyncStore {self.url or 'custom'} prefix={self.prefix!r}>"

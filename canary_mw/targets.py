@@ -1,0 +1,73 @@
+"""From a decision's target to the upstream that serves it (shared by ASGI and WSGI)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+
+from .decision import STABLE, Decision
+from .snapshot import Snapshot
+from .upstreams import Upstream
+
+__all__ = ["Targets"]
+
+logger = logging.getLogger("canary_mw")
+
+
+class Targets:
+    """Resolves targets against the code's upstreams, the store's overrides (per name, per
+    host) and the shared health state; builds each target's response tag once."""
+
+    def __init__(self, upstreams: Mapping[str, Upstream], tag_header: bytes | None):
+        self.upstreams = dict(upstreams)
+        self._tag_header = tag_header
+        self._tags: dict[str, list[tuple[bytes, bytes]]] = {}
+        self._unknown: set[str] = set()
+
+    def tag(self, target: str) -> list[tuple[bytes, bytes]]:
+        """The response tag for a target (empty when tagging is off)."""
+        tag = self._tags.get(target)
+        if tag is None:
+            tag = [] if self._tag_header is None else [(self._tag_header, target.encode("ascii"))]
+            self._tags[target] = tag
+        return tag
+
+    def names(self, snapshot: Snapshot) -> set[str]:
+        """Every upstream name known to the code or the store."""
+        return set(self.upstreams) | set(snapshot.upstreams)
+
+    def default(self, name: str, snapshot: Snapshot) -> Upstream | None:
+        """Where ``name`` points for requests without a host-specific route."""
+        route = snapshot.upstreams.get(name)
+        if route is not None and route.default is not None:
+            return route.default
+        return self.upstreams.get(name)
+
+    def resolve(
+        self,
+        decision: Decision,
+        snapshot: Snapshot,
+        host: str,
+        ejected_here: AbstractSet[str] = frozenset(),
+    ) -> tuple[Decision, Upstream | None]:
+        """The decision to record and the upstream to forward to (None: serve stable)."""
+        target = decision.target
+        if target == STABLE:
+            return decision, None
+        if target in snapshot.ejected or target in ejected_here:
+            return Decision(STABLE, "ejected", decision.rule_id), None
+        route = snapshot.upstreams.get(target)
+        upstream = route.pick(host) if route is not None else None
+        if upstream is None:
+            upstream = self.upstreams.get(target)
+        if upstream is None:
+            if target not in self._unknown:
+                self._unknown.add(target)
+                logger.warning(
+                    "canary_mw: rule %r routes to upstream %r, which is configured neither "
+                    "in code nor in the store; serving stable. Known upstreams: %s",
+                    decision.rule_id, target, sorted(self.names(snapshot)),
+                )  # fmt: skip
+            return Decision(STABLE, "no-upstream", decision.rule_id), None
+        return decision, upstream

@@ -1,0 +1,298 @@
+"""What CanaryRouter does to the bytes: exact bodies and paths, header hygiene, cookie
+isolation, streaming, failure replies, disconnects and WebSockets. Real uvicorn processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect as ws_connect
+
+from canary_mw.stores import store_from_url
+from tests.apps import BLOCK, CHUNK, download_digest, pattern
+from tests.routers import client_from, start_router
+from tests.servers import (
+    AppServer,
+    RedisServer,
+    free_port,
+    peak_rss_kib,
+    raw_request,
+    wait_until,
+)
+
+pytestmark = pytest.mark.slow
+
+FORCE = {"X-Canary-Force": "always"}
+SIZES = [0, 1, CHUNK - 1, CHUNK + 1, 1 << 20, 100 << 20]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def chunks(data: bytes, size: int = 1 << 16) -> Iterator[bytes]:
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[httpx.Client]:
+    with client_from("127.0.0.3") as http:
+        yield http
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{s}B" for s in SIZES])
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_upload_is_byte_identical(
+    router: AppServer, client: httpx.Client, size: int, framing: str
+) -> None:
+    data = pattern(size)
+    body = data if framing == "content-length" else chunks(data)
+    response = client.post(f"{router.url}/echo", content=body, headers=FORCE)
+    assert response.headers["x-canary-version"] == "canary"
+    echoed = response.json()
+    assert (echoed["body_size"], echoed["body_sha256"]) == (size, sha(data))
+    sent = {name.lower(): value for name, value in echoed["headers"]}
+    assert "transfer-encoding" not in sent or "content-length" not in sent  # never both
+    if framing == "content-length" and size:
+        assert sent["content-length"] == str(size)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=[f"{s}B" for s in SIZES])
+def test_download_is_byte_identical(router: AppServer, client: httpx.Client, size: int) -> None:
+    digest, received = hashlib.sha256(), 0
+    with client.stream(
+        "GET", f"{router.url}/download?size={size}&id=dl{size}", headers=FORCE
+    ) as response:
+        assert response.headers["content-length"] == str(size)
+        for piece in response.iter_raw():
+            digest.update(piece)
+            received += len(piece)
+    assert (received, digest.hexdigest()) == (size, download_digest(size))
+
+
+def test_raw_path_and_query_arrive_unchanged(router: AppServer) -> None:
+    target = b"/raw/a%2Fb/%7Euser/caf%C3%A9;v=1/%2e%2E?q=%20a+b&x=%2F&empty=&dup=1&dup=2&%26=%3D"
+    _, body = raw_request(router.port, b"GET " + target + b" HTTP/1.1\r\nHost: shop.example\r\n"
+                          b"X-Canary-Force: always\r\n\r\n")  # fmt: skip
+    echoed = json.loads(body)
+    path, _, query = target.partition(b"?")
+    assert echoed["raw_path"].encode("latin-1") == path
+    assert echoed["query_string"].encode("latin-1") == query
+
+
+def test_characters_a_client_library_would_requote_arrive_unchanged(router: AppServer) -> None:
+    """Punctuation that httpx would quote is passed on as it came. (uvicorn refuses raw
+    UTF-8 in a request line; the WSGI tests cover its percent-encoding.)"""
+    target = b'/raw/<a>"{|}^`\\?q=<b>&r="x"'
+    _, body = raw_request(router.port, b"GET " + target + b" HTTP/1.1\r\nHost: shop.example\r\n"
+                          b"X-Canary-Force: always\r\n\r\n")  # fmt: skip
+    echoed = json.loads(body)
+    assert echoed["raw_path"].encode("latin-1") == b'/raw/<a>"{|}^`\\'
+    assert echoed["query_string"].encode("latin-1") == b'q=<b>&r="x"'
+
+
+def test_no_client_library_defaults_reach_the_canary(router: AppServer) -> None:
+    _, body = raw_request(router.port, b"GET /echo HTTP/1.1\r\nHost: shop.example\r\n"
+                          b"X-Canary-Force: always\r\n\r\n")  # fmt: skip
+    seen = {name.lower(): value for name, value in json.loads(body)["headers"]}
+    assert set(seen) == {
+        "host", "x-canary-force", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+        "x-canary-forwarded",
+    }  # fmt: skip
+    assert seen["host"] == "shop.example"  # the client's Host is kept by default
+    assert seen["x-forwarded-for"] == "127.0.0.3"
+    assert seen["x-forwarded-proto"] == "http"
+
+
+def test_hop_by_hop_headers_are_stripped_both_ways(router: AppServer, client: httpx.Client) -> None:
+    sent = client.get(f"{router.url}/echo", headers={
+        **FORCE, "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "secret",
+        "Keep-Alive": "timeout=5", "TE": "trailers", "Proxy-Connection": "keep-alive",
+        "Trailer": "X-Checksum", "X-End-To-End": "kept",
+    })  # fmt: skip
+    seen = {name.lower() for name, _ in sent.json()["headers"]}
+    assert not seen & {"connection", "x-drop-me", "keep-alive", "te", "proxy-connection", "trailer"}
+    assert "x-end-to-end" in seen
+
+    answer = client.get(f"{router.url}/hop", headers=FORCE)
+    assert answer.headers["x-end-to-end"] == "kept"
+    for name in ("x-secret-hop", "keep-alive", "proxy-connection"):
+        assert name not in answer.headers
+    assert answer.headers.get_list("x-canary-version") == ["canary"]  # ours, not the canary's
+
+
+def test_several_set_cookie_headers_stay_separate(router: AppServer, client: httpx.Client) -> None:
+    response = client.get(f"{router.url}/cookies?user=a", headers=FORCE)
+    assert response.headers.get_list("set-cookie") == ["session=a; Path=/", "theme=dark; Path=/"]
+
+
+def test_one_users_cookies_never_reach_another(router: AppServer) -> None:
+    with client_from("127.0.0.61") as user_a, client_from("127.0.0.62") as user_b:
+        for _ in range(3):
+            first = user_a.get(f"{router.url}/cookies?user=alice", headers=FORCE)
+            assert "session=alice" in first.headers["set-cookie"]
+            user_b.cookies.clear()
+            second = user_b.get(f"{router.url}/cookies?user=bob", headers=FORCE)
+            assert second.json()["cookie"] == ""  # bob sent none, and the router added none
+        assert user_a.get(f"{router.url}/cookies", headers=FORCE).json()["cookie"] == (
+            "session=alice; theme=dark"  # a's own cookies still pass through as headers
+        )
+
+
+def test_server_sent_events_stream_before_the_canary_finishes(
+    router: AppServer, canary_server: AppServer, client: httpx.Client
+) -> None:
+    ident = f"sse{time.monotonic_ns()}"
+    with client.stream("GET", f"{router.url}/sse?id={ident}", headers=FORCE) as response:
+        stream = response.iter_raw()
+        received = b""
+        while b"data: first\n\n" not in received:
+            received += next(stream)
+        state = httpx.get(f"{canary_server.url}/status?id={ident}").json()["state"]
+        assert state == "waiting"  # the first event arrived while the canary is still mid-stream
+        httpx.get(f"{canary_server.url}/release?id={ident}")
+        received += b"".join(stream)
+    assert received == b"data: first\n\ndata: second\n\n"
+
+
+def test_canary_5xx_passes_through(router: AppServer, client: httpx.Client) -> None:
+    response = client.post(f"{router.url}/code?code=503", headers=FORCE, content=b"x")
+    assert (response.status_code, response.text) == (503, "from canary")
+
+
+@pytest.fixture
+def dead_rule(redis_srv: RedisServer, router_prefix: str) -> Iterator[None]:
+    store = store_from_url(redis_srv.url, prefix=router_prefix)
+    store.set_rules({"rules": [{"id": "dead", "when": {"header": "X-Dead", "present": True},
+                                "target": "dead"}]})  # fmt: skip
+    yield
+    store.clear_rules()
+    store.close()
+
+
+def test_unreachable_canary_gives_502(
+    router: AppServer, client: httpx.Client, dead_rule: None
+) -> None:
+    wait_until(lambda: client.get(f"{router.url}/", headers={"X-Dead": "1"}).status_code == 502,
+               timeout=2, what="the dead rule")  # fmt: skip
+    response = client.get(f"{router.url}/", headers={"X-Dead": "1"})
+    assert response.text.startswith("Bad Gateway")
+    assert "127.0.0.1" not in response.text  # details go to the log, not to the client
+    assert response.headers["x-canary-version"] == "dead"
+
+
+def test_hanging_canary_gives_504_after_the_read_timeout(
+    router: AppServer, client: httpx.Client
+) -> None:
+    start = time.monotonic()
+    response = client.get(f"{router.url}/hang", headers=FORCE)
+    elapsed = time.monotonic() - start
+    assert response.status_code == 504
+    assert 2.5 < elapsed < 10  # the router's read timeout is 3 s
+
+
+def test_client_leaving_mid_download_closes_the_upstream(
+    router: AppServer, canary_server: AppServer
+) -> None:
+    ident = f"leave{time.monotonic_ns()}"
+    with (
+        client_from("127.0.0.3") as leaving,
+        leaving.stream(
+            "GET", f"{router.url}/download?size={1 << 30}&id={ident}&pace=0.005", headers=FORCE
+        ) as response,
+    ):
+        first = next(response.iter_raw())
+        assert first
+    # the client is gone; the canary must see its connection closed, not stream 1 GiB
+    wait_until(
+        lambda: httpx.get(f"{canary_server.url}/status?id={ident}").json()["state"] == "aborted",
+        timeout=2,
+        what="the canary to see the disconnect",
+    )
+
+
+@pytest.fixture(scope="module")
+def fallback_router(redis_srv: RedisServer, router_prefix: str) -> Iterator[AppServer]:
+    server = start_router(
+        f"{redis_srv.url}?prefix={router_prefix}",
+        upstreams={"dead": f"http://127.0.0.1:{free_port()}"},
+        fallback=True,
+    )
+    yield server
+    server.cleanup()
+
+
+def test_fallback_serves_stable_for_idempotent_requests_only(
+    fallback_router: AppServer, client: httpx.Client, dead_rule: None
+) -> None:
+    url = f"{fallback_router.url}/page"
+    wait_until(lambda: client.get(url, headers={"X-Dead": "1"}).headers["x-decision"] == "fallback:dead",
+               timeout=2, what="fallback")  # fmt: skip
+    response = client.get(url, headers={"X-Dead": "1"})
+    assert (response.status_code, response.text) == (200, "This is version 1\n")
+    assert response.headers["x-canary-version"] == "stable"
+    put = client.put(url, headers={"X-Dead": "1"}, content=b"payload")
+    assert put.headers["x-body-size"] == "7"  # the stable app still got the whole body
+    post = client.post(url, headers={"X-Dead": "1"}, content=b"payload")
+    assert post.status_code == 502  # not idempotent: never replayed elsewhere
+
+
+def test_websocket_to_the_canary(router: AppServer) -> None:
+    url = f"ws://127.0.0.1:{router.port}/ws?room=1"
+    with ws_connect(url, additional_headers=FORCE, subprotocols=["chat.v2", "chat"]) as ws:
+        assert ws.subprotocol == "chat.v2"
+        ws.send("hello")
+        assert ws.recv(timeout=5) == "echo:hello"
+        ws.send(b"\x00\x01binary")
+        assert ws.recv(timeout=5) == b"echo:\x00\x01binary"
+        ws.send("close-please")
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "asked to")
+
+
+def test_websocket_to_stable(router: AppServer) -> None:
+    with ws_connect(f"ws://127.0.0.1:{router.port}/ws") as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=5) == "stable:hi"
+
+
+def test_one_gib_through_the_router_keeps_memory_flat(
+    redis_srv: RedisServer, canary_server: AppServer
+) -> None:
+    """A dedicated router process, so its peak RSS is this transfer's alone."""
+    router_proc = start_router(f"{redis_srv.url}?prefix=rss{free_port()}:",
+                               canary_url=canary_server.url, force_header="X-Canary-Force")  # fmt: skip
+    try:
+        with client_from("127.0.0.3") as http:
+            http.get(f"{router_proc.url}/warm", headers=FORCE)
+            before = peak_rss_kib(router_proc.pid)
+            size = 1 << 30
+            upload = http.post(f"{router_proc.url}/echo", headers=FORCE,
+                               content=(BLOCK for _ in range(size // CHUNK)))  # fmt: skip
+            digest = hashlib.sha256()
+            for _ in range(size // CHUNK):
+                digest.update(BLOCK)
+            assert upload.json()["body_sha256"] == digest.hexdigest()
+            after_upload = peak_rss_kib(router_proc.pid)
+            received = 0
+            with http.stream(
+                "GET", f"{router_proc.url}/download?size={size}&id=big", headers=FORCE
+            ) as down:
+                for piece in down.iter_raw():
+                    received += len(piece)
+            assert received == size
+            after_download = peak_rss_kib(router_proc.pid)
+        print(f"router peak RSS: {before} KiB before, +{after_upload - before} KiB after 1 GiB up, "
+              f"+{after_download - before} KiB after 1 GiB down")  # fmt: skip
+        assert after_upload - before < 64 * 1024
+        assert after_download - before < 64 * 1024
+    finally:
+        router_proc.cleanup()

@@ -1,0 +1,160 @@
+"""The canary-mw command line against a real Redis: every command, its output, and that bad
+input gives one line on stderr, a non-zero exit, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from canary_mw.admin.cli import main
+from canary_mw.stores import Store, store_from_url
+from tests.servers import RedisServer
+
+
+@pytest.fixture
+def url(redis_srv: RedisServer, prefix: str) -> str:
+    return f"{redis_srv.url}?prefix={prefix}"
+
+
+@pytest.fixture
+def store(url: str) -> Iterator[Store]:
+    handle = store_from_url(url)
+    yield handle
+    handle.close()
+
+
+def cli(url: str, *args: str, stdin: str | None = None) -> Result:
+    runner = CliRunner()
+    return runner.invoke(main, ["--store", url, "--actor", "tester", *args], input=stdin)
+
+
+def test_ip_commands(url: str, store: Store) -> None:
+    result = cli(url, "ip", "add", "203.0.113.7", "10.1.0.0/16")
+    assert (result.exit_code, result.output) == (0, "ip add to 'ips': 2 changed (version 1)\n")
+    assert cli(url, "ip", "add", "--set", "office", "192.0.2.0/24").exit_code == 0
+    assert cli(url, "ip", "list").output == "10.1.0.0/16\n203.0.113.7\n"
+    assert cli(url, "ip", "remove", "203.0.113.7").output.startswith(
+        "ip remove from 'ips': 1 changed"
+    )
+    assert store.members("office") == {"192.0.2.0/24"}
+
+
+def test_user_commands_in_bulk(url: str, store: Store, tmp_path: Path) -> None:
+    users = tmp_path / "vips.txt"
+    users.write_text("# VIP customers\nu1\nu2\n\nu3\n")
+    assert cli(url, "user", "add", "--file", str(users), "u4").output == (
+        "user add to 'users': 4 changed (version 1)\n"
+    )
+    assert cli(url, "user", "remove", "--file", "-", stdin="u1\nu2\n").exit_code == 0
+    assert store.members("users") == {"u3", "u4"}
+    many = "\n".join(f"user-{n}" for n in range(12_000))  # more than one atomic chunk
+    assert cli(url, "user", "add", "--set", "beta", "--file", "-", stdin=many).exit_code == 0
+    assert len(store.members("beta")) == 12_000
+
+
+def test_rule_commands(url: str, store: Store, tmp_path: Path) -> None:
+    when = '{"header": "X-QA", "present": true}'
+    result = cli(url, "rule", "add", "--id", "qa", "--when", when, "--position", "0")
+    assert result.output == "rule add 'qa': rules +qa (were the defaults) (version 1)\n"
+    assert cli(url, "rule", "list").output.splitlines()[0] == (
+        '1. qa -> canary: {"header": "X-QA", "present": true}'
+    )
+    assert json.loads(cli(url, "rule", "show", "qa").output)["when"] == json.loads(when)
+    assert (
+        cli(url, "rule", "remove", "users").output
+        == "rule remove 'users': rules -users (version 2)\n"
+    )
+    exported = tmp_path / "rules.json"
+    assert cli(url, "rules", "export", str(exported)).exit_code == 0
+    document = json.loads(exported.read_text())
+    assert [rule["id"] for rule in document["rules"]] == ["qa", "ips"]
+    document["rules"].reverse()
+    exported.write_text(json.dumps(document))
+    assert cli(url, "rules", "import", str(exported)).output == (
+        "rules import (2 rules): rules reordered (version 3)\n"
+    )
+    assert [rule.id for rule in store.get_rules().rules] == ["ips", "qa"]
+
+
+def test_percent_mode_and_upstreams(url: str, store: Store) -> None:
+    assert cli(url, "percent", "set", "5", "--by", "cookie:uid").exit_code == 0
+    assert cli(url, "percent", "set", "12.5").output.startswith(
+        "percent 'percent' = 12.5%: rules ~percent"
+    )
+    (rule,) = [r for r in store.get_rules().rules if r.id == "percent"]
+    assert rule.spec["when"] == {"percent": 12.5, "by": "cookie:uid", "salt": "percent"}
+    assert cli(url, "mode", "off").output == "set: mode rules -> off (version 3)\n"
+    assert cli(url, "mode", "off").output == "set: nothing changed (version 3)\n"
+    assert cli(url, "upstream", "set", "canary", "http://10.0.0.5:8000").exit_code == 0
+    assert (
+        cli(
+            url, "upstream", "set", "canary", "http://10.0.0.6:8000", "--host", "shop.example"
+        ).exit_code
+        == 0
+    )
+    assert cli(url, "upstream", "remove", "canary", "--host", "shop.example").exit_code == 0
+    assert store.get_config().describe()["upstreams"] == {"canary": {"url": "http://10.0.0.5:8000"}}
+
+
+def test_status_history_and_rollback(url: str, store: Store) -> None:
+    cli(url, "ip", "add", "203.0.113.7")
+    cli(url, "mode", "all")
+    cli(url, "rule", "add", "--id", "qa", "--when", '{"method": "GET"}')
+    text = cli(url, "status").output
+    assert "mode     all  (everyone on the canary)" in text
+    assert "sets     ips 1, users 0" in text
+    data = json.loads(cli(url, "status", "--json").output)
+    assert (data["version"], data["mode"], data["rules_source"]) == (3, "all", "store")
+    lines = cli(url, "history", "--limit", "2").output.splitlines()
+    assert lines[0].startswith("v3")
+    assert lines[0].endswith("tester               rule add qa")
+    assert lines[1].strip() == "rules +qa (were the defaults)"
+    entries = json.loads(cli(url, "history", "--json").output)
+    assert [e["action"] for e in entries] == ["rule add", "mode", "ip add"]
+    assert cli(url, "rollback", "1").output == (
+        "rollback: mode all -> rules, rules -qa (now the defaults) (version 4)\n"
+    )
+    assert store.get_config().mode is None
+
+
+BAD = [
+    (["ip", "add", "10.0.0.1/8"], "did you mean 10.0.0.0/8"),
+    (["ip", "add", "not-an-ip"], "not an IP address"),
+    (["user", "add", "--set", "bad name", "u1"], "set names"),
+    (["user", "add"], "at least one member"),
+    (["rule", "add", "--id", "x", "--when", '{"ip": ["x"]}'], "rule 'x', field 'when.ip[0]'"),
+    (["rule", "add", "--id", "x", "--when", "{not json"], "--when is not JSON"),
+    (["rule", "remove", "absent"], "no rule with id 'absent'"),
+    (["rule", "show", "absent"], "no rule with id 'absent'"),
+    (["rules", "import", "-"], "not valid JSON"),
+    (["percent", "set", "150"], "from 0 to 100"),
+    (["upstream", "set", "canary", "ftp://x"], "http:// or https://"),
+    (["upstream", "remove", "nothing"], "no upstream 'nothing'"),
+    (["rollback", "99"], "does not exist yet"),
+    (["mode", "sometimes"], "Invalid value"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_and_writes_nothing(
+    url: str, store: Store, args: list[str], message: str
+) -> None:
+    store.set_mode("rules")
+    result = cli(url, *args, stdin="{nope")
+    assert result.exit_code != 0
+    assert message in result.output
+    if result.exit_code == 1:  # our errors: exactly one line
+        assert len(result.output.strip().splitlines()) == 1
+        assert result.output.startswith("error: ")
+    assert store.get_config().version == 1
+    assert len(store.history(10)) == 1
+
+
+def test_unreachable_store_is_one_line() -> None:
+    result = cli("redis://127.0.0.1:9/0", "mode", "off")
+    assert result.exit_code == 1
+    assert result.output.startswith("error: Redis failed")
