@@ -12,7 +12,7 @@ import httpx
 from .decision import Decision
 from .errors import ConfigurationError
 from .facts import RequestFacts
-from .forward.client import checked_limits, checked_timeout
+from .forward.client import checked_body_limit, checked_limits, checked_timeout
 from .health import HealthMonitor
 from .metrics import Metrics
 from .options import RouterOptions, engine_for, metrics_for, store_for
@@ -40,6 +40,7 @@ class RouterBase:
         transport_kind: type,
         timeout: object,
         limits: object,
+        max_body_size: object,
         metrics: bool | Metrics,
         engine_options: Mapping[str, Any] | None,
         **options: Any,
@@ -49,6 +50,7 @@ class RouterBase:
         self.options = RouterOptions.build(**options)
         self._timeout = checked_timeout(timeout)
         self._limits = checked_limits(limits)
+        self._max_body_size = checked_body_limit(max_body_size)
         if transport is not None and not isinstance(transport, transport_kind):
             raise ConfigurationError(f"transport must be an httpx.{transport_kind.__name__}")
         self._transport: Any = transport
@@ -71,6 +73,7 @@ class RouterBase:
             "response_drop": self.options.response_drop,
             "report": self._upstream_report,
             "timeout": self._timeout,
+            "max_body_size": self._max_body_size,
         }
 
     @property

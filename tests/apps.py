@@ -8,6 +8,7 @@ the CANARY_TEST_OPTIONS environment variable (JSON keyword arguments).
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ from canary_mw.health import HealthCheck
 CHUNK = 64 * 1024
 STATE: dict[str, str] = {}
 RELEASE: dict[str, asyncio.Event] = {}
+SEEN: collections.deque[dict[str, Any]] = collections.deque(maxlen=2000)
 
 
 def pattern(size: int) -> bytes:
@@ -94,6 +96,14 @@ async def canary_app(scope: Any, receive: Any, send: Any) -> None:
         return
     path = scope["path"]
     query = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+    if path == "/seen":  # what reached the canary, for the smuggling and hostile-input tests
+        mark = query["mark"].encode()
+        await _json(send, [seen for seen in SEEN if mark in seen["target"].encode("latin-1")])
+        return
+    SEEN.append({
+        "target": (scope["raw_path"] + b"?" + scope["query_string"]).decode("latin-1"),
+        "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+    })  # fmt: skip
     if path == "/echo" or path.startswith("/raw/"):
         size, digest = await _read_body(receive)
         await _json(

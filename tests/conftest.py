@@ -8,7 +8,7 @@ import pytest
 from tests.contract import Flavoured, open_store
 from tests.servers import Cluster, RedisServer, Sentinel, redis_server
 
-pytest_plugins = ("tests.routers",)
+pytest_plugins = ("tests.routers", "tests.faultlog")
 
 
 @pytest.fixture

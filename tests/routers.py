@@ -14,9 +14,10 @@ from tests.servers import AppServer, RedisServer, free_port, uvicorn_command
 TRUSTED_PROXY = "127.0.0.5"
 
 
-def start_router(store: str, **options: Any) -> AppServer:
+def start_router(store: str, command: list[str] | None = None, **options: Any) -> AppServer:
     env = {"CANARY_TEST_OPTIONS": json.dumps({"store": store, **options})}
-    return AppServer(uvicorn_command("tests.apps:make_router_app", factory=True), env=env).start()
+    command = command or uvicorn_command("tests.apps:make_router_app", factory=True)
+    return AppServer(command, env=env).start()
 
 
 def client_from(address: str, **kwargs: Any) -> httpx.Client:

@@ -14,6 +14,7 @@ import httpx
 from ..errors import UpstreamError
 from ..upstreams import Upstream
 from .common import ForwarderBase
+from .errors import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 from .headers import RawHeaders, single_content_length
 
 __all__ = ["AsyncHTTPForwarder", "Outcome"]
@@ -36,13 +37,16 @@ class ClientDisconnectedError(Exception):
 
 class _Body:
     """The request body as an async byte stream for httpx, read from ``receive`` on demand
-    (never buffered whole), remembering whether any of it was consumed."""
+    (never buffered whole), remembering whether any of it was consumed, and stopping with
+    BodyTooLargeError once more than ``limit`` bytes came (chunked uploads have no length
+    to check up front)."""
 
-    __slots__ = ("consumed", "receive")
+    __slots__ = ("consumed", "left", "receive")
 
-    def __init__(self, receive: Receive):
+    def __init__(self, receive: Receive, limit: int | None):
         self.receive = receive
         self.consumed = False
+        self.left = limit
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -52,6 +56,10 @@ class _Body:
                 raise ClientDisconnectedError
             chunk = message.get("body", b"")
             if chunk:
+                if self.left is not None:
+                    self.left -= len(chunk)
+                    if self.left < 0:
+                        raise BodyTooLargeError
                 yield chunk
             if not message.get("more_body", False):
                 return
@@ -101,7 +109,9 @@ class AsyncHTTPForwarder(ForwarderBase):
     ) -> tuple[Outcome, int]:
         """What happened and the status sent (0 when the client left first)."""
         length = single_content_length(scope["headers"])
-        body = _Body(receive) if _has_body(scope, length) else None
+        if self.declared_too_large(length):
+            return await _reply(send, PAYLOAD_TOO_LARGE, tag)
+        body = _Body(receive, self.max_body_size) if _has_body(scope, length) else None
         client = scope.get("client")
         request = self.upstream_request(
             method=scope["method"], upstream=upstream,
@@ -118,15 +128,14 @@ class AsyncHTTPForwarder(ForwarderBase):
                 raise
         except ClientDisconnectedError:
             return Outcome.DONE, 0
+        except BodyTooLargeError:  # the upstream saw a truncated body and an aborted connection
+            return await _reply(send, PAYLOAD_TOO_LARGE, tag)
         except httpx.HTTPError as exc:
             body_read = body is not None and body.consumed
             reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
             if reply is None:
                 return Outcome.FALLBACK, 0
-            await send({"type": "http.response.start", "status": reply.status,
-                        "headers": reply.headers(tag)})  # fmt: skip
-            await send({"type": "http.response.body", "body": reply.body})
-            return Outcome.DONE, reply.status
+            return await _reply(send, reply, tag)
         try:
             headers = self.answered(upstream, response, tag)
             await send({"type": "http.response.start", "status": response.status_code,
@@ -161,6 +170,14 @@ class AsyncHTTPForwarder(ForwarderBase):
             )
             # The status line is gone: the only honest signal left is to abort the connection.
             raise UpstreamError("upstream failed after the response started") from exc
+
+
+async def _reply(send: Send, reply: ErrorReply, tag: RawHeaders) -> tuple[Outcome, int]:
+    """Answer with one of our own short replies (nothing of the upstream's was sent)."""
+    await send({"type": "http.response.start", "status": reply.status,
+                "headers": reply.headers(tag)})  # fmt: skip
+    await send({"type": "http.response.body", "body": reply.body})
+    return Outcome.DONE, reply.status
 
 
 async def _first_chunk(response: httpx.Response) -> tuple[bytes, AsyncIterator[bytes] | None]:

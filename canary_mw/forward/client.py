@@ -53,6 +53,18 @@ def checked_limits(limits: object) -> httpx.Limits:
     return limits
 
 
+def checked_body_limit(size: object) -> int | None:
+    """None (no limit) or a positive number of bytes."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise ConfigurationError(
+            "max_body_size must be None (no limit) or a positive number of bytes, "
+            f"e.g. 10 * 1024 * 1024; got {size!r}"
+        )
+    return size
+
+
 def make_async_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
     """The default transport for forwarding (see bench/ and the README for the choice)."""
     return httpx.AsyncHTTPTransport(limits=limits, retries=0, trust_env=False)

@@ -31,7 +31,9 @@ class ForwarderBase:
         request_drop: frozenset[bytes],
         report: Report,
         timeout: httpx.Timeout,
+        max_body_size: int | None = None,
     ):
+        self.max_body_size = max_body_size
         self._timeouts = {"timeout": timeout.as_dict()}
         self._preserve_host = preserve_host
         self._is_trusted_peer = is_trusted_peer
@@ -39,6 +41,10 @@ class ForwarderBase:
         self._response_drop = response_drop
         self._request_drop = request_drop
         self._report = report
+
+    def declared_too_large(self, length: int | None) -> bool:
+        """A Content-Length over the limit: refuse before anything reaches the upstream."""
+        return self.max_body_size is not None and length is not None and length > self.max_body_size
 
     def upstream_request(
         self,

@@ -7,10 +7,22 @@ from dataclasses import dataclass
 
 import httpx
 
-__all__ = ["ErrorReply", "Report", "classify", "error_kind", "is_unreachable"]
+__all__ = [
+    "PAYLOAD_TOO_LARGE",
+    "BodyTooLargeError",
+    "ErrorReply",
+    "Report",
+    "classify",
+    "error_kind",
+    "is_unreachable",
+]
 
 #: ``report(upstream, error_kind or None)``: how each forwarded request went.
 Report = Callable[[str, "str | None"], None]
+
+
+class BodyTooLargeError(Exception):
+    """The client sent more body than max_body_size allows (raised by the body streams)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +40,7 @@ class ErrorReply:
 
 BAD_GATEWAY = ErrorReply(502, b"Bad Gateway: the canary upstream could not be reached.\n")
 GATEWAY_TIMEOUT = ErrorReply(504, b"Gateway Timeout: the canary upstream did not answer in time.\n")
+PAYLOAD_TOO_LARGE = ErrorReply(413, b"Payload Too Large: the request body is over the limit.\n")
 UNAVAILABLE = ErrorReply(503, b"Service Unavailable: too many requests to the canary upstream.\n")
 
 

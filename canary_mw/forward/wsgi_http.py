@@ -11,6 +11,7 @@ import httpx
 
 from ..upstreams import Upstream
 from .common import ForwarderBase
+from .errors import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 from .headers import RawHeaders, single_content_length
 
 __all__ = ["ForwardedBody", "SyncHTTPForwarder", "environ_headers"]
@@ -57,14 +58,16 @@ def request_target(environ: Environ) -> tuple[bytes, bytes]:
 
 class _Input:
     """``wsgi.input`` as a byte iterator for httpx: exactly Content-Length bytes, or until EOF
-    when the server marks the input as terminated (chunked uploads). Never read whole."""
+    when the server marks the input as terminated (chunked uploads). Never read whole; stops
+    with BodyTooLargeError once a terminated input goes over ``limit``."""
 
-    __slots__ = ("consumed", "remaining", "stream")
+    __slots__ = ("consumed", "left", "remaining", "stream")
 
-    def __init__(self, stream: Any, length: int | None):
+    def __init__(self, stream: Any, length: int | None, limit: int | None):
         self.stream = stream
         self.remaining = length
         self.consumed = False
+        self.left = limit
 
     def __iter__(self) -> Iterator[bytes]:
         while self.remaining is None or self.remaining > 0:
@@ -75,6 +78,10 @@ class _Input:
                 return
             if self.remaining is not None:
                 self.remaining -= len(chunk)
+            elif self.left is not None:
+                self.left -= len(chunk)
+                if self.left < 0:
+                    raise BodyTooLargeError
             yield chunk
 
 
@@ -99,6 +106,11 @@ def _status_line(code: int, reason: str | None = None) -> str:
         except ValueError:
             reason = "Unknown"
     return f"{code} {reason}"
+
+
+def _reply(start_response: StartResponse, reply: ErrorReply, tag: RawHeaders) -> list[bytes]:
+    start_response(_status_line(reply.status), _native(reply.headers(tag)))
+    return [reply.body]
 
 
 def _native(headers: RawHeaders) -> list[tuple[str, str]]:
@@ -129,7 +141,9 @@ class SyncHTTPForwarder(ForwarderBase):
             has_body = False
         else:
             has_body = length is None or length > 0
-        body = _Input(environ["wsgi.input"], length) if has_body else None
+        if self.declared_too_large(length):
+            return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
+        body = _Input(environ["wsgi.input"], length, self.max_body_size) if has_body else None
         request = self.upstream_request(
             method=environ.get("REQUEST_METHOD", "GET"), upstream=upstream,
             target=request_target(environ), headers=raw, peer=environ.get("REMOTE_ADDR"),
@@ -137,13 +151,14 @@ class SyncHTTPForwarder(ForwarderBase):
         )  # fmt: skip
         try:
             response = self._transport().handle_request(request)
+        except BodyTooLargeError:
+            return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
         except httpx.HTTPError as exc:
             body_read = body is not None and body.consumed
             reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
             if reply is None:
                 return None
-            start_response(_status_line(reply.status), _native(reply.headers(tag)))
-            return [reply.body]
+            return _reply(start_response, reply, tag)
         headers = self.answered(upstream, response, tag)
         start_response(_status_line(response.status_code, response.reason_phrase), _native(headers))
         return ForwardedBody(response)
