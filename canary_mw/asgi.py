@@ -144,6 +144,8 @@ class CanaryRouter(RouterBase):
         )
         scope[DECISION_KEY] = decision
         if upstream is not None:
+            if self.options.fallback:  # stable may need what the forwarder already read
+                receive = _Replayable(receive)
             outcome, status = await self._forwarder.forward(
                 scope, receive, send, upstream, self.targets.tag(decision.target),
                 fallback=self.options.fallback,
@@ -155,6 +157,8 @@ class CanaryRouter(RouterBase):
                 self.metrics.fallback(upstream.name)
             decision = Decision(STABLE, "fallback", decision.rule_id)
             scope[DECISION_KEY] = decision
+            if isinstance(receive, _Replayable):
+                receive.replay()
         await self.app(scope, receive, _StableSend(self, send, decision, facts))
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -312,3 +316,28 @@ class _StableSend:
         elif kind == "http.response.body" and not message.get("more_body", False):
             self.router._record(self.decision, self.status, self.started, self.facts)
         return self.send(message)
+
+
+class _Replayable:
+    """``receive`` that remembers what it returned, so stable can be given the same messages
+    when the forwarder falls back (it only falls back when no body was read, but its
+    disconnect watch may have taken the empty ``http.request`` message)."""
+
+    __slots__ = ("_receive", "_replaying", "_seen")
+
+    def __init__(self, receive: Receive):
+        self._receive = receive
+        self._seen: list[Message] = []
+        self._replaying = False
+
+    def replay(self) -> None:
+        self._replaying = True
+
+    async def __call__(self) -> Message:
+        if self._replaying:
+            if self._seen:
+                return self._seen.pop(0)
+            return await self._receive()
+        message: Message = await self._receive()
+        self._seen.append(message)
+        return message

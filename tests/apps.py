@@ -15,6 +15,7 @@ import os
 from typing import Any
 from urllib.parse import parse_qs
 
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
@@ -269,6 +270,8 @@ def make_router_app() -> Any:
     options = json.loads(os.environ["CANARY_TEST_OPTIONS"])
     if "health" in options:
         options["health"] = HealthCheck(**options["health"])
+    if "limits" in options:
+        options["limits"] = httpx.Limits(**options["limits"])
     app = Starlette(
         routes=[
             WebSocketRoute("/ws", stable_websocket),

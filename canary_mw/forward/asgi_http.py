@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from enum import Enum
@@ -41,12 +42,13 @@ class _Body:
     BodyTooLargeError once more than ``limit`` bytes came (chunked uploads have no length
     to check up front)."""
 
-    __slots__ = ("consumed", "left", "receive")
+    __slots__ = ("consumed", "finished", "left", "receive")
 
     def __init__(self, receive: Receive, limit: int | None):
         self.receive = receive
         self.consumed = False
         self.left = limit
+        self.finished = asyncio.Event()  # all of it was read: ``receive`` is free again
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
@@ -62,12 +64,21 @@ class _Body:
                         raise BodyTooLargeError
                 yield chunk
             if not message.get("more_body", False):
+                self.finished.set()
                 return
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass  # a body the upstream did not read: drain and ignore it
+
+
+async def _disconnected_while_waiting(receive: Receive, body: _Body | None) -> None:
+    """Returns when the client leaves before the upstream's response head arrived. While
+    the body streams, ``_Body`` owns ``receive`` (and notices a departure itself)."""
+    if body is not None:
+        await body.finished.wait()
+    await _wait_for_disconnect(receive)
 
 
 def _raw_path(scope: Scope) -> bytes:
@@ -120,7 +131,9 @@ class AsyncHTTPForwarder(ForwarderBase):
             scheme=scope.get("scheme", "http"), body=body, length=length,
         )  # fmt: skip
         try:
-            response = await self._transport().handle_async_request(request)
+            response = await self._until_answered(request, receive, body)
+            if response is None:  # the client left: the upstream request was cancelled
+                return Outcome.DONE, 0
             try:
                 first, rest = await _first_chunk(response)
             except BaseException:
@@ -147,6 +160,25 @@ class AsyncHTTPForwarder(ForwarderBase):
         finally:
             await response.aclose()
         return Outcome.DONE, response.status_code
+
+    async def _until_answered(
+        self, request: httpx.Request, receive: Receive, body: _Body | None
+    ) -> httpx.Response | None:
+        """The upstream's response, or None when the client left first. Without the watch, a
+        departed client would hold the upstream connection until the read timeout."""
+        answer = asyncio.ensure_future(self._transport().handle_async_request(request))
+        watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
+        try:
+            await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+            if not answer.done():
+                answer.cancel()  # closes the upstream connection mid-request
+        if answer.cancelled():
+            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
+                await answer
+            return None
+        return answer.result()
 
     async def _stream(
         self, first: bytes, rest: AsyncIterator[bytes], receive: Receive, send: Send
