@@ -263,6 +263,9 @@ def openresty(ctx: Context, stable: Server) -> None:
     client.set(CANARY_IP, CANARY_IP)  # the classic layout: the IP as key and value
     workdir = Path(tempfile.mkdtemp(prefix="bench-openresty-"))
     shutil.copy(SHARED / "gray.lua", workdir / "gray.lua")
+    # nginx's workers drop root for an unprivileged user: they must be able to read the script.
+    workdir.chmod(0o755)
+    (workdir / "gray.lua").chmod(0o644)
     for pool in (1, 0):
         port, plain = free_port(), free_port()
         conf = (SHARED / "nginx.conf.tmpl").read_text()
@@ -279,6 +282,7 @@ def openresty(ctx: Context, stable: Server) -> None:
         server = Server(f"openresty{pool}", ["nginx", "-c", str(workdir / f"nginx{pool}.conf"),
                                               "-p", str(workdir)], port=port)  # fmt: skip
         label = "keepalive" if pool else "connect per request"
+        _check_answers(server, workdir)
         backends = stable.pids() + ctx.canary.pids()
         if pool:
             measure(
@@ -301,6 +305,24 @@ def openresty(ctx: Context, stable: Server) -> None:
     client.delete(CANARY_IP)
     client.close()
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_answers(server: Server, workdir: Path) -> None:
+    """Measure nothing that does not answer 200: a misconfigured proxy's fast 502s would
+    pass for throughput."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(server.url + "/", timeout=5) as reply:
+            if reply.status == 200:
+                return
+    except OSError as exc:
+        problem = str(exc)
+    else:
+        problem = f"status {reply.status}"
+    log = workdir / "run" / "error.log"
+    tail = log.read_text()[-2000:] if log.exists() else "(no error log)"
+    raise RuntimeError(f"{server.name} does not answer 200 ({problem}):\n{tail}")
 
 
 def redis_pids(ctx: Context) -> list[int]:

@@ -41,6 +41,10 @@ class AsyncEngine(EngineCore):
         self._wake: asyncio.Event | None = None
         self._attempted: asyncio.Event | None = None
         self._stopping = False
+        # Lookups in flight, by the probes they answer: concurrent requests that miss the
+        # cache for the same key share one round trip, so Redis load follows the number of
+        # distinct keys per cache TTL, not the request rate.
+        self._inflight: dict[tuple[Probe, ...], asyncio.Future[dict[Probe, bool]]] = {}
 
     async def decide(self, facts: RequestFacts) -> Decision:
         if self._loop is not asyncio.get_running_loop():
@@ -68,7 +72,7 @@ class AsyncEngine(EngineCore):
                 return decision
             generation = self.cache.generation
             try:
-                fetched = await self.store.lookup(decision.pending)
+                fetched = await self._lookup(decision.pending)
             except Exception as exc:  # never let the store turn into a 500
                 self._lookup_failed(exc)
                 return decision
@@ -79,6 +83,21 @@ class AsyncEngine(EngineCore):
             if not decision.pending:
                 return decision
         return decision
+
+    async def _lookup(self, probes: tuple[Probe, ...]) -> dict[Probe, bool]:
+        shared = self._inflight.get(probes)
+        if shared is None:
+            shared = asyncio.ensure_future(self.store.lookup(probes))
+            self._inflight[probes] = shared
+            shared.add_done_callback(lambda done: self._landed(probes, done))
+        # Shielded: one waiter giving up (its client left) must not cancel the others' answer.
+        return await asyncio.shield(shared)
+
+    def _landed(self, probes: tuple[Probe, ...], done: asyncio.Future[dict[Probe, bool]]) -> None:
+        if self._inflight.get(probes) is done:
+            del self._inflight[probes]
+        if not done.cancelled():
+            done.exception()  # retrieved here too: every waiter may have left already
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, *, wait: float | None = None) -> bool:

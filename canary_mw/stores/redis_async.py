@@ -14,7 +14,15 @@ from .._aio import run_within
 from ..errors import StoreError
 from .layout import CHANGE, CHANGE_SCRIPT, Command
 from .memory import Notice
-from .redis_clients import ASYNC, Client, change_call, client_options, group_by_db, make_client
+from .redis_clients import (
+    ASYNC,
+    WARM_ATTEMPTS,
+    Client,
+    change_call,
+    client_options,
+    group_by_db,
+    make_client,
+)
 from .urls import RedisTarget
 
 __all__ = ["AsyncRedisExecutor", "AsyncRedisSubscription"]
@@ -118,11 +126,14 @@ class AsyncRedisExecutor:
 
     async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
         """Connect the request-time clients now (see RedisExecutor.warm)."""
-        try:
-            for db in dbs:
-                await self.client(db, fast=True).ping()
-        except (redis.RedisError, OSError) as exc:
-            raise StoreError(f"Redis failed: {exc}") from exc
+        for db in dbs:
+            for attempt in range(WARM_ATTEMPTS):
+                try:
+                    await self.client(db, fast=True).ping()
+                    break
+                except (redis.RedisError, OSError) as exc:
+                    if attempt == WARM_ATTEMPTS - 1:
+                        raise StoreError(f"Redis failed: {exc}") from exc
 
     async def subscribe(self, channel: str) -> AsyncRedisSubscription:
         try:

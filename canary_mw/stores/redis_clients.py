@@ -29,6 +29,7 @@ from .urls import RedisTarget
 __all__ = [
     "ASYNC",
     "SYNC",
+    "WARM_ATTEMPTS",
     "Client",
     "Flavour",
     "change_call",
@@ -36,6 +37,9 @@ __all__ = [
     "group_by_db",
     "make_client",
 ]
+
+#: Tries at connecting the fast (request-time) clients in the background before giving up.
+WARM_ATTEMPTS = 3
 
 Client = Any  # redis.Redis / RedisCluster and their asyncio twins
 

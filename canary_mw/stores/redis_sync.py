@@ -12,7 +12,15 @@ import redis
 from ..errors import StoreError
 from .layout import CHANGE, CHANGE_SCRIPT, Command
 from .memory import Notice
-from .redis_clients import SYNC, Client, change_call, client_options, group_by_db, make_client
+from .redis_clients import (
+    SYNC,
+    WARM_ATTEMPTS,
+    Client,
+    change_call,
+    client_options,
+    group_by_db,
+    make_client,
+)
 from .urls import RedisTarget
 
 __all__ = ["RedisExecutor", "RedisSubscription"]
@@ -96,12 +104,17 @@ class RedisExecutor:
 
     def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
         """Connect the request-time clients now, so no request pays for connection setup
-        (a cluster client's first use also discovers the slot map: ~40 ms on loopback)."""
-        try:
-            for db in dbs:
-                self.client(db, fast=True).ping()
-        except (redis.RedisError, OSError) as exc:
-            raise StoreError(f"Redis failed: {exc}") from exc
+        (a cluster client's first use also discovers the slot map: ~40 ms on loopback).
+        Runs in the background, so it tries again where a request would not: the fast
+        clients' connect budget is tight, and a busy machine can miss it once."""
+        for db in dbs:
+            for attempt in range(WARM_ATTEMPTS):
+                try:
+                    self.client(db, fast=True).ping()
+                    break
+                except (redis.RedisError, OSError) as exc:
+                    if attempt == WARM_ATTEMPTS - 1:
+                        raise StoreError(f"Redis failed: {exc}") from exc
 
     def subscribe(self, channel: str) -> RedisSubscription:
         try:
