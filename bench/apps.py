@@ -54,12 +54,29 @@ def router() -> Any:
         from canary_mw.forward.transports import HTTPCore2Transport
 
         options["transport"] = HTTPCore2Transport()
-    app = CanaryRouter(backend, **options)
+    inner = realistic() if os.environ.get("BENCH_APP") == "realistic" else backend
+    app = CanaryRouter(inner, **options)
     if os.environ.get("BENCH_GC_FREEZE"):
         import gc
 
         gc.freeze()
     return app
+
+
+def realistic() -> Any:
+    """A more typical endpoint: Starlette routing, and a JSON document built per request."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    items = [
+        {"id": n, "name": f"item {n}", "price": n * 1.25, "tags": ["a", "b"]} for n in range(20)
+    ]
+
+    async def listing(request: Any) -> JSONResponse:
+        return JSONResponse({"version": MESSAGE.decode().strip(), "items": items})
+
+    return Starlette(routes=[Route("/", listing)])
 
 
 def base_http_noop() -> Any:

@@ -47,10 +47,14 @@ def targets(ctx: Context) -> list[tuple[str, str, bool | None]]:
     redis_set = "stable path, Redis-set rule (100 users)"
     add("ASGI stable path, Redis-backed rule >= 0.90x bare app",
         [ratio(redis_set, "bare ASGI app", c) for c in (10, 50)], 0.90)  # fmt: skip
+    add("(same, with a typical endpoint: Starlette routing + JSON) >= 0.90x",
+        [ratio("Starlette JSON app + router, Redis-set rule", "bare Starlette JSON app", c) for c in (10, 50)], 0.90)  # fmt: skip
     add("ASGI stable path, Redis-backed rule >= 1.5x OpenResty stable (keepalive)",
         [ratio(redis_set, "OpenResty stable path (keepalive)", c) for c in (10, 50)], 1.5)  # fmt: skip
     add("ASGI canary path >= 0.25x OpenResty canary (keepalive)",
         [ratio("canary path (httpx transport)", "OpenResty canary path (keepalive)", c) for c in (10, 50)], 0.25)  # fmt: skip
+    add("(same, with the aiohttp transport) >= 0.25x",
+        [ratio("canary path (aiohttp transport)", "OpenResty canary path (keepalive)", c) for c in (10, 50)], 0.25)  # fmt: skip
     c10, c50 = (
         _find(rows, "canary path (httpx transport)", 10),
         _find(rows, "canary path (httpx transport)", 50),
@@ -100,8 +104,8 @@ def targets(ctx: Context) -> list[tuple[str, str, bool | None]]:
 def markdown(ctx: Context, command: str) -> str:
     lines = [
         "# canary_mw benchmark", "",
-        f"Machine: {machine()}. Command: `{command}`. Each run {ctx.seconds:g} s after a 1 s warm-up;"
-        " wrk -t1 when installed. Compare ratios within this run only: the machine is shared.", "",
+        f"Machine: {machine()}. Command: `{command}`. Each row is the median (by req/s) of {ctx.repeats} runs of"
+        f" {ctx.seconds:g} s after a 1 s warm-up; wrk -t1 when installed. Compare ratios within this run only: the machine is shared.", "",
         "CPU/req is the CPU time of every serving process (app or router, canary backend, nginx,"
         " Redis) divided by the requests served. RSS is the largest peak among the server's processes.", "",
     ]  # fmt: skip

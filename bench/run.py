@@ -26,7 +26,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="length of each measured run")
+    parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="groups: asgi transports openresty wsgi outage streaming")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -48,7 +49,7 @@ def main() -> int:
     canary = Server("canary", uvicorn("bench.apps:backend", canary_port), port=canary_port,
                     env={"MESSAGE": "This is version 2"})  # fmt: skip
     stable = Server("stable", uvicorn("bench.apps:backend", stable_port), port=stable_port)
-    ctx = scenarios.Context(args.seconds, redis_port, canary)
+    ctx = scenarios.Context(args.seconds, redis_port, canary, repeats=args.repeats)
     ctx.extra["redis_pids"] = descendants(redis_process.pid)
     try:
         if "asgi" in groups:

@@ -128,29 +128,26 @@ def test_refused(
         router.cleanup()
 
 
-@pytest.mark.fault("Redis", "killed mid-load, then restarted", "0 failed; routing back")
-def test_killed_mid_load(
-    setup: AppServer, fresh_redis: RedisServer, observed: Callable[[str], None]
-) -> None:
-    with Load(setup.url) as load:
-        time.sleep(0.5)
-        fresh_redis.kill()
-        time.sleep(1.5)
-        fresh_redis.start()
-        time.sleep(0.5)
-    load.check(observed)
-    recovered(setup, fresh_redis, observed)
+#: A fault, its repair, and how long the load runs in between.
+OUTAGES: dict[
+    str, tuple[Callable[[RedisServer], object], Callable[[RedisServer], object], float]
+] = {
+    "killed mid-load, then restarted": (RedisServer.kill, RedisServer.start, 1.5),
+    "paused (SIGSTOP) for 2 s, then resumed": (RedisServer.pause, RedisServer.resume, 2.0),
+}
 
 
-@pytest.mark.fault("Redis", "paused (SIGSTOP) for 2 s, then resumed", "0 failed; routing back")
-def test_paused(
-    setup: AppServer, fresh_redis: RedisServer, observed: Callable[[str], None]
+@pytest.mark.fault("Redis", "{outage}", "0 failed; routing back")
+@pytest.mark.parametrize("outage", list(OUTAGES))
+def test_outage_under_load(
+    setup: AppServer, fresh_redis: RedisServer, observed: Callable[[str], None], outage: str
 ) -> None:
+    fault, repair, lasting = OUTAGES[outage]
     with Load(setup.url) as load:
-        time.sleep(0.5)
-        fresh_redis.pause()
-        time.sleep(2)
-        fresh_redis.resume()
+        time.sleep(0.5)  # healthy load first
+        fault(fresh_redis)
+        time.sleep(lasting)  # the load runs on while Redis is gone
+        repair(fresh_redis)
         time.sleep(0.5)
     load.check(observed)
     recovered(setup, fresh_redis, observed)

@@ -12,7 +12,8 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
@@ -102,25 +103,42 @@ def hostile_router(request: pytest.FixtureRequest, canary_server: AppServer) -> 
     server.cleanup()
 
 
+@dataclass
+class Hostile:
+    """One case: the router under test, the canary's request log, and a mark that tags
+    this case's paths so its requests can be found in that log."""
+
+    router: AppServer
+    canary: AppServer
+    note: Callable[[str], None]
+    mark: str = field(default_factory=lambda: f"m{uuid.uuid4().hex[:12]}")
+
+    def request(self, *headers: str, body: bytes = b"", method: str = "GET") -> bytes:
+        lines = [f"{method} /raw/{self.mark} HTTP/1.1", "Host: app.test", *headers, "", ""]
+        return "\r\n".join(lines).encode("latin-1") + body
+
+    def send(self, raw: bytes, source: str = UNTRUSTED) -> Reply:
+        reply = exchange(self.router.port, raw, source)
+        self.note(str(reply))  # the outcome column of the README's table
+        return reply
+
+    def seen(self) -> list[dict[str, Any]]:
+        """The requests the canary received for this case."""
+        response = httpx.get(f"{self.canary.url}/seen", params={"mark": self.mark}, timeout=10)
+        return list(response.json())
+
+    def still_serving(self) -> None:
+        reply = exchange(
+            self.router.port, b"GET / HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n"
+        )
+        assert (reply.status, reply.served_by) == (200, "stable"), reply
+
+
 @pytest.fixture
-def mark() -> str:
-    return f"m{uuid.uuid4().hex[:12]}"
-
-
-def seen(canary: AppServer, mark: str) -> list[dict[str, object]]:
-    """The requests the canary received whose target contains ``mark``."""
-    response = httpx.get(f"{canary.url}/seen", params={"mark": mark}, timeout=10)
-    return list(response.json())
-
-
-def still_serving(router: AppServer) -> None:
-    reply = exchange(router.port, b"GET / HTTP/1.1\r\nHost: ok\r\nConnection: close\r\n\r\n")
-    assert (reply.status, reply.served_by) == (200, "stable"), reply
-
-
-def request(mark: str, *headers: str, body: bytes = b"", method: str = "GET") -> bytes:
-    lines = [f"{method} /raw/{mark} HTTP/1.1", "Host: app.test", *headers, "", ""]
-    return "\r\n".join(lines).encode("latin-1") + body
+def hostile(
+    hostile_router: AppServer, canary_server: AppServer, observed: Callable[[str], None]
+) -> Hostile:
+    return Hostile(hostile_router, canary_server, observed)
 
 
 # -- spoofed client addresses and overrides -------------------------------------------------
@@ -142,19 +160,15 @@ SPOOFS = {
 )
 @pytest.mark.parametrize("spoof", list(SPOOFS))
 def test_spoofed_addresses_and_overrides_never_reach_the_canary(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     spoof: str,
 ) -> None:
-    reply = exchange(hostile_router.port, request(mark, *SPOOFS[spoof]))
-    observed(str(reply))
+    reply = hostile.send(hostile.request(*SPOOFS[spoof]))
     assert reply.status in (200, 400), reply
     if reply.status == 200:
         assert reply.served_by == "stable"
-    assert seen(canary_server, mark) == []
-    still_serving(hostile_router)
+    assert hostile.seen() == []
+    hostile.still_serving()
 
 
 TRUSTED = {
@@ -172,17 +186,13 @@ TRUSTED = {
 )
 @pytest.mark.parametrize("case", list(TRUSTED))
 def test_the_same_headers_from_a_trusted_proxy_do_route(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     case: str,
 ) -> None:
     headers, expected = TRUSTED[case]
-    reply = exchange(hostile_router.port, request(mark, *headers), source=TRUSTED_PROXY)
-    observed(str(reply))
+    reply = hostile.send(hostile.request(*headers), source=TRUSTED_PROXY)
     assert (reply.status, reply.served_by) == (200, expected), reply
-    assert len(seen(canary_server, mark)) == (1 if expected == "canary" else 0)
+    assert len(hostile.seen()) == (1 if expected == "canary" else 0)
 
 
 # -- request smuggling ----------------------------------------------------------------------
@@ -190,7 +200,7 @@ def _smuggled(mark: str) -> bytes:
     # A complete second request hidden where a parser that disagrees would see a body. It has
     # no VIP cookie: if the canary ever receives it, the router and the canary split the
     # stream differently.
-    return f"0\r\n\r\nGET /raw/{mark}-smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n".encode()
+    return f"0\r\n\r\nGET /raw/{hostile.mark}-smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n".encode()
 
 
 FRAMINGS = {
@@ -214,49 +224,41 @@ FRAMINGS = {
 )
 @pytest.mark.parametrize("framing", list(FRAMINGS))
 def test_no_smuggled_request_reaches_the_canary(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     framing: str,
 ) -> None:
-    body = _smuggled(mark)
+    body = _smuggled(hostile.mark)
     headers = [line.format(n=len(body)) for line in FRAMINGS[framing]]
-    reply = exchange(
-        hostile_router.port, request(mark, "Cookie: uid=vip1", *headers, body=body, method="POST")
-    )
-    observed(str(reply))
+    reply = hostile.send(hostile.request("Cookie: uid=vip1", *headers, body=body, method="POST"))
     assert reply.status in (0, 200, 400, 501), reply
-    received = seen(canary_server, mark)
+    received = hostile.seen()
     assert all("-smuggled" not in str(entry["target"]) for entry in received), received
     for entry in received:  # what was forwarded carries one framing, chosen by the router
-        names = [name for name, _ in entry["headers"]]  # type: ignore[union-attr]
+        names = [name for name, _ in entry["headers"]]
         assert not ("content-length" in names and "transfer-encoding" in names), names
         assert names.count("content-length") <= 1
         assert names.count("transfer-encoding") <= 1
-    still_serving(hostile_router)
+    hostile.still_serving()
 
 
 # -- header hygiene -------------------------------------------------------------------------
 @pytest.mark.fault("hostile input", "header named in Connection", "dropped before the canary")
 def test_headers_named_in_connection_are_dropped(
-    hostile_router: AppServer, canary_server: AppServer, mark: str, observed: Callable[[str], None]
+    hostile: Hostile,
 ) -> None:
-    reply = exchange(
-        hostile_router.port,
-        request(mark, "Cookie: uid=vip1", "Connection: keep-alive, X-Secret", "X-Secret: 1"),
+    reply = hostile.send(
+        hostile.request("Cookie: uid=vip1", "Connection: keep-alive, X-Secret", "X-Secret: 1"),
     )
-    observed(str(reply))
     assert (reply.status, reply.served_by) == (200, "canary")
-    (entry,) = seen(canary_server, mark)
-    assert "x-secret" not in [name for name, _ in entry["headers"]]  # type: ignore[union-attr]
+    (entry,) = hostile.seen()
+    assert "x-secret" not in [name for name, _ in entry["headers"]]
 
 
 CRLF = {
-    "encoded CRLF in the path": ("/raw/{mark}%0d%0aX-Injected:%201", []),
-    "bare CR in a header value": ("/raw/{mark}", ["X-A: 1\rX-Injected: 1"]),
-    "bare LF in a header value": ("/raw/{mark}", ["X-A: 1\nX-Injected: 1"]),
-    "NUL in a header value": ("/raw/{mark}", ["X-A: 1\x00X-Injected: 1"]),
+    "encoded CRLF in the path": ("/raw/{hostile.mark}%0d%0aX-Injected:%201", []),
+    "bare CR in a header value": ("/raw/{hostile.mark}", ["X-A: 1\rX-Injected: 1"]),
+    "bare LF in a header value": ("/raw/{hostile.mark}", ["X-A: 1\nX-Injected: 1"]),
+    "NUL in a header value": ("/raw/{hostile.mark}", ["X-A: 1\x00X-Injected: 1"]),
 }
 
 
@@ -267,45 +269,45 @@ CRLF = {
 )
 @pytest.mark.parametrize("case", list(CRLF))
 def test_no_header_injection(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     case: str,
 ) -> None:
     target, extra = CRLF[case]
     raw = "\r\n".join(
-        [f"GET {target.format(mark=mark)} HTTP/1.1", "Host: app.test", "Cookie: uid=vip1", *extra]
+        [
+            f"GET {target.format(mark=hostile.mark)} HTTP/1.1",
+            "Host: app.test",
+            "Cookie: uid=vip1",
+            *extra,
+        ]
     )
-    reply = exchange(hostile_router.port, raw.encode("latin-1") + b"\r\n\r\n")
-    observed(str(reply))
+    reply = hostile.send(raw.encode("latin-1") + b"\r\n\r\n")
     assert reply.status in (200, 400), reply
-    for entry in seen(canary_server, mark):
+    for entry in hostile.seen():
         pairs = entry["headers"]
-        assert not any(set("\r\n\0") & set(value) for _, value in pairs), entry  # type: ignore[union-attr]
+        assert not any(set("\r\n\0") & set(value) for _, value in pairs), entry
         if case != "bare LF in a header value":  # h11 ends a line at a bare LF (RFC 9112 2.2):
             # the client sent two headers, and the canary sees the same two as the router did.
-            assert "x-injected" not in [name for name, _ in pairs], entry  # type: ignore[union-attr]
+            assert "x-injected" not in [name for name, _ in pairs], entry
     if case == "encoded CRLF in the path":
         assert (reply.status, reply.served_by) == (200, "canary")
-        assert [e["target"] for e in seen(canary_server, mark)] == [target.format(mark=mark) + "?"]
-    still_serving(hostile_router)
+        assert [e["target"] for e in hostile.seen()] == [target.format(mark=hostile.mark) + "?"]
+    hostile.still_serving()
 
 
 @pytest.mark.fault(
     "hostile input", "absolute-form target naming another host", "forwarded to our canary only"
 )
 def test_absolute_form_goes_to_the_configured_canary(
-    hostile_router: AppServer, canary_server: AppServer, mark: str, observed: Callable[[str], None]
+    hostile: Hostile,
 ) -> None:
     raw = (
-        f"GET http://evil.invalid:1/raw/{mark}?q=1 HTTP/1.1\r\nHost: evil.invalid:1\r\n"
+        f"GET http://evil.invalid:1/raw/{hostile.mark}?q=1 HTTP/1.1\r\nHost: evil.invalid:1\r\n"
         "Cookie: uid=vip1\r\n\r\n"
     )
-    reply = exchange(hostile_router.port, raw.encode())
-    observed(str(reply))
+    reply = hostile.send(raw.encode())
     assert (reply.status, reply.served_by) == (200, "canary"), reply
-    assert [e["target"] for e in seen(canary_server, mark)] == [f"/raw/{mark}?q=1"]
+    assert [e["target"] for e in hostile.seen()] == [f"/raw/{hostile.mark}?q=1"]
 
 
 HOSTS = {
@@ -318,20 +320,16 @@ HOSTS = {
 @pytest.mark.fault("hostile input", "{case}", "400 or served; never a 500")
 @pytest.mark.parametrize("case", list(HOSTS))
 def test_odd_host_headers(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     case: str,
 ) -> None:
-    head = f"GET /raw/{mark} HTTP/1.1\r\n" + "".join(f"{h}\r\n" for h in HOSTS[case])
+    head = f"GET /raw/{hostile.mark} HTTP/1.1\r\n" + "".join(f"{h}\r\n" for h in HOSTS[case])
     if case == "duplicate Host":
         head = head.replace("\r\n", "\r\nHost: app.test\r\n", 1)
-    reply = exchange(hostile_router.port, head.encode() + b"\r\n")
-    observed(str(reply))
+    reply = hostile.send(head.encode() + b"\r\n")
     assert reply.status in (200, 400), reply
-    assert len(seen(canary_server, mark)) == (1 if reply.status == 200 else 0)
-    still_serving(hostile_router)
+    assert len(hostile.seen()) == (1 if reply.status == 200 else 0)
+    hostile.still_serving()
 
 
 @pytest.mark.fault(
@@ -341,26 +339,22 @@ def test_odd_host_headers(
 )
 @pytest.mark.parametrize("size", [64, 1024])
 def test_huge_headers(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     size: int,
 ) -> None:
     big = "a" * (size * 1024)
-    reply = exchange(hostile_router.port, request(mark, "Cookie: uid=vip1", "X-Big: " + big))
+    reply = hostile.send(hostile.request("Cookie: uid=vip1", "X-Big: " + big))
     # h11 refuses heads over 16 KiB (uvicorn's h11_max_incomplete_event_size); httptools has
     # no limit of its own, so the request is routed and forwarded like any other.
-    observed(str(reply))
     assert reply.status in (0, 200, 400, 431), reply
-    received = seen(canary_server, mark)
+    received = hostile.seen()
     if reply.status == 200:
         assert reply.served_by == "canary"
         (entry,) = received
-        assert ["x-big", big] in entry["headers"]  # type: ignore[operator]
+        assert ["x-big", big] in entry["headers"]
     else:
         assert received == []
-    still_serving(hostile_router)
+    hostile.still_serving()
 
 
 COOKIES = {
@@ -377,15 +371,11 @@ COOKIES = {
 @pytest.mark.fault("hostile input", "cookies: {case}", "first value wins, as browsers send")
 @pytest.mark.parametrize("case", list(COOKIES))
 def test_odd_cookies(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     case: str,
 ) -> None:
     headers, expected = COOKIES[case]
-    reply = exchange(hostile_router.port, request(mark, *headers))
-    observed(str(reply))
+    reply = hostile.send(hostile.request(*headers))
     assert (reply.status, reply.served_by) == (200, expected), (case, reply)
 
 
@@ -395,10 +385,7 @@ def test_odd_cookies(
 )
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_bodies_over_the_limit_get_413(
-    hostile_router: AppServer,
-    canary_server: AppServer,
-    mark: str,
-    observed: Callable[[str], None],
+    hostile: Hostile,
     framing: str,
 ) -> None:
     body = b"x" * (LIMIT + 1)
@@ -412,20 +399,17 @@ def test_bodies_over_the_limit_get_413(
         )
         headers, payload = ["Transfer-Encoding: chunked"], payload + b"0\r\n\r\n"
         expected_seen = None  # the upstream saw a start, then an aborted connection
-    reply = exchange(
-        hostile_router.port,
-        request(
-            mark, "Cookie: uid=vip1", "Connection: close", *headers, body=payload, method="POST"
-        ),
+    reply = hostile.send(
+        hostile.request(
+            "Cookie: uid=vip1", "Connection: close", *headers, body=payload, method="POST"
+        )
     )
-    observed(str(reply))
     assert (reply.status, reply.served_by) == (413, "canary"), reply
     if expected_seen is not None:
-        assert len(seen(canary_server, mark)) == expected_seen
-    at_limit = exchange(
-        hostile_router.port,
-        request(
-            mark, "Cookie: uid=vip1", f"Content-Length: {LIMIT}", body=b"x" * LIMIT, method="POST"
-        ),
+        assert len(hostile.seen()) == expected_seen
+    at_limit = hostile.send(
+        hostile.request(
+            "Cookie: uid=vip1", f"Content-Length: {LIMIT}", body=b"x" * LIMIT, method="POST"
+        )
     )
     assert (at_limit.status, at_limit.served_by) == (200, "canary")  # the limit is inclusive
