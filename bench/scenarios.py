@@ -40,6 +40,9 @@ class Row:
     cpu_us: float  # CPU time of every serving process, per request
     rss_mib: float
     note: str = ""
+    # The bare app measured with the same load script just before this row: ratios come
+    # from pairs measured back to back, not from a bare run minutes earlier.
+    baseline: Row | None = None
 
 
 @dataclass
@@ -99,28 +102,36 @@ def load(url: str, connections: int, seconds: float, script: str | None) -> Load
 
 
 def measure(ctx: Context, group: str, name: str, server: Server, script: str | None,
-            extra_pids: list[int] = (), note: str = "") -> list[Row]:  # type: ignore[assignment]  # fmt: skip
+            extra_pids: list[int] = (), note: str = "", *,  # type: ignore[assignment]
+            bare: Server | None = None) -> list[Row]:  # fmt: skip
+    """Rows at 10 and 50 connections; with ``bare``, each is paired with a bare run."""
     rows = []
     for connections in (10, 50):
-        load(
-            server.url + "/", connections, 1, script
-        )  # warm up: connections, caches, JIT-less paths
-        pids = server.pids() + list(extra_pids) + redis_pids(ctx)
-        runs = []
-        for _ in range(ctx.repeats):
-            before = cpu_seconds(pids)
-            result = load(server.url + "/", connections, ctx.seconds, script)
-            runs.append((result, cpu_seconds(pids) - before))
-        runs.sort(key=lambda run: run[0].rps)
-        result, used = runs[len(runs) // 2]
-        row = Row(group, name, connections, result, used / max(result.requests, 1) * 1e6,
-                  peak_rss_mib(server.pids()), note)  # fmt: skip
-        print(f"  {name:<42} c{connections:<3} {result.rps:>9.0f} req/s  p50 {result.p50_ms:6.2f} ms"
-              f"  p99 {result.p99_ms:6.2f} ms  {row.cpu_us:6.1f} us CPU/req  errors {result.errors}",
+        baseline = _run(ctx, group, "bare", bare, script, connections, []) if bare else None
+        row = _run(ctx, group, name, server, script, connections, extra_pids, note)
+        row.baseline = baseline
+        print(f"  {name:<42} c{connections:<3} {row.load.rps:>9.0f} req/s  p50 {row.load.p50_ms:6.2f} ms"
+              f"  p99 {row.load.p99_ms:6.2f} ms  {row.cpu_us:6.1f} us CPU/req  errors {row.load.errors}"
+              + (f"  ({row.load.rps / baseline.load.rps:.2f}x bare)" if baseline else ""),
               flush=True)  # fmt: skip
         rows.append(row)
     ctx.rows.extend(rows)
     return rows
+
+
+def _run(ctx: Context, group: str, name: str, server: Server, script: str | None,
+         connections: int, extra_pids: list[int], note: str = "") -> Row:  # fmt: skip
+    load(server.url + "/", connections, 1, script)  # warm up: connections, caches
+    pids = server.pids() + list(extra_pids) + redis_pids(ctx)
+    runs = []
+    for _ in range(ctx.repeats):
+        before = cpu_seconds(pids)
+        result = load(server.url + "/", connections, ctx.seconds, script)
+        runs.append((result, cpu_seconds(pids) - before))
+    runs.sort(key=lambda run: run[0].rps)
+    result, used = runs[len(runs) // 2]
+    return Row(group, name, connections, result, used / max(result.requests, 1) * 1e6,
+               peak_rss_mib(server.pids()), note)  # fmt: skip
 
 
 # -- ASGI -------------------------------------------------------------------------------
@@ -156,7 +167,6 @@ def asgi(ctx: Context) -> None:
     port = free_port()
     bare = Server("bare", uvicorn("bench.apps:backend", port), port=port)
     measure(ctx, "asgi", "bare ASGI app", bare, None)
-    bare.stop()
     cases = [
         ("stable path, IP-list rule", {"rules": [{"id": "office", "when": {"ip": ["10.0.0.0/8"]}}]}, None),
         ("stable path, cookie rule", {"rules": [{"id": "beta", "when": {"cookie": "beta", "equals": "1"}}]}, COOKIE_FIXED),
@@ -170,29 +180,24 @@ def asgi(ctx: Context) -> None:
         server = router(ctx, name, **options)
         if "Redis-set" in name:
             ctx.extra["redis_cmds"] = redis_commands(ctx, server, script)
-        measure(
-            ctx,
-            "asgi",
-            name,
-            server,
-            script,
-            canary_pids if "canary" in name or "mix" in name else [],
-        )
+        measure(ctx, "asgi", name, server, script,
+                canary_pids if "canary" in name or "mix" in name else [], bare=bare)  # fmt: skip
         server.stop()
+    port = free_port()
+    noop = Server("basehttp", uvicorn("bench.apps:base_http_noop", port, factory=True), port=port)
+    measure(ctx, "asgi", "BaseHTTPMiddleware no-op (for scale)", noop, None, bare=bare)
+    noop.stop()
+    bare.stop()
     # The same comparison with an endpoint that does some work of its own (Starlette routing
     # and a JSON body): what the fixed per-request cost means for a typical app.
     port = free_port()
     bare = Server("realistic", uvicorn("bench.apps:realistic", port, factory=True), port=port)
-    measure(ctx, "asgi", "bare Starlette JSON app", bare, None)
-    bare.stop()
     rules = [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]
     server = router(ctx, "Starlette JSON app + router", rules, app="realistic")
-    measure(ctx, "asgi", "Starlette JSON app + router, Redis-set rule", server, COOKIE_USERS)
+    measure(ctx, "asgi", "Starlette JSON app + router, Redis-set rule", server, COOKIE_USERS,
+            bare=bare)  # fmt: skip
     server.stop()
-    port = free_port()
-    noop = Server("basehttp", uvicorn("bench.apps:base_http_noop", port, factory=True), port=port)
-    measure(ctx, "asgi", "BaseHTTPMiddleware no-op (for scale)", noop, None)
-    noop.stop()
+    bare.stop()
 
 
 def transports(ctx: Context) -> None:
@@ -220,14 +225,22 @@ def redis_commands(ctx: Context, server: Server, script: str | None) -> dict[str
     import redis
 
     client = redis.Redis(port=ctx.redis_port)
-    out: dict[str, float] = {}
+    client.config_resetstat()  # what the router sends with no requests at all: its polling
+    time.sleep(2)
+    idle = sum(stat["calls"] for stat in client.info("commandstats").values()) - 1
+    out: dict[str, float] = {"idle_cmds_per_s": idle / 2}
     for connections in (10, 50):
         load(server.url + "/", connections, 1, script)
         client.config_resetstat()
+        started = time.monotonic()
         result = load(server.url + "/", connections, ctx.seconds, script)
-        calls = sum(stat["calls"] for stat in client.info("commandstats").values())
+        stats = client.info("commandstats")
+        window = time.monotonic() - started  # wrk runs a little longer than asked
+        calls = sum(stat["calls"] for stat in stats.values())
+        lookups = stats.get("cmdstat_sismember", {}).get("calls", 0)
         out[f"c{connections}_rps"] = result.rps
-        out[f"c{connections}_cmds_per_s"] = calls / ctx.seconds
+        out[f"c{connections}_cmds_per_s"] = calls / window
+        out[f"c{connections}_lookups_per_s"] = lookups / window
     client.close()
     return out
 
@@ -235,32 +248,36 @@ def redis_commands(ctx: Context, server: Server, script: str | None) -> dict[str
 # -- WSGI ---------------------------------------------------------------------------------
 def wsgi(ctx: Context) -> None:
     print("WSGI (gunicorn gthread, 2 workers x 8 threads)", flush=True)
-    cases = [("bare Flask app", None, None),
-             ("Flask + CanaryWSGI, stable path, Redis-set rule", {"default_rules": [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]}, COOKIE_USERS),
+    bare = _gunicorn("bare Flask app", {})
+    measure(ctx, "wsgi", "bare Flask app", bare, None)
+    cases = [("Flask + CanaryWSGI, stable path, Redis-set rule", {"default_rules": [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]}, COOKIE_USERS),
              ("Flask + CanaryWSGI, canary path", "all", None)]  # fmt: skip
     for name, options, script in cases:
-        env = {}
-        if options is not None:
-            from canary_mw.stores import store_from_url
+        from canary_mw.stores import store_from_url
 
-            prefix = f"benchw{free_port()}:"
-            config: dict[str, Any] = {
-                "store": f"{ctx.redis_url}?prefix={prefix}",
-                "canary_url": ctx.canary.url,
-            }
-            if options == "all":
-                store = store_from_url(ctx.redis_url, prefix=prefix)
-                store.set_mode("all")
-                store.close()
-            else:
-                config.update(options)
-            env["BENCH_ROUTER"] = json.dumps(config)
-        port = free_port()
-        command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
-                   "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:flask_app()"]  # fmt: skip
-        server = Server(name, command, port=port, env=env)
-        measure(ctx, "wsgi", name, server, script, ctx.canary.pids() if "canary" in name else [])
+        prefix = f"benchw{free_port()}:"
+        config: dict[str, Any] = {
+            "store": f"{ctx.redis_url}?prefix={prefix}",
+            "canary_url": ctx.canary.url,
+        }
+        if options == "all":
+            store = store_from_url(ctx.redis_url, prefix=prefix)
+            store.set_mode("all")
+            store.close()
+        else:
+            config.update(options)
+        server = _gunicorn(name, {"BENCH_ROUTER": json.dumps(config)})
+        measure(ctx, "wsgi", name, server, script, ctx.canary.pids() if "canary" in name else [],
+                bare=bare)  # fmt: skip
         server.stop()
+    bare.stop()
+
+
+def _gunicorn(name: str, env: dict[str, str]) -> Server:
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
+               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:flask_app()"]  # fmt: skip
+    return Server(name, command, port=port, env=env)
 
 
 # -- the classic OpenResty setup ----------------------------------------------------------------
