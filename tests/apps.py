@@ -23,6 +23,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from canary_mw import DECISION_KEY, CanaryRouter
+from canary_mw.forward.transports import AiohttpTransport, HTTPCore2Transport
 from canary_mw.health import HealthCheck
 
 CHUNK = 64 * 1024
@@ -272,6 +273,11 @@ def make_router_app() -> Any:
         options["health"] = HealthCheck(**options["health"])
     if "limits" in options:
         options["limits"] = httpx.Limits(**options["limits"])
+    transport = options.pop("transport", "httpx")
+    if transport == "aiohttp":
+        options["transport"] = AiohttpTransport()
+    elif transport == "httpx2":
+        options["transport"] = HTTPCore2Transport()
     app = Starlette(
         routes=[
             WebSocketRoute("/ws", stable_websocket),

@@ -15,7 +15,7 @@ from websockets.sync.client import connect as ws_connect
 
 from canary_mw.stores import store_from_url
 from tests.apps import BLOCK, CHUNK, download_digest, pattern
-from tests.routers import client_from, start_router
+from tests.routers import TRUSTED_PROXY, client_from, start_router
 from tests.servers import (
     AppServer,
     RedisServer,
@@ -38,6 +38,28 @@ def sha(data: bytes) -> str:
 def chunks(data: bytes, size: int = 1 << 16) -> Iterator[bytes]:
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+@pytest.fixture(scope="module", params=["httpx", "aiohttp", "httpx2"])
+def router(
+    request: pytest.FixtureRequest,
+    redis_srv: RedisServer,
+    canary_server: AppServer,
+    router_prefix: str,
+) -> Iterator[AppServer]:
+    """The router under test, once per transport: the default one (httpx's) and the two
+    optional ones must keep the same contract, so every test here runs through each."""
+    server = start_router(
+        f"{redis_srv.url}?prefix={router_prefix}",
+        upstreams={"canary": canary_server.url, "dead": f"http://127.0.0.1:{free_port()}"},
+        trusted_proxies=[TRUSTED_PROXY],
+        force_header="X-Canary-Force",
+        force_cookie="canary_force",
+        timeout={"connect": 2, "read": 3, "write": 30, "pool": 1},
+        transport=request.param,
+    )
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture(scope="module")

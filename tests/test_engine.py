@@ -289,7 +289,9 @@ async def test_no_redis_command_per_request_once_warm(flavour: str, prefix: str)
             stats = admin.info("commandstats")
             lookups = stats.get("cmdstat_sismember", {}).get("calls", 0)
             reads = stats.get("cmdstat_hgetall", {}).get("calls", 0)
-            assert lookups == 0
+            # Zero, or one per user if the cache was cleared once meanwhile (the first pub/sub
+            # subscription triggers a full re-read): never one per request.
+            assert lookups <= len(users)
             assert reads <= 2  # at most a refresh tick during the loop, not one per request
         finally:
             await driven.close()

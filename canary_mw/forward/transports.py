@@ -134,16 +134,24 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         import aiohttp  # noqa: PLC0415 - optional dependency
+        import yarl  # noqa: PLC0415 - comes with aiohttp
 
         timeout = self._timeout(request.extensions.get("timeout", {}))
-        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
         # httpx frames every body it sends: Content-Length, or Transfer-Encoding: chunked.
-        framed = "content-length" in request.headers or "transfer-encoding" in request.headers
-        has_body = framed and request.headers.get("content-length") != "0"
+        # aiohttp frames it again itself, and refuses a Transfer-Encoding header it did not set.
+        chunked = request.headers.get("transfer-encoding") == "chunked"
+        headers = [
+            (k.decode("latin-1"), v.decode("latin-1"))
+            for k, v in request.headers.raw
+            if k.lower() != b"transfer-encoding"
+        ]
+        has_body = chunked or request.headers.get("content-length", "0") != "0"
         body = _aiter(request.stream) if has_body else None
+        # encoded=True: the path and query go out byte for byte (yarl would re-quote them).
+        url = yarl.URL(str(request.url), encoded=True)
         try:
             response = await self._session_for_loop().request(
-                request.method, str(request.url), headers=headers, data=body,
+                request.method, url, headers=headers, data=body,
                 allow_redirects=False, timeout=timeout, compress=None,
             )  # fmt: skip
         except aiohttp.ClientConnectorError as exc:
