@@ -45,8 +45,12 @@ def _case(item: pytest.Item, marker: pytest.Mark) -> tuple[str, str, str]:
     if callspec is not None:
         params = callspec.params
         # Parameters the case text does not name (e.g. the HTTP parser) go in brackets.
-        rest = [str(value) for name, value in params.items() if "{" + name + "}" not in case]
-        case = case.format(**params) + (f" [{', '.join(rest)}]" if rest else "")
+        rest = [
+            str(value)
+            for name, value in params.items()
+            if "{" + name + "}" not in case and isinstance(value, (str, int, float))
+        ]
+        case = case.format(**params) + (f" [{' '.join(rest)}]" if rest else "")
     return area, case, expected
 
 

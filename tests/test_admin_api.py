@@ -90,6 +90,11 @@ async def call(
     )
 
 
+@pytest.mark.fault(
+    "admin API",
+    "no token, wrong token, invalid bodies",
+    "401, 403, 422 with the field; nothing written",
+)
 @pytest.mark.parametrize(("method", "path", "body", "invalid"), ENDPOINTS, ids=IDS)
 async def test_endpoint(
     api: httpx.AsyncClient, store: Store, method: str, path: str, body: Any, invalid: list[Any]
@@ -134,6 +139,7 @@ async def test_reads_return_what_is_stored(api: httpx.AsyncClient, store: Store)
     assert (await api.get("/history?limit=0", headers=GOOD)).status_code == 422
 
 
+@pytest.mark.fault("admin API", "oversized body", "413; nothing written")
 async def test_oversized_bodies_are_refused(store: Store) -> None:
     app = admin_app(store, token=TOKEN, max_body=1000)
     async with httpx.AsyncClient(

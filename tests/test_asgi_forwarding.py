@@ -68,6 +68,9 @@ def client() -> Iterator[httpx.Client]:
         yield http
 
 
+@pytest.mark.fault(
+    "bodies", "upload {size} B, {framing}", "sha256-identical; our framing, never the client's"
+)
 @pytest.mark.parametrize("size", SIZES, ids=[f"{s}B" for s in SIZES])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_upload_is_byte_identical(
@@ -85,6 +88,7 @@ def test_upload_is_byte_identical(
         assert sent["content-length"] == str(size)
 
 
+@pytest.mark.fault("bodies", "download {size} B", "sha256-identical")
 @pytest.mark.parametrize("size", SIZES, ids=[f"{s}B" for s in SIZES])
 def test_download_is_byte_identical(router: AppServer, client: httpx.Client, size: int) -> None:
     digest, received = hashlib.sha256(), 0

@@ -33,7 +33,7 @@ ALL_TO_CANARY = [{"id": "all", "when": {"path_prefix": "/"}, "target": "canary"}
 
 
 class MisbehavingCanary:
-    """``GET /ok`` | ``/hang`` | ``/stall`` | ``/reset`` | ``/code?503`` | ``/slow?ms`` |
+    """``GET /ok`` | ``/size`` | ``/hang`` | ``/stall`` | ``/reset`` | ``/code?503`` | ``/slow?ms`` |
     ``/big?bytes``. Idle keep-alive connections are closed after ``idle_close`` seconds."""
 
     def __init__(self, idle_close: float = 0.1):
@@ -97,13 +97,17 @@ class MisbehavingCanary:
                     return
                 buffer += data
             buffer = buffer[length:]
-            if not self._answer(conn, target):
+            if not self._answer(conn, target, length):
                 return
 
-    def _answer(self, conn: socket.socket, target: str) -> bool:
+    def _answer(self, conn: socket.socket, target: str, length: int) -> bool:
         path, _, arg = target.partition("?")
         if path == "/ok":
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            return True
+        if path == "/size":  # how many body bytes arrived
+            size = str(length).encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(size), size))
             return True
         if path == "/code":
             conn.sendall(
@@ -413,3 +417,61 @@ def test_random_disconnects_leak_nothing(
         assert httpx.get(server.url + "/ok", timeout=10).text == "ok"
     finally:
         server.cleanup()
+
+
+@pytest.mark.fault(
+    "client", "20 slowloris uploads at once", "other requests unaffected; each body arrives whole"
+)
+def test_slowloris_uploads(canary: MisbehavingCanary, observed: Callable[[str], None]) -> None:
+    # Each slow upload holds one upstream connection while it dribbles (the body is streamed,
+    # not buffered): with the default pool of 100 there is room for 20 and for everyone else.
+    router = _router(canary)
+    socks = [socket.create_connection(("127.0.0.1", router.port)) for _ in range(20)]
+    try:
+        for sock in socks:
+            sock.sendall(b"POST /size HTTP/1.1\r\nHost: x\r\nContent-Length: 200\r\n\r\n")
+        slowest = 0.0
+        for _ in range(20):  # 10 bytes per connection every 50 ms, for a second
+            for sock in socks:
+                sock.sendall(b"s" * 10)
+            start = time.monotonic()
+            assert httpx.get(router.url + "/ok", timeout=10).text == "ok"
+            slowest = max(slowest, time.monotonic() - start)
+            time.sleep(0.05)
+        replies = []
+        for sock in socks:
+            sock.settimeout(10)
+            replies.append(_read_until(sock, b"\r\n\r\n200"))
+    finally:
+        for sock in socks:
+            sock.close()
+        router.cleanup()
+    observed(f"slowest other request {slowest * 1000:.0f} ms while 20 uploads dribbled")
+    assert all(reply.startswith(b"HTTP/1.1 200") for reply in replies)
+    assert slowest < 0.5
+
+
+@pytest.mark.fault("client", "Expect: 100-continue", "100 Continue, then one final response")
+def test_expect_100_continue(router: AppServer, observed: Callable[[str], None]) -> None:
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(
+            b"POST /size HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        interim = _read_until(sock, b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 100"), interim  # asked for the body only now
+        sock.sendall(b"hello")
+        final = _read_until(sock, b"\r\n\r\n5")
+    observed("100 Continue, then 200 with the 5 bytes counted by the canary")
+    assert final.startswith(b"HTTP/1.1 200")
+    assert final.count(b"HTTP/1.1 ") == 1
+
+
+def _read_until(sock: socket.socket, marker: bytes) -> bytes:
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
