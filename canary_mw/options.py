@@ -53,8 +53,11 @@ class RouterOptions:
 
     @property
     def response_drop(self) -> frozenset[bytes]:
-        """Upstream response headers never passed on: an upstream's own tag."""
-        return frozenset({self.tag_header} if self.tag_header else ())
+        """Upstream response headers never passed on: an upstream's own tag, and the ones the
+        server in front adds itself (uvicorn, hypercorn and gunicorn always write ``Date`` and
+        ``Server``; passing the canary's on would send each twice). nginx drops the same two."""
+        tag = {self.tag_header} if self.tag_header else set()
+        return frozenset({*tag, b"date", b"server"})
 
     @classmethod
     def build(

@@ -151,6 +151,9 @@ def test_hop_by_hop_headers_are_stripped_both_ways(router: AppServer, client: ht
     for name in ("x-secret-hop", "keep-alive", "proxy-connection"):
         assert name not in answer.headers
     assert answer.headers.get_list("x-canary-version") == ["canary"]  # ours, not the canary's
+    # The canary's Date and Server would come on top of the ones uvicorn writes itself.
+    assert len(answer.headers.get_list("date")) == 1
+    assert answer.headers.get_list("server") == ["uvicorn"]
 
 
 def test_several_set_cookie_headers_stay_separate(router: AppServer, client: httpx.Client) -> None:

@@ -153,6 +153,8 @@ def test_headers_path_and_cookies(wsgi_router: AppServer) -> None:
         assert "x-secret-hop" not in answer.headers
         assert "proxy-connection" not in answer.headers
         assert answer.headers.get_list("x-canary-version") == ["canary"]
+        assert len(answer.headers.get_list("date")) == 1  # the WSGI server's, not both
+        assert len(answer.headers.get_list("server")) == 1
         cookies = client.get(f"{wsgi_router.url}/cookies?user=a", headers=FORCE)
         assert cookies.headers.get_list("set-cookie") == ["session=a; Path=/", "theme=dark; Path=/"]
     with client_from("127.0.0.4") as other:

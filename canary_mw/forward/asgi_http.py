@@ -168,15 +168,20 @@ class AsyncHTTPForwarder(ForwarderBase):
         departed client would hold the upstream connection until the read timeout."""
         answer = asyncio.ensure_future(self._transport().handle_async_request(request))
         watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
+        client_left = True
         try:
             await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
+            client_left = not answer.done()
         finally:
             watch.cancel()
             if not answer.done():
-                answer.cancel()  # closes the upstream connection mid-request
-        if answer.cancelled():
-            with contextlib.suppress(asyncio.CancelledError, httpx.HTTPError):
-                await answer
+                # Closes the upstream connection mid-request. cancel() only asks: the task is
+                # not done (nor its connection closed) until it has run once more.
+                answer.cancel()
+                await asyncio.wait((answer,))
+        if client_left:
+            if not answer.cancelled() and answer.exception() is None:
+                await answer.result().aclose()  # answered in the same instant: release it
             return None
         return answer.result()
 
