@@ -46,7 +46,13 @@ def router() -> Any:
     if options.pop("openresty_rules", False):
         options["default_rules"] = openresty_rules()
     transport = options.pop("transport", None)
-    if transport == "aiohttp":
+    if transport == "httpx":  # httpx's own pool (httpcore), with the router's default limits
+        import httpx
+
+        from canary_mw.forward.client import DEFAULT_LIMITS
+
+        options["transport"] = httpx.AsyncHTTPTransport(limits=DEFAULT_LIMITS)
+    elif transport == "aiohttp":
         from canary_mw.forward.transports import AiohttpTransport
 
         options["transport"] = AiohttpTransport()

@@ -173,7 +173,7 @@ def asgi(ctx: Context) -> None:
         ("stable path, Redis-set rule (100 users)", {"rules": [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]}, COOKIE_USERS),
         ("stable path, sticky 5% (key outside)", {"rules": [{"id": "pct", "when": {"percent": 5, "by": "cookie:uid", "salt": "bench"}}]}, COOKIE_FIXED),
         ("stable path, OpenResty keys (Redis GET)", {"openresty": True, "trusted": True}, CLIENT_IP),
-        ("canary path (httpx transport)", {"mode": "all"}, None),
+        ("canary path (default transport)", {"mode": "all"}, None),
         ("95/5 mix, OpenResty keys", {"openresty": True, "trusted": True}, MIX_95_5),
     ]  # fmt: skip
     for name, options, script in cases:
@@ -202,9 +202,9 @@ def asgi(ctx: Context) -> None:
 
 def transports(ctx: Context) -> None:
     print("Canary-path transports", flush=True)
-    for transport in ("aiohttp", "httpx2"):
+    for transport in ("httpx", "aiohttp", "httpx2"):
         try:
-            __import__({"aiohttp": "aiohttp", "httpx2": "httpcore2"}[transport])
+            __import__({"httpx": "httpx", "aiohttp": "aiohttp", "httpx2": "httpcore2"}[transport])
         except ImportError:
             ctx.notes.append(f"{transport} transport skipped: pip install '.[bench]'")
             continue

@@ -23,6 +23,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from canary_mw import DECISION_KEY, CanaryRouter
+from canary_mw.forward.client import DEFAULT_LIMITS
 from canary_mw.forward.transports import AiohttpTransport, HTTPCore2Transport
 from canary_mw.health import HealthCheck
 
@@ -273,8 +274,12 @@ def make_router_app() -> Any:
         options["health"] = HealthCheck(**options["health"])
     if "limits" in options:
         options["limits"] = httpx.Limits(**options["limits"])
-    transport = options.pop("transport", "httpx")
-    if transport == "aiohttp":
+    transport = options.pop("transport", "default")
+    if transport == "httpx":  # httpx's own pool (httpcore)
+        options["transport"] = httpx.AsyncHTTPTransport(
+            limits=options.get("limits", DEFAULT_LIMITS)
+        )
+    elif transport == "aiohttp":
         options["transport"] = AiohttpTransport()
     elif transport == "httpx2":
         options["transport"] = HTTPCore2Transport()

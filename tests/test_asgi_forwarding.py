@@ -40,15 +40,16 @@ def chunks(data: bytes, size: int = 1 << 16) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
-@pytest.fixture(scope="module", params=["httpx", "aiohttp", "httpx2"])
+@pytest.fixture(scope="module", params=["default", "httpx", "aiohttp", "httpx2"])
 def router(
     request: pytest.FixtureRequest,
     redis_srv: RedisServer,
     canary_server: AppServer,
     router_prefix: str,
 ) -> Iterator[AppServer]:
-    """The router under test, once per transport: the default one (httpx's) and the two
-    optional ones must keep the same contract, so every test here runs through each."""
+    """The router under test, once per transport: the default one (ours, HTTP11Transport),
+    httpx's own, and the two optional ones must keep the same contract, so every test here
+    runs through each."""
     server = start_router(
         f"{redis_srv.url}?prefix={router_prefix}",
         upstreams={"canary": canary_server.url, "dead": f"http://127.0.0.1:{free_port()}"},

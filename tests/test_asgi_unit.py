@@ -30,6 +30,11 @@ async def stable(scope: Any, receive: Any, send: Any) -> None:
 GOOD = {"canary_url": "http://canary.internal:8000"}
 
 
+def respx_options() -> dict[str, Any]:
+    """respx fakes upstreams inside httpx's own transport: routers under respx.mock get it."""
+    return {**GOOD, "transport": httpx.AsyncHTTPTransport()}
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
@@ -149,7 +154,9 @@ async def test_tag_can_be_switched_off() -> None:
 @respx.mock
 async def test_a_request_forwarded_by_another_router_is_served_here() -> None:
     canary = respx.get("http://canary.internal:8000/").respond(200, text="canary")
-    router = CanaryRouter(stable, **GOOD, default_rules=[{"id": "all", "when": {"method": "GET"}}])
+    router = CanaryRouter(
+        stable, **respx_options(), default_rules=[{"id": "all", "when": {"method": "GET"}}]
+    )
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router)) as client:
         routed = await client.get("http://test/")
         looped = await client.get("http://test/", headers={"X-Canary-Forwarded": "1"})
@@ -182,7 +189,7 @@ async def test_forwarded_header_policy(
 ) -> None:
     canary = respx.get("http://canary.internal:8000/p").respond(200, text="ok")
     router = CanaryRouter(
-        stable, **GOOD, preserve_host=preserve_host, trusted_proxies=["10.0.0.0/8"],
+        stable, **respx_options(), preserve_host=preserve_host, trusted_proxies=["10.0.0.0/8"],
         default_rules=[{"id": "all", "when": {"method": "GET"}}],
     )  # fmt: skip
     transport = httpx.ASGITransport(app=router, client=(peer, 5555))

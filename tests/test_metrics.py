@@ -67,8 +67,10 @@ def check(registry: CollectorRegistry) -> None:
 async def test_asgi_counters_match_exactly() -> None:
     fake_upstreams()
     registry = CollectorRegistry()
+    # respx fakes the upstreams inside httpx's own transport, so the router gets that one.
     router = CanaryRouter(asgi_stable, upstreams=UPSTREAMS, default_rules=RULES, fallback=True,
-                          metrics=Metrics(registry=registry))  # fmt: skip
+                          metrics=Metrics(registry=registry),
+                          transport=httpx.AsyncHTTPTransport())  # fmt: skip
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=router), base_url="http://t"
     ) as client:

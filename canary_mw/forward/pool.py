@@ -1,0 +1,211 @@
+"""HTTP11Transport: the router's default forwarding transport, a keep-alive connection pool.
+
+Why not httpx's own transport: its pool (httpcore) checks every pooled connection on every
+request and goes through anyio for each read and write; behind uvicorn it forwarded about
+400 requests per second on the benchmark machine, where this one forwards several times
+more (``python bench/run.py --only asgi transports``; figures in the README). It is still
+an ``httpx.AsyncBaseTransport``: requests and responses are httpx's, errors are httpx's,
+and any other transport (httpx's, ``AiohttpTransport``, ``respx.MockTransport``) can be
+passed as ``CanaryRouter(transport=...)`` instead.
+
+Scope, on purpose: HTTP/1.1 (and 1.0 responses), ``http`` and ``https`` upstreams, no
+proxies from the environment, no HTTP/2, no retries except one: a request without a body
+whose reused keep-alive connection turns out to have been closed by the upstream is sent
+again on a new connection (the upstream never saw it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections import deque
+
+import httpx
+
+from .connection import HTTP11Connection, StaleConnectionError
+
+__all__ = ["HTTP11Transport"]
+
+Origin = tuple[bytes, bytes, int]
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+
+
+class HTTP11Transport(httpx.AsyncBaseTransport):
+    """A pool of HTTP/1.1 keep-alive connections, bound to the event loop that first uses it.
+
+    >>> transport = HTTP11Transport(httpx.Limits(max_connections=100))
+    >>> response = await transport.handle_async_request(httpx.Request("GET", url))
+
+    ``limits``: ``max_connections`` open at once (a request that finds none free waits up
+    to the ``pool`` timeout, then gets ``httpx.PoolTimeout``), ``max_keepalive_connections``
+    kept idle, ``keepalive_expiry`` seconds an idle connection is reused for. ``verify``:
+    certificate checks for ``https`` upstreams (``True``, ``False`` or an ``SSLContext``).
+    """
+
+    def __init__(
+        self,
+        limits: httpx.Limits | None = None,
+        *,
+        verify: bool | ssl.SSLContext = True,
+    ):
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._max_open = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._idle: dict[Origin, deque[HTTP11Connection]] = {}
+        self._idle_count = 0
+        self._open = 0  # connections open or being opened
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
+        origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        while True:
+            connection = await self._acquire(origin, timeouts)
+            try:
+                return await connection.exchange(request, timeouts, self._release)
+            except StaleConnectionError:
+                continue  # closed while idle, and nothing was sent: a fresh connection
+
+    # -- the pool --------------------------------------------------------------------------
+    async def _acquire(self, origin: Origin, timeouts: dict[str, float | None]) -> HTTP11Connection:
+        loop = asyncio.get_running_loop()
+        deadline = None
+        while True:
+            connection = self._take_idle(origin, loop.time())
+            if connection is not None:
+                return connection
+            if self._max_open is None or self._open < self._max_open:
+                break
+            if self._idle_count:  # full, but some idle connection to another origin can go
+                self._close_one_idle()
+                continue
+            pool_timeout = timeouts.get("pool")
+            if deadline is None and pool_timeout is not None:
+                deadline = loop.time() + pool_timeout
+            await self._wait_for_room(loop, deadline)
+        self._open += 1
+        try:
+            return await self._connect(origin, timeouts.get("connect"))
+        except BaseException:
+            self._open -= 1
+            self._wake_one()
+            raise
+
+    def _take_idle(self, origin: Origin, now: float) -> HTTP11Connection | None:
+        idle = self._idle.get(origin)
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to be stale
+            self._idle_count -= 1
+            expired = self._expiry is not None and now - connection.idle_since > self._expiry
+            if not connection.closed and not expired:
+                return connection
+            connection.close()
+            self._open -= 1
+        return None
+
+    def _close_one_idle(self) -> None:
+        for idle in self._idle.values():
+            if idle:
+                idle.popleft().close()  # the one idle the longest
+                self._idle_count -= 1
+                self._open -= 1
+                return
+
+    async def _wait_for_room(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
+        room: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(room)
+        timer = None
+        if deadline is not None:
+            timer = loop.call_at(deadline, _no_room, room)
+        try:
+            await room
+        except BaseException:
+            if room.done() and not room.cancelled() and room.exception() is None:
+                self._wake_one()  # we were given room we will not use: pass it on
+            raise
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    def _wake_one(self) -> None:
+        while self._waiting:
+            room = self._waiting.popleft()
+            if not room.done():
+                room.set_result(None)
+                return
+
+    def _release(self, connection: HTTP11Connection, reusable: bool) -> None:
+        """Called once per exchange by the connection, when it is done with the request."""
+        if (
+            reusable
+            and not self._closed
+            and (self._max_idle is None or self._idle_count < self._max_idle)
+        ):
+            connection.idle()
+            self._idle.setdefault(connection.origin, deque()).append(connection)
+            self._idle_count += 1
+        else:
+            connection.close()
+            self._open -= 1
+        self._wake_one()
+
+    async def _connect(self, origin: Origin, timeout: float | None) -> HTTP11Connection:
+        scheme, host, port = origin
+        loop = asyncio.get_running_loop()
+        hostname = host.decode("ascii")
+        secure = scheme == b"https"
+        try:
+            _, connection = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: HTTP11Connection(origin), hostname, port,
+                    ssl=self._ssl_context() if secure else None,
+                    server_hostname=hostname if secure else None,
+                ),
+                timeout,
+            )  # fmt: skip
+        except asyncio.TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {hostname}:{port} timed out") from None
+        except OSError as exc:  # refused, unreachable, name not found, TLS failures
+            raise httpx.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from exc
+        sock = connection.transport.get_extra_info("socket") if connection.transport else None
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A request head and a small body go out at once, not after the peer's delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return connection
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            verify = self._verify
+            if isinstance(verify, ssl.SSLContext):
+                self._ssl = verify
+            else:
+                self._ssl = httpx.create_ssl_context(verify=verify)
+        return self._ssl
+
+    async def aclose(self) -> None:
+        self._closed = True
+        for idle in self._idle.values():
+            while idle:
+                idle.pop().close()
+                self._open -= 1
+        self._idle_count = 0
+        while self._waiting:
+            room = self._waiting.popleft()
+            if not room.done():
+                room.set_exception(httpx.PoolTimeout("the transport was closed"))
+
+
+def _no_room(room: asyncio.Future[None]) -> None:
+    if not room.done():
+        room.set_exception(httpx.PoolTimeout("no connection to the upstream became free in time"))
