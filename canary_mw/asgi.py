@@ -128,7 +128,7 @@ class CanaryRouter(RouterBase):
             return
         scope[DECISION_KEY] = decision
         if self._wrap_stable:
-            await self.app(scope, receive, _StableSend(self, send, decision, facts))
+            await self.app(scope, receive, self._stable_send(send, decision, facts))
         else:  # no tag, no metrics: nothing to see in the response, so no wrapper at all
             self._record(decision, 0, 0.0, facts)
             await self.app(scope, receive, send)
@@ -159,7 +159,29 @@ class CanaryRouter(RouterBase):
             scope[DECISION_KEY] = decision
             if isinstance(receive, _Replayable):
                 receive.replay()
-        await self.app(scope, receive, _StableSend(self, send, decision, facts))
+        await self.app(scope, receive, self._stable_send(send, decision, facts))
+
+    def _stable_send(self, send: Send, decision: Decision, facts: ASGIFacts) -> Send:
+        """The ``send`` the stable app gets: adds the tag to the response head and counts the
+        request when its last body part goes out. A closure, not an object with ``__call__``:
+        calling it is about twice as cheap, and it runs for every message of every request.
+        It returns the server's own awaitable, so no extra coroutine is made per message."""
+        tag, record = self._stable_tag, self._record
+        started = time.perf_counter()
+        status = 0
+
+        def stable_send(message: Message) -> Awaitable[None]:
+            nonlocal status
+            kind = message["type"]
+            if kind == "http.response.start":
+                status = message["status"]
+                if tag:
+                    message["headers"] = [*message.get("headers", ()), *tag]
+            elif kind == "http.response.body" and not message.get("more_body", False):
+                record(decision, status, started, facts)
+            return send(message)
+
+        return stable_send
 
     async def _not_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -289,33 +311,6 @@ class CanaryRouter(RouterBase):
         if self._owns_store and not self._closed:
             await self.store.aclose()
         self._closed = True
-
-
-class _StableSend:
-    """The ``send`` the stable app gets: adds the tag to the response head and counts the
-    request when its last body part goes out. Deliberately not a coroutine function: it
-    returns the server's own awaitable, so no extra coroutine is created per message."""
-
-    __slots__ = ("decision", "facts", "router", "send", "started", "status")
-
-    def __init__(self, router: CanaryRouter, send: Send, decision: Decision, facts: ASGIFacts):
-        self.router = router
-        self.send = send
-        self.decision = decision
-        self.facts = facts
-        self.status = 0
-        self.started = time.perf_counter()
-
-    def __call__(self, message: Message) -> Awaitable[None]:
-        kind = message["type"]
-        if kind == "http.response.start":
-            self.status = message["status"]
-            tag = self.router._stable_tag
-            if tag:
-                message["headers"] = [*message.get("headers", ()), *tag]
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            self.router._record(self.decision, self.status, self.started, self.facts)
-        return self.send(message)
 
 
 class _Replayable:

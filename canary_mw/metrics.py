@@ -34,9 +34,10 @@ class _Counts(threading.local):
     """One thread's counts; registered with the owner so scrapes see every thread's."""
 
     def __init__(self, owner: Metrics):
-        self.requests: dict[tuple[str, str], int] = {}
-        self.responses: dict[tuple[str, str], int] = {}
-        self.durations: dict[str, list[float]] = {}  # target -> bucket counts..., sum
+        # (target, reason, status) -> latency bucket counts..., then the sum of latencies.
+        # One table for requests, responses and latency: one dict lookup per request; the
+        # three metrics are folded out of it at scrape time.
+        self.cells: dict[tuple[str, str, int], list[float]] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.fallbacks: dict[str, int] = {}
         with owner._lock:
@@ -67,16 +68,13 @@ class Metrics:
 
     # -- recording (hot path: a few dict operations, no lock) ---------------------------
     def request(self, target: str, reason: str, status: int, seconds: float) -> None:
-        counts = self._counts
-        key = (target, reason)
-        counts.requests[key] = counts.requests.get(key, 0) + 1
-        key = (target, _CLASSES.get(status // 100, "other"))
-        counts.responses[key] = counts.responses.get(key, 0) + 1
-        histogram = counts.durations.get(target)
-        if histogram is None:
-            histogram = counts.durations[target] = [0.0] * (len(BUCKETS) + 2)
-        histogram[bisect.bisect_left(BUCKETS, seconds)] += 1
-        histogram[-1] += seconds
+        cells = self._counts.cells
+        key = (target, reason, status)
+        cell = cells.get(key)
+        if cell is None:
+            cell = cells[key] = [0.0] * (len(BUCKETS) + 2)
+        cell[bisect.bisect_left(BUCKETS, seconds)] += 1
+        cell[-1] += seconds
 
     def upstream_error(self, upstream: str, error: str) -> None:
         table = self._counts.upstream_errors
@@ -100,15 +98,21 @@ class Metrics:
         counters: dict[str, dict[Any, float]] = {
             name: {} for name in ("requests", "responses", "upstream_errors", "fallbacks")
         }
+        requests, responses = counters["requests"], counters["responses"]
         durations: dict[str, list[float]] = {}
         with self._lock:
             threads = list(self._threads)
         for counts in threads:
-            for name, total in counters.items():
-                _add(total, getattr(counts, name))
-            for target, histogram in dict(counts.durations).items():
-                merged = durations.setdefault(target, [0.0] * len(histogram))
-                for index, value in enumerate(histogram):
+            _add(counters["upstream_errors"], counts.upstream_errors)
+            _add(counters["fallbacks"], counts.fallbacks)
+            for (target, reason, status), cell in dict(counts.cells).items():
+                cell = list(cell)  # noqa: PLW2901 - a consistent copy under the GIL
+                count = sum(cell[:-1])
+                requests[target, reason] = requests.get((target, reason), 0) + count
+                klass = (target, _CLASSES.get(status // 100, "other"))
+                responses[klass] = responses.get(klass, 0) + count
+                merged = durations.setdefault(target, [0.0] * len(cell))
+                for index, value in enumerate(cell):
                     merged[index] += value
         return counters, durations
 

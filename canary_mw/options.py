@@ -21,8 +21,8 @@ __all__ = ["ENGINE_OPTIONS", "RouterOptions", "engine_for", "metrics_for", "stor
 
 #: Engine settings that engine_options may change (see the README's engine options).
 ENGINE_OPTIONS = frozenset(
-    {"poll_interval", "cache_ttl", "cache_size", "breaker_threshold", "breaker_reset",
-     "first_load_wait"}
+    {"poll_interval", "cache_ttl", "cache_stale", "cache_size", "breaker_threshold",
+     "breaker_reset", "first_load_wait"}
 )  # fmt: skip
 
 

@@ -76,6 +76,39 @@ async def test_redis_cli_user_change_beats_the_cached_negative_answer(
     await eventually(lambda: _target_is(driven, vip, "stable"), timeout=1.0, what="SREM vip")
 
 
+async def test_stale_answers_are_served_while_read_again_in_the_background(
+    flavour: str, redis_srv: RedisServer, prefix: str
+) -> None:
+    """Past its TTL an answer is still used (no request waits on Redis for a key it has
+    seen recently) and replaced by a background read, within ttl + stale."""
+    writer = store_from_url(redis_srv.url, prefix=prefix)
+    writer.set_rules(VIP_RULES)
+    writer.add_members("vip", ["7"])
+    driven = Driven(flavour, redis_srv.url, prefix, cache_ttl=0.05, cache_stale=30)
+    vip = facts(cookies="uid=7")
+    try:
+        assert await driven.start()
+        assert (await driven.decide(vip)).target == "v2"  # looked up, cached
+        expired = asyncio.get_running_loop().time() + 0.06
+        await eventually(
+            lambda: _async_true(asyncio.get_running_loop().time() > expired),
+            timeout=1, what="the TTL",
+        )  # fmt: skip
+        raw(redis_srv.url, "SREM", f"{prefix}set:vip", "7")  # no notification: redis-cli's way
+        # Still v2: a request-time lookup would have said stable, so this came from the cache.
+        assert (await driven.decide(vip)).target == "v2"
+        await eventually(
+            lambda: _target_is(driven, vip, "stable"), timeout=1, what="background re-read"
+        )
+    finally:
+        await driven.close()
+        writer.close()
+
+
+async def _async_true(value: bool) -> bool:
+    return value
+
+
 async def test_redis_cli_kill_switch_within_1s(
     on_redis: tuple[Driven, Any], redis_srv: RedisServer, prefix: str
 ) -> None:
@@ -329,7 +362,7 @@ def test_engine_created_before_fork_works_in_the_child(redis_srv: RedisServer, p
         child.join(10)
         assert child.exitcode == 0
         assert loaded
-        assert threads == 2  # the child started its own refresher threads
+        assert threads == 3  # the child started its own poll, listen and revalidate threads
         assert target == "canary"
     finally:
         engine.close()

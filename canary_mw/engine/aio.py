@@ -14,7 +14,7 @@ from ..decision import Decision
 from ..errors import StoreError
 from ..facts import RequestFacts
 from ..stores.store import AsyncStore
-from .core import LISTEN_WAKEUP, MAX_ROUNDS, EngineCore
+from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore
 
 __all__ = ["AsyncEngine"]
 
@@ -45,6 +45,7 @@ class AsyncEngine(EngineCore):
         # cache for the same key share one round trip, so Redis load follows the number of
         # distinct keys per cache TTL, not the request rate.
         self._inflight: dict[tuple[Probe, ...], asyncio.Future[dict[Probe, bool]]] = {}
+        self._revalidation: asyncio.Task[None] | None = None
 
     async def decide(self, facts: RequestFacts) -> Decision:
         if self._loop is not asyncio.get_running_loop():
@@ -58,7 +59,24 @@ class AsyncEngine(EngineCore):
         """The decision from memory alone, without awaiting: it may be ``unknown`` with
         ``pending`` probes for :meth:`resolve`. Call :meth:`start` in this loop first.
         (Awaiting ``decide`` costs a coroutine per request; the hot path avoids it.)"""
-        return decide(facts, self.builder.current, self.cache, self.overrides)
+        decision = decide(facts, self.builder.current, self.cache, self.overrides)
+        if self.cache.stale and self._revalidation is None:
+            self._revalidation = asyncio.ensure_future(self._revalidate())
+        return decision
+
+    async def _revalidate(self) -> None:
+        """Read again, in one round trip per batch, the answers given out past their TTL."""
+        try:
+            while self.cache.stale and self.breaker.allow():
+                generation = self.cache.generation
+                try:
+                    fetched = await self._lookup(tuple(self.cache.take_stale(REVALIDATE_BATCH)))
+                except Exception as exc:  # the answers expire; requests then look up
+                    self._lookup_failed(exc)
+                    return
+                self._revalidated(fetched, generation)
+        finally:
+            self._revalidation = None
 
     async def resolve(self, facts: RequestFacts, decision: Decision) -> Decision:
         """Look up the probes an ``unknown`` decision is waiting for, within the budget, and
@@ -184,6 +202,8 @@ class AsyncEngine(EngineCore):
         if self._wake is not None:
             self._wake.set()
         pending = set(self._tasks)
+        if self._revalidation is not None:
+            pending.add(self._revalidation)
         self._tasks, self._loop = [], None
         while pending:
             for task in pending:

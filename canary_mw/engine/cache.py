@@ -14,32 +14,56 @@ __all__ = ["MembershipCache"]
 class MembershipCache:
     """``probe -> bool`` with a TTL, at most ``maxsize`` entries (oldest evicted first).
 
+    An answer is fresh for ``ttl`` seconds; for ``stale`` seconds more it is still given
+    out, and the probe is noted in ``self.stale`` so the engine reads it again in the
+    background (stale-while-revalidate): a request never waits on Redis for a key it has
+    seen recently, and ``ttl + stale`` bounds how old an answer can be.
+
     Reads take no lock (a dict lookup is atomic under the GIL). ``clear()`` bumps a generation
     number; an answer fetched before a clear is dropped by ``put_many`` instead of being
     cached, so a change notification can never be undone by a lookup that was in flight.
     """
 
-    __slots__ = ("_clock", "_data", "_lock", "generation", "maxsize", "ttl")
+    __slots__ = ("_clock", "_data", "_lock", "generation", "maxsize", "stale", "stale_for", "ttl")
 
     def __init__(
         self,
         *,
         maxsize: int = 100_000,
         ttl: float = 0.5,
+        stale: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.maxsize = maxsize
         self.ttl = ttl
+        self.stale_for = stale
         self._clock = clock
-        self._data: dict[Probe, tuple[bool, float]] = {}
+        self._data: dict[Probe, tuple[bool, float]] = {}  # probe -> (answer, fresh until)
         self._lock = threading.Lock()
         self.generation = 0
+        #: Probes given out past their TTL since the last ``take_stale()``.
+        self.stale: set[Probe] = set()
 
     def get(self, probe: Probe) -> bool | None:
         entry = self._data.get(probe)
-        if entry is None or entry[1] < self._clock():
+        if entry is None:
             return None
-        return entry[0]
+        answer, fresh_until = entry
+        now = self._clock()
+        if now < fresh_until:
+            return answer
+        if now < fresh_until + self.stale_for:
+            self.stale.add(probe)
+            return answer
+        return None
+
+    def take_stale(self, limit: int) -> list[Probe]:
+        """Up to ``limit`` of the probes to read again (they leave the stale set)."""
+        taken: list[Probe] = []
+        stale = self.stale
+        while stale and len(taken) < limit:
+            taken.append(stale.pop())
+        return taken
 
     def put_many(self, answers: Mapping[Probe, bool], generation: int) -> None:
         if self.ttl <= 0 or self.maxsize <= 0:
@@ -48,6 +72,9 @@ class MembershipCache:
         with self._lock:
             if generation != self.generation:
                 return
+            # Fresh again: requests that saw them stale while this lookup was in flight
+            # must not cause a second read.
+            self.stale.difference_update(answers)
             data = self._data
             for probe, value in answers.items():
                 data.pop(probe, None)  # re-inserting moves it to the young end
@@ -59,6 +86,7 @@ class MembershipCache:
         with self._lock:
             self.generation += 1
             self._data = {}
+            self.stale = set()
 
     def __len__(self) -> int:
         return len(self._data)

@@ -29,6 +29,8 @@ MAX_ROUNDS = 4
 LISTEN_WAKEUP = 1.0
 #: How often request counts per target are added to the store's traffic hash, in seconds.
 TRAFFIC_FLUSH = 5.0
+#: Most stale membership answers read again in one round trip.
+REVALIDATE_BATCH = 1000
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
@@ -63,6 +65,7 @@ class EngineCore:
         default_rules: RuleSet = DEFAULT_RULES,
         poll_interval: float = 0.5,
         cache_ttl: float = 0.5,
+        cache_stale: float = 0.4,
         cache_size: int = 100_000,
         breaker_threshold: int = 3,
         breaker_reset: float = 1.0,
@@ -84,7 +87,9 @@ class EngineCore:
         self.poll_interval = _positive("poll_interval", poll_interval)
         self.first_load_wait = _positive("first_load_wait", first_load_wait, allow_zero=True)
         self.cache = MembershipCache(
-            maxsize=cache_size, ttl=_positive("cache_ttl", cache_ttl, allow_zero=True)
+            maxsize=cache_size,
+            ttl=_positive("cache_ttl", cache_ttl, allow_zero=True),
+            stale=_positive("cache_stale", cache_stale, allow_zero=True),
         )
         self.breaker = CircuitBreaker(
             threshold=breaker_threshold, reset_timeout=_positive("breaker_reset", breaker_reset)
@@ -125,6 +130,10 @@ class EngineCore:
             return None
         local.update(news)
         return decide(facts, snapshot, _Layered(local, self.cache), self.overrides)
+
+    def _revalidated(self, fetched: Mapping[Probe, bool], generation: int) -> None:
+        self.breaker.success()
+        self.cache.put_many(fetched, generation)
 
     def _lookup_failed(self, exc: BaseException) -> None:
         self.lookup_failures += 1

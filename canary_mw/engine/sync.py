@@ -13,7 +13,7 @@ from ..decision import Decision
 from ..errors import StoreError
 from ..facts import RequestFacts
 from ..stores.store import Store
-from .core import LISTEN_WAKEUP, MAX_ROUNDS, EngineCore
+from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore
 
 __all__ = ["Engine"]
 
@@ -23,10 +23,10 @@ logger = logging.getLogger("canary_mw.engine")
 class Engine(EngineCore):
     """Decide requests against a store snapshot kept current by two daemon threads.
 
-    One thread re-reads the store every ``poll_interval`` (and at once when notified); the
-    other listens on pub/sub and invalidates the membership cache. Threads start on first
-    use in each process, so an engine created before a fork (gunicorn ``--preload``) works
-    in every worker.
+    One thread re-reads the store every ``poll_interval`` (and at once when notified), one
+    listens on pub/sub and invalidates the membership cache, one re-reads membership answers
+    given out past their TTL. Threads start on first use in each process, so an engine
+    created before a fork (gunicorn ``--preload``) works in every worker.
 
     >>> engine = Engine(store_from_url("redis://localhost:6379/0"))
     >>> decision = engine.decide(WSGIFacts(environ))
@@ -42,6 +42,7 @@ class Engine(EngineCore):
         self._stopped = threading.Event()
         self._wake = threading.Event()
         self._attempted = threading.Event()
+        self._stale = threading.Event()  # set when answers were given out past their TTL
         self._threads: list[threading.Thread] = []
 
     # -- deciding ----------------------------------------------------------------------
@@ -49,6 +50,8 @@ class Engine(EngineCore):
         if self._pid != os.getpid():
             self.start(wait=self.first_load_wait)
         decision, snapshot = self._first_pass(facts)
+        if self.cache.stale:
+            self._stale.set()
         if decision.pending:
             decision = self._resolve(facts, snapshot, decision)
         return decision
@@ -81,10 +84,14 @@ class Engine(EngineCore):
                 self._pid = os.getpid()
                 self._stopped = threading.Event()
                 self._attempted = threading.Event()
+                self._stale = threading.Event()
                 self._threads = [
                     threading.Thread(target=self._poll_loop, name="canary_mw-poll", daemon=True),
                     threading.Thread(
                         target=self._listen_loop, name="canary_mw-listen", daemon=True
+                    ),
+                    threading.Thread(
+                        target=self._revalidate_loop, name="canary_mw-revalidate", daemon=True
                     ),
                 ]
                 for thread in self._threads:
@@ -121,6 +128,22 @@ class Engine(EngineCore):
             self._attempted.set()
             self._wake.wait(self.poll_interval)
 
+    def _revalidate_loop(self) -> None:
+        """Read again, in one round trip per batch, the answers given out past their TTL."""
+        stale, cache = self._stale, self.cache
+        while not self._stopped.is_set():
+            if not stale.wait(LISTEN_WAKEUP):
+                continue
+            stale.clear()
+            while cache.stale and self.breaker.allow() and not self._stopped.is_set():
+                generation = cache.generation
+                try:
+                    fetched = self.store.lookup(cache.take_stale(REVALIDATE_BATCH))
+                except Exception as exc:  # the answers expire; requests then look up
+                    self._lookup_failed(exc)
+                    break
+                self._revalidated(fetched, generation)
+
     def _listen_loop(self) -> None:
         backoff = 0.05
         while not self._stopped.is_set():
@@ -147,6 +170,7 @@ class Engine(EngineCore):
         """Stop the threads (the store is left open: close it if you own it)."""
         self._stopped.set()
         self._wake.set()
+        self._stale.set()
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=LISTEN_WAKEUP + 1)
