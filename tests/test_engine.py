@@ -440,3 +440,33 @@ async def test_concurrent_misses_for_one_key_share_one_lookup(fresh_redis: Redis
         assert calls == 1
     finally:
         await driven.close()
+
+
+async def test_a_slow_answer_is_not_a_failure_and_still_lands(fresh_redis: RedisServer) -> None:
+    """A request stops waiting after its budget (the router may simply be busy), but the
+    lookup goes on: its answer fills the cache, and it does not count against Redis."""
+    writer = store_from_url(fresh_redis.url)
+    writer.set_rules(VIP_RULES)
+    writer.add_members("vip", ["slow"])
+    writer.close()
+    driven = Driven("async", fresh_redis.url, "canary:", cache_ttl=30)
+    engine = driven.engine
+    vip = facts(cookies="uid=slow")
+    try:
+        assert await driven.start()
+        fresh_redis.pause()  # answers now take longer than the 50 ms budget...
+        try:
+            for _ in range(3):  # ...for several requests in a row: before, a tripped breaker
+                decision = await driven.decide(vip)
+                assert (decision.target, decision.reason) == ("stable", "unknown")
+        finally:
+            fresh_redis.resume()  # ...but well within the store's 1 s timeout
+        await eventually(
+            lambda: _async_true(engine.cache.get(decision.pending[0]) is True),
+            timeout=2, what="the late answer in the cache",
+        )  # fmt: skip
+        assert not engine.breaker.is_open
+        assert engine.lookup_failures == 0
+        assert (await driven.decide(vip)).target == "v2"
+    finally:
+        await driven.close()

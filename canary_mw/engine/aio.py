@@ -14,7 +14,8 @@ from ..decision import Decision
 from ..errors import StoreError
 from ..facts import RequestFacts
 from ..stores.store import AsyncStore
-from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore
+from .batch import LookupBatcher
+from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore, LayeredAnswers
 
 __all__ = ["AsyncEngine"]
 
@@ -41,11 +42,17 @@ class AsyncEngine(EngineCore):
         self._wake: asyncio.Event | None = None
         self._attempted: asyncio.Event | None = None
         self._stopping = False
-        # Lookups in flight, by the probes they answer: concurrent requests that miss the
-        # cache for the same key share one round trip, so Redis load follows the number of
-        # distinct keys per cache TTL, not the request rate.
-        self._inflight: dict[tuple[Probe, ...], asyncio.Future[dict[Probe, bool]]] = {}
-        self._revalidation: asyncio.Task[None] | None = None
+        #: How long a request waits for a membership answer (the store's lookup budget).
+        self.lookup_budget = store.lookup_timeout
+        # Requests that miss the cache share batched round trips (see batch.py), so Redis
+        # load follows the number of distinct keys per cache TTL, not the request rate.
+        self._batcher = LookupBatcher(
+            lambda probes: self.store.lookup(probes, within_budget=False),
+            generation=lambda: self.cache.generation,
+            landed=self._revalidated,
+            failed=self._lookup_failed,
+            max_batch=REVALIDATE_BATCH,
+        )
 
     async def decide(self, facts: RequestFacts) -> Decision:
         if self._loop is not asyncio.get_running_loop():
@@ -60,23 +67,10 @@ class AsyncEngine(EngineCore):
         ``pending`` probes for :meth:`resolve`. Call :meth:`start` in this loop first.
         (Awaiting ``decide`` costs a coroutine per request; the hot path avoids it.)"""
         decision = decide(facts, self.builder.current, self.cache, self.overrides)
-        if self.cache.stale and self._revalidation is None:
-            self._revalidation = asyncio.ensure_future(self._revalidate())
+        if self.cache.stale and not self.breaker.is_open:
+            # Answers given out past their TTL: read them again, nobody waits for them.
+            self._batcher.ask(self.cache.take_stale(REVALIDATE_BATCH))
         return decision
-
-    async def _revalidate(self) -> None:
-        """Read again, in one round trip per batch, the answers given out past their TTL."""
-        try:
-            while self.cache.stale and self.breaker.allow():
-                generation = self.cache.generation
-                try:
-                    fetched = await self._lookup(tuple(self.cache.take_stale(REVALIDATE_BATCH)))
-                except Exception as exc:  # the answers expire; requests then look up
-                    self._lookup_failed(exc)
-                    return
-                self._revalidated(fetched, generation)
-        finally:
-            self._revalidation = None
 
     async def resolve(self, facts: RequestFacts, decision: Decision) -> Decision:
         """Look up the probes an ``unknown`` decision is waiting for, within the budget, and
@@ -88,34 +82,16 @@ class AsyncEngine(EngineCore):
         for _ in range(MAX_ROUNDS):
             if not self.breaker.allow():
                 return decision
-            generation = self.cache.generation
-            try:
-                fetched = await self._lookup(decision.pending)
-            except Exception as exc:  # never let the store turn into a 500
-                self._lookup_failed(exc)
+            # Never raises: what did not come within the budget is unknown, hence stable.
+            fetched = await self._batcher.answers(decision.pending, self.lookup_budget)
+            news = {probe: value for probe, value in fetched.items() if probe not in local}
+            if not news:
                 return decision
-            settled = self._next_pass(facts, snapshot, local, fetched, generation)
-            if settled is None:
-                return decision
-            decision = settled
+            local.update(news)
+            decision = decide(facts, snapshot, LayeredAnswers(local, self.cache), self.overrides)
             if not decision.pending:
                 return decision
         return decision
-
-    async def _lookup(self, probes: tuple[Probe, ...]) -> dict[Probe, bool]:
-        shared = self._inflight.get(probes)
-        if shared is None:
-            shared = asyncio.ensure_future(self.store.lookup(probes))
-            self._inflight[probes] = shared
-            shared.add_done_callback(lambda done: self._landed(probes, done))
-        # Shielded: one waiter giving up (its client left) must not cancel the others' answer.
-        return await asyncio.shield(shared)
-
-    def _landed(self, probes: tuple[Probe, ...], done: asyncio.Future[dict[Probe, bool]]) -> None:
-        if self._inflight.get(probes) is done:
-            del self._inflight[probes]
-        if not done.cancelled():
-            done.exception()  # retrieved here too: every waiter may have left already
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self, *, wait: float | None = None) -> bool:
@@ -202,9 +178,8 @@ class AsyncEngine(EngineCore):
         if self._wake is not None:
             self._wake.set()
         pending = set(self._tasks)
-        if self._revalidation is not None:
-            pending.add(self._revalidation)
         self._tasks, self._loop = [], None
+        await self._batcher.aclose()
         while pending:
             for task in pending:
                 task.cancel()

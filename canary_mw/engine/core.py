@@ -41,7 +41,7 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-class _Layered:
+class LayeredAnswers:
     """Answers fetched for this request first, then the shared cache."""
 
     __slots__ = ("cache", "local")
@@ -129,7 +129,7 @@ class EngineCore:
         if not news:
             return None
         local.update(news)
-        return decide(facts, snapshot, _Layered(local, self.cache), self.overrides)
+        return decide(facts, snapshot, LayeredAnswers(local, self.cache), self.overrides)
 
     def _revalidated(self, fetched: Mapping[Probe, bool], generation: int) -> None:
         self.breaker.success()

@@ -16,7 +16,7 @@ from .layout import Command, Layout, StoreState
 from .memory import AsyncMemorySubscription, MemoryBackend, MemorySubscription, backend_named
 from .redis_async import AsyncRedisExecutor
 from .redis_sync import RedisExecutor
-from .store import DEFAULT_ACTOR, AsyncStore, Store
+from .store import DEFAULT_ACTOR, DEFAULT_LOOKUP_TIMEOUT, AsyncStore, Store
 from .urls import parse_store_url
 
 __all__ = [
@@ -35,8 +35,6 @@ __all__ = [
     "store_from_url",
 ]
 
-#: Budget for one request-time membership lookup (connect included), in seconds.
-DEFAULT_LOOKUP_TIMEOUT = 0.05
 #: Timeout for background snapshot reads, writes and pub/sub, in seconds.
 DEFAULT_TIMEOUT = 1.0
 
@@ -109,9 +107,10 @@ def store_from_url(
     parsed = parse_store_url(url)
     key_prefix = _prefix(parsed, prefix)
     if parsed.kind == "memory":
-        return Store(MemoryExecutor(backend_named(parsed.memory_name)), prefix=key_prefix, url=url)
-    executor = RedisExecutor(parsed.target, lookup_timeout=lookup_timeout, timeout=timeout)
-    return Store(executor, prefix=key_prefix, url=url)
+        executor: Any = MemoryExecutor(backend_named(parsed.memory_name))
+    else:
+        executor = RedisExecutor(parsed.target, lookup_timeout=lookup_timeout, timeout=timeout)
+    return Store(executor, prefix=key_prefix, url=url, lookup_timeout=lookup_timeout)
 
 
 def async_store_from_url(
@@ -126,9 +125,7 @@ def async_store_from_url(
     parsed = parse_store_url(url)
     key_prefix = _prefix(parsed, prefix)
     if parsed.kind == "memory":
-        executor = AsyncMemoryExecutor(backend_named(parsed.memory_name))
-        return AsyncStore(executor, prefix=key_prefix, url=url)
-    redis_executor = AsyncRedisExecutor(
-        parsed.target, lookup_timeout=lookup_timeout, timeout=timeout
-    )
-    return AsyncStore(redis_executor, prefix=key_prefix, url=url)
+        executor: Any = AsyncMemoryExecutor(backend_named(parsed.memory_name))
+    else:
+        executor = AsyncRedisExecutor(parsed.target, lookup_timeout=lookup_timeout, timeout=timeout)
+    return AsyncStore(executor, prefix=key_prefix, url=url, lookup_timeout=lookup_timeout)

@@ -19,7 +19,10 @@ from .changes import AuditEntry, Change, Plan, StoredConfig
 from .layout import Command, Layout, StoreState
 from .memory import Notice
 
-__all__ = ["DEFAULT_ACTOR", "AsyncStore", "Store"]
+__all__ = ["DEFAULT_ACTOR", "DEFAULT_LOOKUP_TIMEOUT", "AsyncStore", "Store"]
+
+#: Budget for one request-time membership lookup (connect included), in seconds.
+DEFAULT_LOOKUP_TIMEOUT = 0.05
 
 T = TypeVar("T")
 RulesInput = RuleSet | str | bytes | Mapping[str, Any] | Sequence[Any]
@@ -132,10 +135,19 @@ class Store(_Plans):
     2
     """
 
-    def __init__(self, executor: SyncExecutor, *, prefix: str = "canary:", url: str = ""):
+    def __init__(
+        self,
+        executor: SyncExecutor,
+        *,
+        prefix: str = "canary:",
+        url: str = "",
+        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+    ):
         super().__init__(prefix)
         self._executor = executor
         self.url = url
+        #: The budget of one request-time membership lookup, in seconds.
+        self.lookup_timeout = lookup_timeout
 
     def _run(self, plan: Plan[T]) -> T:
         try:
@@ -263,10 +275,19 @@ class AsyncStore(_Plans):
     """asyncio access to the rule store (same methods as :class:`Store`, as coroutines).
     Build one with :func:`async_store_from_url`."""
 
-    def __init__(self, executor: AsyncExecutor, *, prefix: str = "canary:", url: str = ""):
+    def __init__(
+        self,
+        executor: AsyncExecutor,
+        *,
+        prefix: str = "canary:",
+        url: str = "",
+        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+    ):
         super().__init__(prefix)
         self._executor = executor
         self.url = url
+        #: The budget of one request-time membership lookup, in seconds.
+        self.lookup_timeout = lookup_timeout
 
     async def _run(self, plan: Plan[T]) -> T:
         try:
@@ -279,8 +300,13 @@ class AsyncStore(_Plans):
     async def read_state(self, ip_sets: Iterable[str], ip_lists: Iterable[IPListRef]) -> StoreState:
         return await self._run(self._read_state(ip_sets, ip_lists))
 
-    async def lookup(self, probes: Sequence[Probe]) -> dict[Probe, bool]:
-        results = await self._executor.run(self.layout.lookup(probes), fast=True)
+    async def lookup(
+        self, probes: Sequence[Probe], *, within_budget: bool = True
+    ) -> dict[Probe, bool]:
+        """Membership answers; raises StoreError on failure. ``within_budget``: fail after
+        ``lookup_timeout`` (a request is waiting); else the store's normal timeout applies
+        (the engine's batched lookups, which no request is tied to)."""
+        results = await self._executor.run(self.layout.lookup(probes), fast=within_budget)
         return Layout.parse_lookup(probes, results)
 
     async def subscribe(self) -> AsyncSubscription:
