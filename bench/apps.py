@@ -85,6 +85,31 @@ def realistic() -> Any:
     return Starlette(routes=[Route("/", listing)])
 
 
+def pure_noop() -> Any:
+    """The floor: a pure ASGI middleware that does nothing but call the app."""
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        await backend(scope, receive, send)
+
+    return middleware
+
+
+def pure_tag() -> Any:
+    """A pure ASGI middleware that only adds one response header, as the router's tag does:
+    what the server's own per-header work costs."""
+    tag = [(b"x-canary-version", b"stable")]
+
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
+        def tagged(message: Any) -> Any:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), *tag]
+            return send(message)
+
+        await backend(scope, receive, tagged)
+
+    return middleware
+
+
 def base_http_noop() -> Any:
     """What the common pattern costs: a BaseHTTPMiddleware that does nothing."""
     from starlette.middleware.base import BaseHTTPMiddleware

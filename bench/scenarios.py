@@ -183,10 +183,15 @@ def asgi(ctx: Context) -> None:
         measure(ctx, "asgi", name, server, script,
                 canary_pids if "canary" in name or "mix" in name else [], bare=bare)  # fmt: skip
         server.stop()
-    port = free_port()
-    noop = Server("basehttp", uvicorn("bench.apps:base_http_noop", port, factory=True), port=port)
-    measure(ctx, "asgi", "BaseHTTPMiddleware no-op (for scale)", noop, None, bare=bare)
-    noop.stop()
+    # For scale: what any middleware costs. A pure ASGI no-op, one that only adds a header
+    # (the server checks every header in Python), and the common BaseHTTPMiddleware no-op.
+    for app, name in (("pure_noop", "pure ASGI middleware, no-op (floor)"),
+                      ("pure_tag", "pure ASGI middleware adding one header (floor)"),
+                      ("base_http_noop", "BaseHTTPMiddleware no-op (for scale)")):  # fmt: skip
+        port = free_port()
+        floor = Server(app, uvicorn(f"bench.apps:{app}", port, factory=True), port=port)
+        measure(ctx, "asgi", name, floor, None, bare=bare)
+        floor.stop()
     bare.stop()
     # The same comparison with an endpoint that does some work of its own (Starlette routing
     # and a JSON body): what the fixed per-request cost means for a typical app.

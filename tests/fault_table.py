@@ -8,15 +8,46 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
-from tests.faultlog import RESULTS, ROOT
+from tests.faultlog import RESULTS, ROOT, case_text
 
 BEGIN, END = "<!-- fault-table:begin -->", "<!-- fault-table:end -->"
 
 
-def table(rows: list[dict[str, str]]) -> str:
-    lines = ["| area | case | expected | outcome |", "|---|---|---|---|"]
+def grouped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per test for the variants that passed with nothing measured to show (e.g. a
+    body size x transport grid): their parameter values listed, ``a / b / c``."""
+    out: list[dict[str, Any]] = []
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
+        if row["outcome"] != "pass" or row["observed"] or not row.get("params"):
+            out.append(row)
+            continue
+        key = (row["area"], row["test"].partition("[")[0], row["template"], row["expected"])
+        if key not in groups:
+            groups[key] = []
+            out.append({"group": key})  # keeps the place of the group's first variant
+        groups[key].append(row)
+    for index, row in enumerate(out):
+        if "group" in row:
+            variants = groups[row["group"]]
+            values: dict[str, list[str]] = {}
+            for variant in variants:
+                for name, value in variant["params"].items():
+                    if value not in values.setdefault(name, []):
+                        values[name].append(value)
+            params = {name: " / ".join(found) for name, found in values.items()}
+            case = case_text(variants[0]["template"], params)
+            if len(variants) > 1:
+                case += f" ({len(variants)} variants)"
+            out[index] = {**variants[0], "case": case}
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| area | case | expected | outcome |", "|---|---|---|---|"]
+    for row in grouped(rows):
         outcome = row["outcome"] + (f" ({row['observed']})" if row["observed"] else "")
         cells = (row["area"], row["case"], row["expected"], outcome)
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")

@@ -39,19 +39,23 @@ def observed(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return note
 
 
-def _case(item: pytest.Item, marker: pytest.Mark) -> tuple[str, str, str]:
-    area, case, expected = marker.args
+def _params(item: pytest.Item) -> dict[str, str]:
+    """The test's parameters that read as text (numbers, names), as strings."""
     callspec = getattr(item, "callspec", None)
-    if callspec is not None:
-        params = callspec.params
-        # Parameters the case text does not name (e.g. the HTTP parser) go in brackets.
-        rest = [
-            str(value)
-            for name, value in params.items()
-            if "{" + name + "}" not in case and isinstance(value, (str, int, float))
-        ]
-        case = case.format(**params) + (f" [{' '.join(rest)}]" if rest else "")
-    return area, case, expected
+    if callspec is None:
+        return {}
+    return {
+        name: str(value)
+        for name, value in callspec.params.items()
+        if isinstance(value, (str, int, float))
+    }
+
+
+def case_text(template: str, params: dict[str, str]) -> str:
+    """The case as the table shows it: the template filled in; parameters it does not name
+    (e.g. the HTTP parser) in brackets."""
+    rest = [value for name, value in params.items() if "{" + name + "}" not in template]
+    return template.format(**params) + (f" [{' '.join(rest)}]" if rest else "")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -62,12 +66,13 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return report
     if report.when == "setup" and report.passed:
         return report  # the call phase decides
-    area, case, expected = _case(item, marker)
+    area, template, expected = marker.args
+    params = _params(item)
     notes = "; ".join(str(text) for key, text in item.user_properties if key == "observed")
     _rows[item.nodeid] = {
-        "area": area, "case": case, "expected": expected,
+        "area": area, "case": case_text(template, params), "expected": expected,
         "outcome": "pass" if report.passed else ("skipped" if report.skipped else "FAIL"),
-        "observed": notes, "test": item.nodeid,
+        "observed": notes, "test": item.nodeid, "template": template, "params": params,
     }  # fmt: skip
     return report
 

@@ -456,7 +456,7 @@ async def test_a_slow_answer_is_not_a_failure_and_still_lands(fresh_redis: Redis
         assert await driven.start()
         fresh_redis.pause()  # answers now take longer than the 50 ms budget...
         try:
-            for _ in range(3):  # ...for several requests in a row: before, a tripped breaker
+            for _ in range(2):  # ...for requests in a row (each one counted as a failure before)
                 decision = await driven.decide(vip)
                 assert (decision.target, decision.reason) == ("stable", "unknown")
         finally:
@@ -470,3 +470,39 @@ async def test_a_slow_answer_is_not_a_failure_and_still_lands(fresh_redis: Redis
         assert (await driven.decide(vip)).target == "v2"
     finally:
         await driven.close()
+
+
+async def test_a_stalled_round_trip_opens_the_breaker_before_the_store_timeout(
+    fresh_redis: RedisServer,
+) -> None:
+    """A hung Redis is told from a busy router by how long the round trip has been out:
+    past STALL_AFTER the breaker opens, long before the store's own (here 10 s) timeout."""
+    from canary_mw.engine import AsyncEngine
+    from canary_mw.engine.batch import STALL_AFTER
+    from canary_mw.stores import async_store_from_url
+
+    writer = store_from_url(fresh_redis.url)
+    writer.set_rules(VIP_RULES)
+    writer.close()
+    engine = AsyncEngine(async_store_from_url(fresh_redis.url, timeout=10))
+    try:
+        assert await engine.start(wait=5)
+        fresh_redis.pause()
+        started = asyncio.get_running_loop().time()
+        users = itertools.count()
+
+        async def opened() -> bool:  # each new user waits its 50 ms budget, then stable
+            decision = await engine.decide(facts(cookies=f"uid=hung{next(users)}"))
+            assert decision.target == "stable"
+            return engine.breaker.is_open
+
+        try:
+            await eventually(opened, timeout=5, what="the breaker open")
+        finally:
+            fresh_redis.resume()
+        took = asyncio.get_running_loop().time() - started
+        assert STALL_AFTER <= took < 2
+        assert engine.lookup_failures == 0  # nothing failed: it stalled
+    finally:
+        await engine.aclose()
+        await engine.store.aclose()

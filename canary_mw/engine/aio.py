@@ -51,6 +51,7 @@ class AsyncEngine(EngineCore):
             generation=lambda: self.cache.generation,
             landed=self._revalidated,
             failed=self._lookup_failed,
+            stalled=self.breaker.trip,
             max_batch=REVALIDATE_BATCH,
         )
 

@@ -12,7 +12,11 @@ to that request:
 - only the round trip's own outcome, under the store's normal timeout, counts as a Redis
   success or failure. A request-side timeout is no evidence that Redis is down, and
   counting it as one tripped the circuit breaker on a healthy Redis whenever the router
-  was busy (routing VIP users to stable under load).
+  was busy (routing VIP users to stable under load);
+- except for a stall: a round trip still unanswered after ``STALL_AFTER`` seconds is a
+  hung Redis, not a busy router (replies queue for milliseconds behind other callbacks, not
+  for a quarter of a second). ``stalled()`` is called then, so the breaker opens long
+  before the store's timeout ends the round trip, and requests stop waiting on it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ __all__ = ["LookupBatcher"]
 logger = logging.getLogger("canary_mw.engine")
 
 Lookup = Callable[[Sequence[Probe]], Awaitable[Mapping[Probe, bool]]]
+
+#: Seconds a round trip may stay unanswered before Redis is taken for hung.
+STALL_AFTER = 0.25
 
 
 class LookupBatcher:
@@ -46,13 +53,16 @@ class LookupBatcher:
         generation: Callable[[], int],
         landed: Callable[[Mapping[Probe, bool], int], None],
         failed: Callable[[BaseException], None],
+        stalled: Callable[[BaseException], None],
         max_batch: int = 1000,
     ):
         self._lookup = lookup
         self._generation = generation
         self._landed = landed
         self._failed = failed
+        self._stalled = stalled
         self._max_batch = max_batch
+        self._flying_since = 0.0
         self._asked: dict[Probe, asyncio.Future[bool]] = {}  # waiting for a round trip
         self._flying: dict[Probe, asyncio.Future[bool]] = {}  # in the round trip now
         self._runner: asyncio.Task[None] | None = None
@@ -75,6 +85,10 @@ class LookupBatcher:
         if waiting:
             # asyncio.wait: the futures are not cancelled when the budget runs out.
             await asyncio.wait(waiting, timeout=budget)
+            if self._flying:
+                age = asyncio.get_running_loop().time() - self._flying_since
+                if age > STALL_AFTER:
+                    self._stalled(TimeoutError(f"Redis has not answered for {age * 1000:.0f} ms"))
         return {
             probe: future.result()
             for probe, future in futures.items()
@@ -88,6 +102,7 @@ class LookupBatcher:
                 for probe in batch:
                     del self._asked[probe]
                 self._flying = batch
+                self._flying_since = asyncio.get_running_loop().time()
                 generation = self._generation()
                 try:
                     answers = await self._lookup(list(batch))
