@@ -35,7 +35,7 @@ class ClientDisconnectedError(Exception):
     """The client went away while we were still reading its request body."""
 
 
-class _Body:
+class _Body(httpx.AsyncByteStream):
     """The request body as an async byte stream for httpx, read from ``receive`` on demand
     (never buffered whole), remembering whether any of it was consumed, and stopping with
     BodyTooLargeError once more than ``limit`` bytes came (chunked uploads have no length
@@ -133,8 +133,9 @@ class AsyncHTTPForwarder(ForwarderBase):
             response = await self._until_answered(request, receive, body)
             if response is None:  # the client left: the upstream request was cancelled
                 return Outcome.DONE, 0
+            headers, declared = self.answered(upstream, response, tag)
             try:
-                first, rest = await _first_chunk(response)
+                first, rest = await _first_chunk(response, declared)
             except BaseException:
                 await response.aclose()
                 raise
@@ -149,7 +150,6 @@ class AsyncHTTPForwarder(ForwarderBase):
                 return Outcome.FALLBACK, 0
             return await _reply(send, reply, tag)
         try:
-            headers = self.answered(upstream, response, tag)
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": headers})  # fmt: skip
             if rest is None:  # the whole body is in: no streaming machinery needed
@@ -216,7 +216,9 @@ async def _reply(send: Send, reply: ErrorReply, tag: RawHeaders) -> tuple[Outcom
     return Outcome.DONE, reply.status
 
 
-async def _first_chunk(response: httpx.Response) -> tuple[bytes, AsyncIterator[bytes] | None]:
+async def _first_chunk(
+    response: httpx.Response, declared: int | None
+) -> tuple[bytes, AsyncIterator[bytes] | None]:
     """The first body chunk, and the rest of the stream (None when the first chunk is the
     whole body). Most canary responses are small with a Content-Length: they are sent in one
     message, without a pump task and a disconnect watcher. The stream is read to its end
@@ -226,8 +228,7 @@ async def _first_chunk(response: httpx.Response) -> tuple[bytes, AsyncIterator[b
         first: bytes = await chunks.__anext__()
     except StopAsyncIteration:
         return b"", None
-    declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and len(first) >= int(declared):
+    if declared is not None and len(first) >= declared:
         async for extra in chunks:  # the end of the message: no more I/O once all is in
             first += extra
         return first, None

@@ -18,6 +18,8 @@ __all__ = ["IDEMPOTENT", "ForwarderBase"]
 logger = logging.getLogger("canary_mw.forward")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+#: The body of a request without one (iterable both ways, so shared by ASGI and WSGI).
+_NO_BODY = httpx.ByteStream(b"")
 
 
 class ForwarderBase:
@@ -59,20 +61,33 @@ class ForwarderBase:
         length: int | None,
     ) -> httpx.Request:
         """The request for the upstream: raw path and query as received, clean headers, the
-        body as a stream that httpx frames itself (Content-Length when the client gave one)."""
+        body streamed as it comes (Content-Length when the client gave one, else chunked).
+
+        Built from a ready stream (``stream=``), so httpx adds nothing: the framing and Host
+        headers are set here, once, instead of httpx encoding the content and then searching
+        the headers for what it would add (a measurable part of each forwarded request)."""
         outgoing = request_headers(
             list(headers),
             client=peer.encode("latin-1") if peer else None,
             scheme=scheme.encode("latin-1"),
             host=None if self._preserve_host else upstream.host_header,
+            default_host=upstream.host_header,
             trusted_peer=self._is_trusted_peer(peer),
             extra=self._request_extra,
             drop=self._request_drop,
         )
-        if length:
-            outgoing.append((b"content-length", str(length).encode()))
+        if body is None:
+            stream = _NO_BODY
+        else:
+            stream = body
+            if length:
+                outgoing.append((b"content-length", b"%d" % length))
+            else:
+                outgoing.append((b"transfer-encoding", b"chunked"))
         url = upstream.target(*target)
-        return httpx.Request(method, url, headers=outgoing, content=body, extensions=self._timeouts)
+        return httpx.Request(
+            method, url, headers=outgoing, stream=stream, extensions=self._timeouts
+        )
 
     def failed(
         self,
@@ -95,9 +110,12 @@ class ForwarderBase:
             return None
         return classify(exc)
 
-    def answered(self, upstream: Upstream, response: httpx.Response, tag: RawHeaders) -> RawHeaders:
-        """The upstream answered: its headers to pass on (hop-by-hop removed, our tag added)."""
+    def answered(
+        self, upstream: Upstream, response: httpx.Response, tag: RawHeaders
+    ) -> tuple[RawHeaders, int | None]:
+        """The upstream answered: its headers to pass on (hop-by-hop removed, our tag added)
+        and the body length it declared (None: unknown, or not a single valid number)."""
         self._report(upstream.name, None)
-        headers = response_headers(response.headers.raw, drop=self._response_drop)
+        headers, length = response_headers(response.headers.raw, drop=self._response_drop)
         headers.extend(tag)
-        return headers
+        return headers, length

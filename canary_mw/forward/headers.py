@@ -69,6 +69,7 @@ def request_headers(
     client: bytes | None,
     scheme: bytes,
     host: bytes | None,
+    default_host: bytes,
     trusted_peer: bool,
     extra: Sequence[tuple[bytes, bytes]] = (),
     drop: frozenset[bytes] = frozenset(),
@@ -77,8 +78,8 @@ def request_headers(
 
     ``X-Forwarded-For`` gets the client appended (as every proxy does). ``X-Forwarded-Proto``
     and ``-Host`` are passed on only from a trusted proxy, else replaced by what this server
-    saw. ``host``: the Host to send (None: the client's). ``drop``: names (lower-case) to
-    remove, e.g. a loop-guard header the client sent.
+    saw. ``host``: the Host to send (None: the client's, or ``default_host`` when it sent
+    none). ``drop``: names (lower-case) to remove, e.g. a loop-guard header the client sent.
     """
     named = connection_tokens(raw)
     headers: RawHeaders = []
@@ -109,21 +110,25 @@ def request_headers(
     if forwarded_host or client_host:
         headers.append((b"x-forwarded-host", forwarded_host or client_host or b""))
     outgoing_host = host if host is not None else client_host
-    if outgoing_host:
-        headers.insert(0, (b"host", outgoing_host))
+    headers.insert(0, (b"host", outgoing_host or default_host))
     headers.extend(extra)
     return headers
 
 
 def response_headers(
     raw: Sequence[tuple[bytes, bytes]], *, drop: frozenset[bytes] = frozenset()
-) -> RawHeaders:
-    """The upstream response's headers minus hop-by-hop ones and ``drop`` (lower-case)."""
+) -> tuple[RawHeaders, int | None]:
+    """The upstream response's headers minus hop-by-hop ones and ``drop`` (lower-case), and
+    its Content-Length when it gave exactly one valid value (None otherwise)."""
     named = connection_tokens(raw)
-    return [
-        (name, value)
-        for name, value in raw
-        if (lowered := name.lower()) not in HOP_BY_HOP
-        and lowered not in named
-        and lowered not in drop
-    ]
+    kept: RawHeaders = []
+    lengths = []
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in HOP_BY_HOP or lowered in named or lowered in drop:
+            continue
+        if lowered == b"content-length":
+            lengths.append(value)
+        kept.append((name, value))
+    length = int(lengths[0]) if len(lengths) == 1 and lengths[0].strip().isdigit() else None
+    return kept, length

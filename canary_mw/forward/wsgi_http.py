@@ -56,7 +56,7 @@ def request_target(environ: Environ) -> tuple[bytes, bytes]:
     return (quoted or "/").encode("ascii"), environ.get("QUERY_STRING", "").encode("latin-1")
 
 
-class _Input:
+class _Input(httpx.SyncByteStream):
     """``wsgi.input`` as a byte iterator for httpx: exactly Content-Length bytes, or until EOF
     when the server marks the input as terminated (chunked uploads). Never read whole; stops
     with BodyTooLargeError once a terminated input goes over ``limit``."""
@@ -159,6 +159,6 @@ class SyncHTTPForwarder(ForwarderBase):
             if reply is None:
                 return None
             return _reply(start_response, reply, tag)
-        headers = self.answered(upstream, response, tag)
+        headers, _ = self.answered(upstream, response, tag)
         start_response(_status_line(response.status_code, response.reason_phrase), _native(headers))
         return ForwardedBody(response)
