@@ -5,13 +5,10 @@ retries and limits connections, and which httpx error each failure becomes."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -390,27 +387,15 @@ async def test_closed_unanswered_is_a_protocol_error(upstream, transport) -> Non
 
 
 # -- TLS -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    assert openssl, "the TLS test needs the openssl command (apt-get install openssl)"
-    folder = tmp_path_factory.mktemp("tls")
-    cert, key = folder / "cert.pem", folder / "key.pem"
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+async def test_https_upstreams_are_verified(upstream) -> None:
+    import trustme
 
-
-async def test_https_upstreams_are_verified(upstream, certificate) -> None:
-    cert, key = certificate
+    authority = trustme.CA()
     server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_side.load_cert_chain(cert, key)
+    authority.issue_cert("127.0.0.1").configure_cert(server_side)
     server = upstream(tls=server_side)
-    trusting = ssl.create_default_context(cafile=str(cert))
+    trusting = ssl.create_default_context()
+    authority.configure_trust(trusting)
     pool = HTTP11Transport(verify=trusting)
     response, body = await send(pool, server.url + "/secure")
     assert (response.status_code, body) == (200, b"/secure")
