@@ -208,5 +208,13 @@ def summarize(samples: list[tuple[float, float, bool]], seconds: float) -> Load:
     return Load(len(samples) / seconds, pct(0.5), pct(0.99), len(samples), errors, samples)
 
 
+def stop_redis(process: subprocess.Popen[bytes], directory: str) -> None:
+    """Stop a redis-server we started (even a paused one) and remove its directory."""
+    process.send_signal(signal.SIGCONT)
+    process.terminate()
+    process.wait(10)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def have(binary: str) -> bool:
     return shutil.which(binary) is not None

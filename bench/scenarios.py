@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,7 @@ from bench.harness import (
     have,
     peak_rss_mib,
     pyload,
+    stop_redis,
     summarize,
     uvicorn,
     wrk,
@@ -405,10 +405,7 @@ def outage(ctx: Context, redis_binary: str) -> None:
     finally:
         server.stop()
         bare.stop()
-        redis_process.send_signal(signal.SIGCONT)
-        redis_process.terminate()
-        redis_process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_redis(redis_process, directory)
 
 
 # -- 1 GiB through the canary path -------------------------------------------------------------

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Server, free_port, peak_rss_mib, uvicorn, wait_for_port
+from bench.harness import Server, free_port, peak_rss_mib, stop_redis, uvicorn, wait_for_port
 
 RULES = [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}, "target": "canary"}]
 
@@ -123,10 +123,7 @@ def main() -> int:
     finally:
         router.stop()
         canary.stop()
-        redis_process.send_signal(signal.SIGCONT)
-        redis_process.terminate()
-        redis_process.wait(10)
-        shutil.rmtree(directory, ignore_errors=True)
+        stop_redis(redis_process, directory)
 
 
 def _faults(redis: list[subprocess.Popen[bytes]], args: list[str], stop: threading.Event) -> None:

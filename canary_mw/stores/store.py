@@ -80,10 +80,13 @@ def _rules_or_none(config: StoredConfig) -> RuleSet | None:
 class _Plans:
     """Plans for every store method, shared by both flavours; never does I/O."""
 
-    def __init__(self, prefix: str):
+    def __init__(self, *, prefix: str, url: str, lookup_timeout: float):
         if not isinstance(prefix, str):
             raise ConfigurationError(f"prefix must be a string, got {prefix!r}")
         self.layout = Layout(prefix)
+        self.url = url
+        #: The budget of one request-time membership lookup, in seconds.
+        self.lookup_timeout = lookup_timeout
 
     @property
     def prefix(self) -> str:
@@ -143,11 +146,8 @@ class Store(_Plans):
         url: str = "",
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
     ):
-        super().__init__(prefix)
+        super().__init__(prefix=prefix, url=url, lookup_timeout=lookup_timeout)
         self._executor = executor
-        self.url = url
-        #: The budget of one request-time membership lookup, in seconds.
-        self.lookup_timeout = lookup_timeout
 
     def _run(self, plan: Plan[T]) -> T:
         try:
@@ -283,11 +283,8 @@ class AsyncStore(_Plans):
         url: str = "",
         lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
     ):
-        super().__init__(prefix)
+        super().__init__(prefix=prefix, url=url, lookup_timeout=lookup_timeout)
         self._executor = executor
-        self.url = url
-        #: The budget of one request-time membership lookup, in seconds.
-        self.lookup_timeout = lookup_timeout
 
     async def _run(self, plan: Plan[T]) -> T:
         try:
