@@ -33,8 +33,8 @@ def targets(ctx: Context) -> list[tuple[str, str, bool | None]]:
 
     def ratio(a: str, b: str, connections: int) -> float | None:
         first, second = _find(rows, a, connections), _find(rows, b, connections)
-        if first and first.baseline and b.startswith("bare"):
-            second = first.baseline  # the bare run paired with this row
+        if first and first.ratio is not None and b.startswith("bare"):
+            return first.ratio  # from the runs taken in turns with the bare app
         return None if not first or not second else first.load.rps / second.load.rps
 
     def add(label: str, values: list[float | None], minimum: float) -> None:
@@ -111,8 +111,8 @@ def markdown(ctx: Context, command: str) -> str:
         f" {ctx.seconds:g} s after a 1 s warm-up; wrk -t1 when installed. Compare ratios within this run only: the machine is shared.", "",
         "CPU/req is the CPU time of every serving process (app or router, canary backend, nginx,"
         " Redis) divided by the requests served. RSS is the largest peak among the server's processes."
-        " Where a row was paired with a bare run (same load script, measured just before it), 'vs bare'"
-        " and '+ vs bare' compare with that run.", "",
+        " Where a row was paired with the bare app (same load script, runs taken in turns: bare, router,"
+        " bare, router...), 'vs bare' and '+ vs bare' are the medians over those pairs.", "",
     ]  # fmt: skip
     for group, title in (("asgi", "ASGI: bare app vs CanaryRouter (uvicorn, httptools, uvloop)"),
                          ("transport", "Canary path: transports under the httpx API"),
@@ -128,13 +128,14 @@ def markdown(ctx: Context, command: str) -> str:
         lines += [f"## {title}", "", "| scenario | conns | req/s | vs bare | p50 ms | p99 ms | CPU µs/req | + vs bare | peak RSS MiB | errors |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
         for row in rows:
-            reference = row.baseline or base[row.connections]
-            versus = f"{row.load.rps / reference.load.rps:.2f}x" if reference else "-"
-            extra = (
-                f"{row.cpu_us - reference.cpu_us:+.0f}"
-                if reference and reference is not row
-                else "-"
-            )
+            reference = base[row.connections]
+            if row.ratio is not None and row.cpu_extra is not None:
+                versus, extra = f"{row.ratio:.2f}x", f"{row.cpu_extra:+.0f}"
+            elif reference and reference is not row:
+                versus = f"{row.load.rps / reference.load.rps:.2f}x"
+                extra = f"{row.cpu_us - reference.cpu_us:+.0f}"
+            else:
+                versus, extra = ("1.00x" if reference is row else "-"), "-"
             lines.append(f"| {row.name} | {row.connections} | {row.load.rps:,.0f} | {versus} | "
                          f"{row.load.p50_ms:.2f} | {row.load.p99_ms:.2f} | {row.cpu_us:.0f} | {extra} | "
                          f"{row.rss_mib:.0f} | {row.load.errors} |")  # fmt: skip
@@ -221,6 +222,8 @@ def summary(ctx: Context) -> dict[str, Any]:
                 "errors": r.load.errors,
                 "bare_rps": r.baseline.load.rps if r.baseline else None,
                 "bare_cpu_us": r.baseline.cpu_us if r.baseline else None,
+                "ratio_to_bare": r.ratio,
+                "cpu_us_over_bare": r.cpu_extra,
             }
             for r in ctx.rows
         ],

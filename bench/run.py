@@ -26,8 +26,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=4.0, help="length of each measured run")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per row (the median is kept)")
+    parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured run")
+    parser.add_argument("--repeats", type=int, default=5, help="runs per row (the median is kept)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="groups: asgi transports openresty wsgi outage streaming")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

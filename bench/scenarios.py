@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,9 +41,11 @@ class Row:
     cpu_us: float  # CPU time of every serving process, per request
     rss_mib: float
     note: str = ""
-    # The bare app measured with the same load script just before this row: ratios come
-    # from pairs measured back to back, not from a bare run minutes earlier.
+    # The bare app measured with the same load script in turns with this row: ratios come
+    # from pairs of runs measured back to back, not from a bare run minutes earlier.
     baseline: Row | None = None
+    ratio: float | None = None  # median over the pairs of (this req/s / bare req/s)
+    cpu_extra: float | None = None  # median over the pairs of (this - bare) CPU µs/req
 
 
 @dataclass
@@ -104,33 +107,53 @@ def load(url: str, connections: int, seconds: float, script: str | None) -> Load
 def measure(ctx: Context, group: str, name: str, server: Server, script: str | None,
             extra_pids: list[int] = (), note: str = "", *,  # type: ignore[assignment]
             bare: Server | None = None) -> list[Row]:  # fmt: skip
-    """Rows at 10 and 50 connections; with ``bare``, each is paired with a bare run."""
+    """Rows at 10 and 50 connections. With ``bare``, the bare app and this server take turns
+    run by run (bare, server, bare, server...), and the ratio is the median of each pair's:
+    the machine is shared, and its speed drifts between runs more than the router costs."""
     rows = []
     for connections in (10, 50):
-        baseline = _run(ctx, group, "bare", bare, script, connections, []) if bare else None
-        row = _run(ctx, group, name, server, script, connections, extra_pids, note)
-        row.baseline = baseline
+        turns = [(bare, []), (server, list(extra_pids))] if bare else [(server, list(extra_pids))]
+        for turn, _ in turns:
+            load(turn.url + "/", connections, 1, script)  # warm up: connections, caches
+        runs: list[list[tuple[Load, float]]] = [[] for _ in turns]
+        for _ in range(ctx.repeats):
+            for index, (turn, pids) in enumerate(turns):
+                runs[index].append(_one(ctx, turn, script, connections, pids))
+        row = _row(group, name, server, connections, runs[-1], note)
+        if bare:
+            row.baseline = _row(group, "bare", bare, connections, runs[0])
+            pairs = list(zip(runs[0], runs[-1], strict=True))
+            row.ratio = statistics.median(r.rps / b.rps for (b, _), (r, _) in pairs)
+            row.cpu_extra = statistics.median(
+                _cpu_us(r, rc) - _cpu_us(b, bc) for (b, bc), (r, rc) in pairs
+            )
         print(f"  {name:<42} c{connections:<3} {row.load.rps:>9.0f} req/s  p50 {row.load.p50_ms:6.2f} ms"
               f"  p99 {row.load.p99_ms:6.2f} ms  {row.cpu_us:6.1f} us CPU/req  errors {row.load.errors}"
-              + (f"  ({row.load.rps / baseline.load.rps:.2f}x bare)" if baseline else ""),
+              + (f"  ({row.ratio:.2f}x bare, {row.cpu_extra:+.0f} us CPU)" if bare else ""),
               flush=True)  # fmt: skip
         rows.append(row)
     ctx.rows.extend(rows)
     return rows
 
 
-def _run(ctx: Context, group: str, name: str, server: Server, script: str | None,
-         connections: int, extra_pids: list[int], note: str = "") -> Row:  # fmt: skip
-    load(server.url + "/", connections, 1, script)  # warm up: connections, caches
-    pids = server.pids() + list(extra_pids) + redis_pids(ctx)
-    runs = []
-    for _ in range(ctx.repeats):
-        before = cpu_seconds(pids)
-        result = load(server.url + "/", connections, ctx.seconds, script)
-        runs.append((result, cpu_seconds(pids) - before))
-    runs.sort(key=lambda run: run[0].rps)
-    result, used = runs[len(runs) // 2]
-    return Row(group, name, connections, result, used / max(result.requests, 1) * 1e6,
+def _one(ctx: Context, server: Server, script: str | None, connections: int,
+         extra_pids: list[int]) -> tuple[Load, float]:  # fmt: skip
+    """One measured run: the load, and the CPU seconds every serving process used."""
+    pids = server.pids() + extra_pids + redis_pids(ctx)
+    before = cpu_seconds(pids)
+    result = load(server.url + "/", connections, ctx.seconds, script)
+    return result, cpu_seconds(pids) - before
+
+
+def _cpu_us(result: Load, used: float) -> float:
+    return used / max(result.requests, 1) * 1e6
+
+
+def _row(group: str, name: str, server: Server, connections: int,
+         runs: list[tuple[Load, float]], note: str = "") -> Row:  # fmt: skip
+    """The median run (by req/s) of ``runs``."""
+    result, used = sorted(runs, key=lambda run: run[0].rps)[len(runs) // 2]
+    return Row(group, name, connections, result, _cpu_us(result, used),
                peak_rss_mib(server.pids()), note)  # fmt: skip
 
 
