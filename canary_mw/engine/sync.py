@@ -138,7 +138,8 @@ class Engine(EngineCore):
             while cache.stale and self.breaker.allow() and not self._stopped.is_set():
                 generation = cache.generation
                 try:
-                    fetched = self.store.lookup(cache.take_stale(REVALIDATE_BATCH))
+                    probes = cache.take_stale(REVALIDATE_BATCH)
+                    fetched = self.store.lookup(probes, within_budget=False)
                 except Exception as exc:  # the answers expire; requests then look up
                     self._lookup_failed(exc)
                     break

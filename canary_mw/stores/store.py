@@ -161,9 +161,11 @@ class Store(_Plans):
     def read_state(self, ip_sets: Iterable[str], ip_lists: Iterable[IPListRef]) -> StoreState:
         return self._run(self._read_state(ip_sets, ip_lists))
 
-    def lookup(self, probes: Sequence[Probe]) -> dict[Probe, bool]:
-        """Membership answers within the lookup budget; raises StoreError on failure."""
-        results = self._executor.run(self.layout.lookup(probes), fast=True)
+    def lookup(self, probes: Sequence[Probe], *, within_budget: bool = True) -> dict[Probe, bool]:
+        """Membership answers; raises StoreError on failure. ``within_budget``: fail after
+        ``lookup_timeout`` (a request is waiting); else the store's normal timeout applies
+        (the engine's background re-reads, which no request waits for)."""
+        results = self._executor.run(self.layout.lookup(probes), fast=within_budget)
         return Layout.parse_lookup(probes, results)
 
     def subscribe(self) -> SyncSubscription:
