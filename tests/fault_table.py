@@ -10,9 +10,11 @@ import json
 import sys
 from typing import Any
 
-from tests.faultlog import RESULTS, ROOT, case_text
+from tests.faultlog import RESULTS, ROOT
 
 BEGIN, END = "<!-- fault-table:begin -->", "<!-- fault-table:end -->"
+#: Combinations of unnamed parameters listed in a grouped row; more are only counted.
+MAX_LISTED = 6
 
 
 def grouped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,17 +34,30 @@ def grouped(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for index, row in enumerate(out):
         if "group" in row:
             variants = groups[row["group"]]
-            values: dict[str, list[str]] = {}
-            for variant in variants:
-                for name, value in variant["params"].items():
-                    if value not in values.setdefault(name, []):
-                        values[name].append(value)
-            params = {name: " / ".join(found) for name, found in values.items()}
-            case = case_text(variants[0]["template"], params)
-            if len(variants) > 1:
-                case += f" ({len(variants)} variants)"
-            out[index] = {**variants[0], "case": case}
+            out[index] = {**variants[0], "case": _summary(variants)}
     return out
+
+
+def _summary(variants: list[dict[str, Any]]) -> str:
+    """``upload 0 / 1 / 65535 B [httpx, aiohttp] (12 variants)``: the values of the
+    parameters the case names, then the combinations of the others (or just how many)."""
+    template = variants[0]["template"]
+    named: dict[str, list[str]] = {}
+    rest: list[str] = []
+    for variant in variants:
+        others = []
+        for name, value in variant["params"].items():
+            if "{" + name + "}" in template:
+                if value not in named.setdefault(name, []):
+                    named[name].append(value)
+            else:
+                others.append(value)
+        if others and " ".join(others) not in rest:
+            rest.append(" ".join(others))
+    case = template.format(**{name: " / ".join(values) for name, values in named.items()})
+    if rest and len(rest) <= MAX_LISTED:
+        case += f" [{', '.join(rest)}]"
+    return case + (f" ({len(variants)} variants)" if len(variants) > 1 else "")
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -44,7 +44,8 @@ class Reply:
     def __str__(self) -> str:
         if not self.status:
             return "connection closed"
-        return f"{self.status} from {self.served_by}" if self.served_by else str(self.status)
+        # The tag names the target the router chose (its own 413/502 replies carry it too).
+        return f"{self.status}, tagged {self.served_by}" if self.served_by else str(self.status)
 
 
 def _read_reply(sock: socket.socket) -> Reply:
