@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import select
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -122,10 +123,13 @@ class HTTP11Connection(asyncio.Protocol):
         self._buffered = 0
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
+        self._fileno = -1
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self._fileno = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         parser, current = self._parser, self._current
@@ -297,6 +301,24 @@ class HTTP11Connection(asyncio.Protocol):
                 raise current.error
             current.waiter = self.loop.create_future()
             await _wait(current.waiter, read_timeout, httpx.ReadTimeout, "read timed out")
+
+    def still_open(self) -> bool:
+        """Before reusing an idle connection: has the upstream closed it? Its FIN may be
+        in the socket while the event loop has not read it yet (it closes idle connections
+        on its own schedule), and a request sent then fails (a POST cannot be sent again).
+        An idle connection that is readable at all is closed or broken; one zero-timeout
+        poll of this socket alone, not of every pooled one."""
+        if self.closed:
+            return False
+        if self._fileno >= 0:
+            try:
+                readable, _, _ = select.select([self._fileno], [], [], 0)
+            except (OSError, ValueError):
+                return False
+            if readable:
+                self.close()
+                return False
+        return True
 
     # -- state changes ---------------------------------------------------------------------
     def idle(self) -> None:

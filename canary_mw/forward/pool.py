@@ -11,7 +11,9 @@ passed as ``CanaryRouter(transport=...)`` instead.
 Scope, on purpose: HTTP/1.1 (and 1.0 responses), ``http`` and ``https`` upstreams, no
 proxies from the environment, no HTTP/2, no retries except one: a request without a body
 whose reused keep-alive connection turns out to have been closed by the upstream is sent
-again on a new connection (the upstream never saw it).
+again on a new connection (the upstream never saw it). To make that rare (a request with a
+body cannot be sent again), an idle connection is polled once before it is reused: the
+upstream may have closed it a moment ago, before the event loop read its FIN.
 """
 
 from __future__ import annotations
@@ -108,7 +110,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             connection = idle.pop()  # the most recently used: the least likely to be stale
             self._idle_count -= 1
             expired = self._expiry is not None and now - connection.idle_since > self._expiry
-            if not connection.closed and not expired:
+            if not expired and connection.still_open():
                 return connection
             connection.close()
             self._open -= 1
