@@ -1,7 +1,8 @@
 """Write the README's performance figures from the latest benchmark run.
 
     python bench/run.py          # writes bench/results/latest.json
-    python bench/readme.py       # rewrites the block between the markers in README.md
+    python bench/readme.py       # rewrites the block between the markers in README.md,
+                                 # and copies the full report to docs/benchmark.md (+ .png)
 
 The figures come from one run on one machine, with the command and the machine named, so
 anyone can see where they came from and run it again.
@@ -10,6 +11,7 @@ anyone can see where they came from and run it again.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,8 +54,8 @@ def block(summary: dict[str, Any], command: str, machine: str) -> str:
     lines = [
         f"Measured with `{command}` on {machine}; one run, so compare ratios, not absolute",
         "numbers (the machine is shared). `x bare` is the median over runs taken in turns with",
-        "the bare app; req/s at 10 and 50 concurrent connections. All rows in",
-        "`bench/results/latest.md`.",
+        "the bare app; req/s at 10 and 50 concurrent connections. Every row, and a chart:",
+        "[docs/benchmark.md](docs/benchmark.md).",
         "",
         "| setup | req/s c10 | req/s c50 | x bare c10 | x bare c50 | CPU µs/req c10 |",
         "|---|---:|---:|---:|---:|---:|",
@@ -93,6 +95,12 @@ def main() -> int:
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{BEGIN}\n{block(summary, command, machine)}\n{END}{tail}")
+    docs = ROOT / "docs"
+    report = (results / "latest.md").read_text()
+    if (results / "latest.png").exists():
+        shutil.copy(results / "latest.png", docs / "benchmark.png")
+        report += "\n![req/s at 50 connections](benchmark.png)\n"
+    (docs / "benchmark.md").write_text(report)
     print(f"README.md: performance figures from {latest}")
     return 0
 
