@@ -267,6 +267,17 @@ async def test_invalid_responses_are_protocol_errors(upstream, transport, reply)
         await send(transport, server.url)
 
 
+async def test_response_headers_are_bounded(upstream, transport) -> None:
+    def filler(count: int) -> bytes:  # count headers of about 1 KiB each
+        return b"".join(b"x-filler-%d: %s\r\n" % (n, b"v" * 1000) for n in range(count))
+
+    server = upstream(scripted(answer(extra=filler(100))))
+    with pytest.raises(httpx.RemoteProtocolError, match="too large"):
+        await send(transport, server.url)
+    server = upstream(scripted(answer(extra=filler(50))))  # 50 KiB is fine
+    assert (await send(transport, server.url))[0].status_code == 200
+
+
 async def test_a_second_response_to_one_request_is_not_passed_on(upstream, transport) -> None:
     server = upstream(scripted(answer(b"one") + answer(b"two")))
     _, body = await send(transport, server.url)

@@ -29,6 +29,8 @@ __all__ = ["HTTP11Connection", "StaleConnectionError"]
 
 #: Bytes buffered from the upstream before reading is paused (the client reads slower).
 READ_HIGH_WATER = 256 * 1024
+#: Most bytes of response headers accepted (llhttp itself sets no limit); more is a 502.
+MAX_HEAD_BYTES = 64 * 1024
 #: Any byte that may not appear in a header name (RFC 9110 token characters only).
 _NAME_BAD = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -70,8 +72,8 @@ class _Exchange:
     """One response as it arrives: its head, its body chunks, how it ended."""
 
     __slots__ = (
-        "body_started", "chunks", "complete", "error", "head", "head_only", "headers",
-        "reason", "reusable", "status", "until_eof", "waiter",
+        "body_started", "chunks", "complete", "error", "head", "head_bytes", "head_only",
+        "headers", "reason", "reusable", "status", "until_eof", "waiter",
     )  # fmt: skip
 
     def __init__(self, loop: asyncio.AbstractEventLoop, head_only: bool):
@@ -80,6 +82,7 @@ class _Exchange:
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.head_bytes = 0
         self.chunks: deque[bytes] = deque()
         self.complete = False
         self.reusable = False
@@ -143,7 +146,11 @@ class HTTP11Connection(asyncio.Protocol):
             self.close()
         except httptools.HttpParserError as exc:
             if not current.complete:
-                current.fail(httpx.RemoteProtocolError(f"invalid response: {exc}"))
+                # Our own callbacks' verdicts (headers too large...) ride on the context.
+                ours = exc.__context__
+                if not isinstance(ours, httpx.RemoteProtocolError):
+                    ours = httpx.RemoteProtocolError(f"invalid response: {exc}")
+                current.fail(ours)
             self.close()  # (complete: a whole response came, then bytes that belong to none)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -175,7 +182,12 @@ class HTTP11Connection(asyncio.Protocol):
         self._current.reason += reason  # type: ignore[union-attr]
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._current.headers.append((name, value))  # type: ignore[union-attr]
+        current = self._current
+        assert current is not None
+        current.head_bytes += len(name) + len(value)
+        if current.head_bytes > MAX_HEAD_BYTES:  # raised into llhttp: the parse stops
+            raise httpx.RemoteProtocolError("the upstream's response headers are too large")
+        current.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         current, parser = self._current, self._parser
@@ -183,7 +195,7 @@ class HTTP11Connection(asyncio.Protocol):
         assert parser is not None
         status = parser.get_status_code()
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
-            current.headers, current.reason = [], b""
+            current.headers, current.reason, current.head_bytes = [], b"", 0
             return
         current.status = status
         if current.head_only:
