@@ -88,6 +88,10 @@ async def test_stale_answers_are_served_while_read_again_in_the_background(
     vip = facts(cookies="uid=7")
     try:
         assert await driven.start()
+        # Subscribing empties the cache (it may have missed changes): let that happen first.
+        await eventually(
+            lambda: _async_true(driven.engine.notices > 0), timeout=5, what="subscribed"
+        )
         assert (await driven.decide(vip)).target == "v2"  # looked up, cached
         expired = asyncio.get_running_loop().time() + 0.06
         await eventually(
@@ -454,6 +458,8 @@ async def test_a_slow_answer_is_not_a_failure_and_still_lands(fresh_redis: Redis
     vip = facts(cookies="uid=slow")
     try:
         assert await driven.start()
+        # Subscribing empties the cache: let that happen before the answer we look for lands.
+        await eventually(lambda: _async_true(engine.notices > 0), timeout=5, what="subscribed")
         fresh_redis.pause()  # answers now take longer than the 50 ms budget...
         try:
             for _ in range(2):  # ...for requests in a row (each one counted as a failure before)

@@ -100,6 +100,8 @@ class EngineCore:
         #: Failed request-time lookups and background refreshes, for metrics.
         self.lookup_failures = 0
         self.refresh_failures = 0
+        #: Change notifications and (re)subscriptions heard; each one empties the cache.
+        self.notices = 0
         #: Requests per target since the last flush to the store's traffic hash.
         self.traffic: Counter[str] = Counter()
         self._traffic_flushed = time.monotonic()
@@ -170,4 +172,5 @@ class EngineCore:
 
     def _notice(self) -> None:
         """A change notification or a (re)subscription: cached answers may be stale."""
+        self.notices += 1
         self.cache.clear()
