@@ -4,6 +4,9 @@ input gives one line on stderr, a non-zero exit, and writes nothing."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -158,3 +161,76 @@ def test_unreachable_store_is_one_line() -> None:
     result = cli("redis://127.0.0.1:9/0", "mode", "off")
     assert result.exit_code == 1
     assert result.output.startswith("error: Redis failed")
+
+
+# -- the documented commands, run as a user runs them: the installed script, a real process --
+CANARY_MW = str(Path(sys.executable).with_name("canary-mw"))
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    # CANARY_MW_STORE points at a closed port: a command that ignored the --store it was
+    # given fails loudly instead of writing to some Redis on 6379.
+    environment = {**os.environ, "CANARY_MW_STORE": "redis://127.0.0.1:9/0", **(env or {})}
+    environment.pop("CANARY_MW_ACTOR", None)
+    return subprocess.run(
+        [CANARY_MW, *args], capture_output=True, text=True, env=environment, timeout=60, check=False
+    )
+
+
+EXIT_STATUS = [
+    # A command line click cannot parse: its usage message, exit status 2.
+    (["mode", "sideways"], 2, "'sideways' is not one of 'off', 'rules', 'all'"),
+    (["history", "--limit", "abc"], 2, "'abc' is not a valid integer"),
+    (["ip", "add", "--no-such-option", "1.2.3.4"], 2, "No such option"),
+    # A value canary_mw refuses: one line on stderr, exit status 1.
+    (["percent", "set", "-1"], 1, "expected a number from 0 to 100, got -1"),
+    (["rule", "add", "--id", "x", "--when", "{bad"], 1, "--when is not JSON"),
+    (["history", "--limit", "0"], 1, "count must be a positive integer"),
+    (["ip", "add", "10.0.0.1/8"], 1, "did you mean 10.0.0.0/8"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "status", "message"), EXIT_STATUS, ids=[" ".join(a) for a, _, _ in EXIT_STATUS]
+)
+def test_exit_status_rule(
+    url: str, store: Store, args: list[str], status: int, message: str
+) -> None:
+    store.set_mode("rules")
+    result = run("--store", url, *args)
+    assert (result.returncode, result.stdout) == (status, "")
+    assert message in result.stderr
+    if status == 1:
+        assert result.stderr.startswith("error: ")
+        assert len(result.stderr.splitlines()) == 1
+    else:
+        assert result.stderr.startswith("Usage: canary-mw ")
+    assert (store.get_config().version, len(store.history(10))) == (1, 1)
+
+
+def test_readme_states_the_exit_status_rule() -> None:
+    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
+    assert "**1** a value was refused" in readme
+    assert "**2** the command line is malformed" in readme
+    assert "exit status 1, nothing written" not in readme  # the old, one-code rule
+    help_text = run("--help").stdout
+    assert "1 a value was refused" in help_text
+    assert "2 the command line is malformed" in help_text
+
+
+def test_store_option_after_the_command(url: str, store: Store) -> None:
+    result = run("ip", "add", "--store", url, "--actor", "late", "1.2.3.4")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert store.members("ips") == {"1.2.3.4"}
+    assert store.history(1)[0].actor == "late"
+    # after the command wins over before it
+    result = run("--store", "redis://127.0.0.1:9/0", "mode", "off", "--store", url)
+    assert result.returncode == 0, result.stderr
+    assert store.get_config().mode == "off"
+
+
+def test_memory_store_warns_that_no_app_can_see_it() -> None:
+    result = run("--store", "memory://", "ip", "add", "1.2.3.4")
+    assert result.returncode == 0
+    assert "no running app can see it" in result.stderr
+    assert "CANARY_MW_STORE" in result.stderr

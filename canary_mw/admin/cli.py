@@ -16,7 +16,7 @@ from typing import Any, TextIO
 import click
 
 from ..demo import run_demo
-from ..errors import CanaryError
+from ..errors import CanaryError, ConfigurationError
 from ..rules import parse_rules
 from ..stores import DEFAULT_ACTOR, Change, Store, store_from_url
 from . import render
@@ -36,6 +36,15 @@ class Context:
     @property
     def store(self) -> Store:
         if self._store is None:
+            if self.url.startswith("memory://"):
+                # A memory store lives inside this one process: a change made here is gone
+                # when the command exits, and no running app ever sees it.
+                click.echo(
+                    f"warning: {self.url} is a store inside this canary-mw process only; no "
+                    "running app can see it. Give the Redis URL your apps use (--store URL or "
+                    "CANARY_MW_STORE).",
+                    err=True,
+                )
             self._store = store_from_url(self.url)
         return self._store
 
@@ -45,7 +54,9 @@ pass_context = click.make_pass_decorator(Context)
 
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Bad input or an unreachable store: one line on stderr, exit status 1."""
+    """A value canary_mw refuses, or an unreachable store: one line on stderr, exit status 1.
+    A command line click cannot parse (unknown option, missing argument, a value of the
+    wrong type or not among the choices) is click's usage error instead: exit status 2."""
     try:
         yield
     except CanaryError as exc:
@@ -59,12 +70,18 @@ def _report(change: Change, what: str) -> None:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "url", envvar="CANARY_MW_STORE", default=DEFAULT_STORE,
-              show_default=True, help="Store URL (env CANARY_MW_STORE).")  # fmt: skip
+              show_default=True, help="Store URL (env CANARY_MW_STORE); also accepted after "
+              "the command.")  # fmt: skip
 @click.option("--actor", envvar="CANARY_MW_ACTOR", default=DEFAULT_ACTOR, show_default=True,
               help="Who the history records for changes (env CANARY_MW_ACTOR).")  # fmt: skip
 @click.pass_context
 def main(ctx: click.Context, url: str, actor: str) -> None:
-    """canary_mw: canary / gray-release routing inside Python web apps."""
+    """canary_mw: canary / gray-release routing inside Python web apps.
+
+    \b
+    Exit status: 0 done; 1 a value was refused or the store failed (one line on
+    stderr, nothing written); 2 the command line is malformed (click's usage message).
+    """
     ctx.obj = Context(url, actor)
 
 
@@ -194,7 +211,10 @@ def rule_add(ctx: Context, rule_id: str, when: str, target: str, position: int |
         try:
             condition = json.loads(when)
         except ValueError as exc:
-            raise click.BadParameter(f"--when is not JSON: {exc}") from None
+            raise ConfigurationError(
+                f"--when is not JSON ({exc}); quote it for the shell, e.g. "
+                """--when '{"ip": ["10.0.0.0/8"]}'"""
+            ) from None
         spec: dict[str, Any] = {"id": rule_id, "when": condition, "target": target}
         if description:
             spec["description"] = description
@@ -276,7 +296,9 @@ def percent() -> None:
     """Sticky percentage rollouts."""
 
 
-@percent.command("set")
+# ignore_unknown_options: "-1" reaches VALUE (and is refused as a percentage, exit 1)
+# instead of being taken for an unknown option.
+@percent.command("set", context_settings={"ignore_unknown_options": True})
 @click.argument("value", type=float)
 @click.option("--rule", "rule_id", default="percent", show_default=True, help="Rule id.")
 @click.option("--by", default=None, help="ip (default), cookie:NAME, header:NAME or query:NAME.")
@@ -359,3 +381,33 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
 def demo(host: str, port: int, canary_port: int) -> None:
     """Run the two-version demo: stable and canary apps, a router, and Redis."""
     raise SystemExit(run_demo(host=host, port=port, canary_port=canary_port))
+
+
+# -- --store / --actor after the command -----------------------------------------------------
+def _override(attribute: str) -> Callable[[click.Context, click.Parameter, str | None], None]:
+    def callback(ctx: click.Context, _: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            setattr(ctx.ensure_object(Context), attribute, value)
+
+    return callback
+
+
+def _accept_store_options_everywhere(group: click.Group) -> None:
+    """Users type ``canary-mw ip add --store URL 1.2.3.4`` as often as ``canary-mw --store URL
+    ip add ...``: every command that talks to the store takes both options too, and they
+    win over the ones before the command (and over the environment)."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_store_options_everywhere(command)
+        elif command.name != "demo":
+            command.params += [
+                click.Option(["--store", "store_url"], default=None, expose_value=False,
+                             callback=_override("url"), is_eager=True,
+                             help="Store URL (overrides the one before the command)."),
+                click.Option(["--actor", "actor_name"], default=None, expose_value=False,
+                             callback=_override("actor"), is_eager=True,
+                             help="Who the history records (overrides the one before)."),
+            ]  # fmt: skip
+
+
+_accept_store_options_everywhere(main)
