@@ -9,12 +9,12 @@ membership probes they could not answer, so one batch of lookups can settle the 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from .ipmatch import IPMatcher
+from .regex import Regex
 from .sticky import bucket
 
 if TYPE_CHECKING:
@@ -247,7 +247,7 @@ class ValueOneOf(Node):
 class ValueMatches(Node):
     __slots__ = ("pattern", "read")
 
-    def __init__(self, read: Reader, pattern: re.Pattern[str]):
+    def __init__(self, read: Reader, pattern: Regex):
         self.read = read
         self.pattern = pattern
 
@@ -255,7 +255,7 @@ class ValueMatches(Node):
         self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
     ) -> bool | None:
         value = self.read(facts)
-        return value is not None and self.pattern.search(value) is not None
+        return value is not None and self.pattern.search(value)
 
 
 class ValuePresent(Node):
@@ -302,13 +302,13 @@ class PathPrefix(Node):
 class PathMatches(Node):
     __slots__ = ("pattern",)
 
-    def __init__(self, pattern: re.Pattern[str]):
+    def __init__(self, pattern: Regex):
         self.pattern = pattern
 
     def evaluate(
         self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
     ) -> bool | None:
-        return self.pattern.search(facts.path) is not None
+        return self.pattern.search(facts.path)
 
 
 class Method(Node):

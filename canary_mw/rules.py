@@ -25,6 +25,7 @@ from .decision import STABLE, Decision
 from .errors import RuleError
 from .facts import RequestFacts
 from .ipmatch import IPMatcher, parse_network
+from .regex import Regex, RegexError
 from .sticky import threshold
 
 __all__ = [
@@ -94,13 +95,13 @@ class _Compiler:
                 raise self.fail(f"{path}[{index}]", f"expected {what}, got {item!r}")
         return items
 
-    def _regex(self, value: object, path: str) -> re.Pattern[str]:
+    def _regex(self, value: object, path: str) -> Regex:
         if not isinstance(value, str) or not value:
             raise self.fail(path, "expected a regular expression string")
         try:
-            return re.compile(value)
-        except re.error as exc:
-            raise self.fail(path, f"invalid regular expression: {exc}") from None
+            return Regex(value)
+        except RegexError as exc:
+            raise self.fail(path, str(exc)) from None
 
     def _set_name(self, value: object, path: str) -> str:
         if not valid_name(value):
@@ -378,6 +379,12 @@ def parse_rules(document: str | bytes | Mapping[str, Any] | Sequence[Any]) -> Ru
             document = json.loads(document)
         except (ValueError, UnicodeDecodeError) as exc:
             raise RuleError(f"the rule document is not valid JSON: {exc}") from None
+        except RecursionError:
+            # json raises this, not ValueError, for arrays nested thousands deep; a document
+            # like that read from the store must be refused like any other, not crash a router.
+            raise RuleError(
+                f"the rule document nests too deeply (conditions allow {_MAX_DEPTH} levels)"
+            ) from None
     if isinstance(document, Mapping):
         extra = sorted(set(document) - {"rules"})
         if extra or "rules" not in document:
