@@ -1,47 +1,43 @@
-"""One HTTP/1.1 client connection: an asyncio protocol, its responses parsed by httptools.
+"""One HTTP/1.1 client connection: an asyncio protocol driving the sans-I/O core (http11.py).
 
 This is the part of forwarding that runs once per canary request, so it is written for
-that: the request head is one ``write``, the response is parsed in C (llhttp, the parser
-uvicorn uses for the client side of the same request), the body arrives through
-``data_received`` callbacks without a reader task, and each wait is a bare future with a
-timer instead of ``asyncio.wait_for``. Errors are httpx's, so the router maps them to
-502 / 503 / 504 exactly as with httpx's own transport.
+that: the request head is one ``write``, the response is parsed in C (llhttp, through the
+core), the body arrives through ``data_received`` callbacks without a reader task, and each
+wait is a bare future with a timer instead of ``asyncio.wait_for``. Errors are httpx's, so
+the router maps them to 502 / 503 / 504 exactly as with httpx's own transport.
 
-A connection carries one exchange (request and response) at a time; everything about that
-response lives in its ``_Exchange``, so a connection handed to the next request can never
-touch a body the previous one has not finished reading. The pool (``pool.py``) decides
-which connection a request gets and when one is closed.
+What is decided here is only *when* to read, write and wait. Whether the connection may
+carry another request is the core's verdict (``Exchange.reusable``), whether a failed
+request may be sent again is ``http11.may_retry``; the pool (``pool.py``) decides which
+connection a request gets.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import select
-from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import httptools
 import httpx
 
-__all__ = ["HTTP11Connection", "StaleConnectionError"]
+from .http11 import Exchange, may_retry
+
+__all__ = ["HTTP11Connection", "RetryableError"]
 
 #: Bytes buffered from the upstream before reading is paused (the client reads slower).
 READ_HIGH_WATER = 256 * 1024
-#: Most bytes of response headers accepted (llhttp itself sets no limit); more is a 502.
-MAX_HEAD_BYTES = 64 * 1024
-#: Any byte that may not appear in a header name (RFC 9110 token characters only).
-_NAME_BAD = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
-_NO_BODY_STATUS = frozenset({204, 304})
-_FRAMED = (b"content-length", b"transfer-encoding")
 
 Release = Callable[["HTTP11Connection", bool], None]
 
 
-class StaleConnectionError(Exception):
-    """A reused keep-alive connection was closed by the upstream before it answered, and
-    nothing of the request's body was sent: the pool may retry on a fresh connection."""
+class RetryableError(Exception):
+    """The request failed in a way ``http11.may_retry`` allows to send it again, once, on a
+    new connection (a reused connection closed while idle; see may_retry)."""
+
+    def __init__(self, error: httpx.HTTPError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _expire(future: asyncio.Future[Any], error: type[httpx.TimeoutException], what: str) -> None:
@@ -68,27 +64,14 @@ async def _wait(
             timer.cancel()
 
 
-class _Exchange:
-    """One response as it arrives: its head, its body chunks, how it ended."""
+class _State:
+    """The driver's side of one exchange: what it is waiting for, and how it ended."""
 
-    __slots__ = (
-        "body_started", "chunks", "complete", "error", "head", "head_bytes", "head_only",
-        "headers", "reason", "reusable", "status", "until_eof", "waiter",
-    )  # fmt: skip
+    __slots__ = ("error", "head", "waiter")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, head_only: bool):
+    def __init__(self, loop: asyncio.AbstractEventLoop):
         self.head: asyncio.Future[None] = loop.create_future()
-        self.head_only = head_only
-        self.status = 0
-        self.reason = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
-        self.chunks: deque[bytes] = deque()
-        self.complete = False
-        self.reusable = False
-        self.until_eof = False  # no length, not chunked: the body ends with the connection
-        self.body_started = False  # some of the request body was taken from its stream
-        self.error: BaseException | None = None
+        self.error: httpx.HTTPError | None = None
         self.waiter: asyncio.Future[None] | None = None
 
     def wake(self) -> None:
@@ -96,15 +79,9 @@ class _Exchange:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def finish(self, *, reusable: bool) -> None:
-        self.complete = True
-        self.reusable = reusable
-        self.wake()
-
-    def fail(self, error: BaseException) -> None:
-        if self.complete:
-            return
-        self.error = error
+    def fail(self, error: httpx.HTTPError) -> None:
+        if self.error is None:
+            self.error = error
         if not self.head.done():
             self.head.set_exception(error)
             self.head.exception()  # retrieved: nobody may be waiting any more
@@ -121,9 +98,8 @@ class HTTP11Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.exchanges = 0  # requests started on this connection
-        self._parser: httptools.HttpResponseParser | None = None
-        self._current: _Exchange | None = None
-        self._buffered = 0
+        self._exchange: Exchange | None = None
+        self._state: _State | None = None
         self._reading_paused = False
         self._writable: asyncio.Future[None] | None = None
         self._fileno = -1
@@ -135,36 +111,39 @@ class HTTP11Connection(asyncio.Protocol):
         self._fileno = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
-        parser, current = self._parser, self._current
-        if parser is None or current is None or current.complete:
+        exchange, state = self._exchange, self._state
+        if exchange is None or state is None or exchange.complete:
             self.close()  # bytes nobody asked for: whatever they are, the connection is done
             return
         try:
-            parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            current.fail(httpx.RemoteProtocolError("the upstream switched protocols unasked"))
+            exchange.feed(data)
+        except httpx.RemoteProtocolError as exc:
+            state.fail(exc)
             self.close()
-        except httptools.HttpParserError as exc:
-            if not current.complete:
-                # Our own callbacks' verdicts (headers too large...) ride on the context.
-                ours = exc.__context__
-                if not isinstance(ours, httpx.RemoteProtocolError):
-                    ours = httpx.RemoteProtocolError(f"invalid response: {exc}")
-                current.fail(ours)
-            self.close()  # (complete: a whole response came, then bytes that belong to none)
+            return
+        if exchange.head_done and not state.head.done():
+            state.head.set_result(None)
+        if exchange.buffered > READ_HIGH_WATER and not self._reading_paused and self.transport:
+            self._reading_paused = True
+            self.transport.pause_reading()
+        state.wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._wake_writer()
-        current = self._current
-        if current is None or current.complete:
+        exchange, state = self._exchange, self._state
+        if exchange is None or state is None or exchange.complete:
             return
-        if current.head.done() and current.until_eof and exc is None:
-            current.finish(reusable=False)
-        elif not current.head.done():
-            current.fail(httpx.RemoteProtocolError("the upstream closed the connection unanswered"))
-        else:
-            current.fail(httpx.RemoteProtocolError("the upstream closed the connection mid-body"))
+        try:
+            if exc is not None:
+                raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}")
+            exchange.feed_eof()
+        except httpx.RemoteProtocolError as error:
+            state.fail(error)
+            return
+        if exchange.head_done and not state.head.done():
+            state.head.set_result(None)
+        state.wake()
 
     def pause_writing(self) -> None:
         self._writable = self.loop.create_future()
@@ -172,147 +151,89 @@ class HTTP11Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._wake_writer()
 
-    # -- httptools callbacks (only ever called while an exchange is current) -------------
-    def on_message_begin(self) -> None:
-        current = self._current
-        if current is None or current.status:  # a second final response to one request
-            raise httpx.RemoteProtocolError("more than one response to one request")
-
-    def on_status(self, reason: bytes) -> None:
-        self._current.reason += reason  # type: ignore[union-attr]
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        current = self._current
-        assert current is not None
-        current.head_bytes += len(name) + len(value)
-        if current.head_bytes > MAX_HEAD_BYTES:  # raised into llhttp: the parse stops
-            raise httpx.RemoteProtocolError("the upstream's response headers are too large")
-        current.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        current, parser = self._current, self._parser
-        assert current is not None
-        assert parser is not None
-        status = parser.get_status_code()
-        if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
-            current.headers, current.reason, current.head_bytes = [], b"", 0
-            return
-        current.status = status
-        if current.head_only:
-            # llhttp cannot be told that a response has no body because the request was
-            # HEAD: take the head, and let the connection go rather than misread the rest.
-            current.finish(reusable=False)
-        elif status not in _NO_BODY_STATUS:
-            current.until_eof = not any(name.lower() in _FRAMED for name, _ in current.headers)
-        if not current.head.done():
-            current.head.set_result(None)
-
-    def on_body(self, body: bytes) -> None:
-        current = self._current
-        if current is None or current.complete:
-            return
-        current.chunks.append(body)
-        self._buffered += len(body)
-        if self._buffered > READ_HIGH_WATER and not self._reading_paused and self.transport:
-            self._reading_paused = True
-            self.transport.pause_reading()
-        current.wake()
-
-    def on_message_complete(self) -> None:
-        current, parser = self._current, self._parser
-        if current is not None and current.status and not current.complete:
-            current.finish(reusable=parser is not None and parser.should_keep_alive())
-
     # -- one exchange ----------------------------------------------------------------------
     async def exchange(
         self, request: httpx.Request, timeouts: dict[str, float | None], release: Release
     ) -> httpx.Response:
         """Send ``request``; return the response once its head is in (the body streams from
-        it). ``release`` is called exactly once, when this exchange is over."""
+        it). ``release`` is called exactly once, when this exchange is over. Raises
+        RetryableError when ``may_retry`` allows sending the request again."""
         reused = self.exchanges > 0
         self.exchanges += 1
-        current = self._current = _Exchange(self.loop, request.method == "HEAD")
-        self._parser = httptools.HttpResponseParser(self)
+        exchange: Exchange | None = None
         try:
-            await self._send(request, current, timeouts.get("write"))
-            await _wait(current.head, timeouts.get("read"), httpx.ReadTimeout, "read timed out")
-        except httpx.RemoteProtocolError:
+            exchange = self._exchange = Exchange(
+                request.method, request.url.raw_path, request.headers.raw
+            )
+            state = self._state = _State(self.loop)
+            await self._send(request, exchange, state, timeouts.get("write"))
+            await _wait(state.head, timeouts.get("read"), httpx.ReadTimeout, "read timed out")
+        except httpx.RemoteProtocolError as exc:
             self.close()
             release(self, False)
-            if reused and not current.body_started and not current.status:
-                raise StaleConnectionError from None
+            if exchange is not None and may_retry(request.method, exchange, reused=reused):
+                raise RetryableError(exc) from None
             raise
         except BaseException:  # timeouts, a client that left (cancelled), body errors
             self.close()
             release(self, False)
             raise
         return httpx.Response(
-            current.status, headers=current.headers,
-            stream=_ResponseBody(self, current, timeouts.get("read"), release),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": current.reason},
+            exchange.status, headers=exchange.headers,
+            stream=_ResponseBody(self, exchange, state, timeouts.get("read"), release),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
         )  # fmt: skip
 
     async def _send(
-        self, request: httpx.Request, current: _Exchange, write_timeout: float | None
+        self,
+        request: httpx.Request,
+        exchange: Exchange,
+        state: _State,
+        write_timeout: float | None,
     ) -> None:
         transport = self.transport
         if transport is None or self.closed:
             raise httpx.RemoteProtocolError("the upstream closed the connection unanswered")
-        raw = request.headers.raw
-        length: int | None = None
-        chunked = False
-        lines = [b"%s %s HTTP/1.1" % (request.method.encode("ascii"), request.url.raw_path)]
-        for name, value in raw:
-            lowered = name.lower()
-            if lowered == b"content-length":
-                length = int(value)
-            elif lowered == b"transfer-encoding":
-                chunked = value.strip().lower() == b"chunked"
-            lines.append(name + b": " + value)
-        _check_head(lines, [name for name, _ in raw])
-        lines.append(b"\r\n")
-        transport.write(b"\r\n".join(lines))
-        if length is None and not chunked:
+        if not exchange.has_body:
+            transport.write(exchange.head + exchange.end_body())
             return
-        current.body_started = True  # from here on the request cannot be sent again
-        sent = 0
+        transport.write(exchange.head)
         async for chunk in request.stream:  # type: ignore[union-attr]
-            if not chunk:
-                continue
-            if current.head.done():
-                break  # the upstream answered early (e.g. 413): stop sending the body
-            sent += len(chunk)
-            if length is not None and sent > length:
-                raise httpx.LocalProtocolError("the request body is longer than its length")
-            transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk)
+            if state.head.done():
+                # The upstream answered early (e.g. 413): stop sending. The body stays
+                # unfinished, so the core never lets this connection be reused: the upstream
+                # would read the next request as the rest of this body.
+                return
+            wire = exchange.frame(chunk)
+            if wire:
+                transport.write(wire)
             if self._writable is not None:
                 await _wait(self._writable, write_timeout, httpx.WriteTimeout, "write timed out")
             if self.closed:
+                if state.error is not None:
+                    raise state.error
                 raise httpx.RemoteProtocolError("the upstream closed the connection mid-request")
-        else:
-            if chunked:
-                transport.write(b"0\r\n\r\n")
-            elif length is not None and sent < length:
-                raise httpx.LocalProtocolError("the request body is shorter than its length")
+        wire = exchange.end_body()  # the whole body went out: complete its framing
+        if wire:
+            transport.write(wire)
 
-    async def body(self, current: _Exchange, read_timeout: float | None) -> AsyncIterator[bytes]:
-        """The response body of ``current``, as it arrives."""
-        chunks = current.chunks
+    async def body(
+        self, exchange: Exchange, state: _State, read_timeout: float | None
+    ) -> AsyncIterator[bytes]:
+        """The response body of ``exchange``, as it arrives."""
         while True:
-            while chunks:
-                chunk = chunks.popleft()
-                self._buffered -= len(chunk)
-                if self._reading_paused and self._buffered <= READ_HIGH_WATER // 4:
+            while (chunk := exchange.take()) is not None:
+                if self._reading_paused and exchange.buffered <= READ_HIGH_WATER // 4:
                     self._reading_paused = False
                     if self.transport is not None and not self.closed:
                         self.transport.resume_reading()
                 yield chunk
-            if current.complete:
+            if exchange.complete:
                 return
-            if current.error is not None:
-                raise current.error
-            current.waiter = self.loop.create_future()
-            await _wait(current.waiter, read_timeout, httpx.ReadTimeout, "read timed out")
+            if state.error is not None:
+                raise state.error
+            state.waiter = self.loop.create_future()
+            await _wait(state.waiter, read_timeout, httpx.ReadTimeout, "read timed out")
 
     def still_open(self) -> bool:
         """Before reusing an idle connection: has the upstream closed it? Its FIN may be
@@ -335,8 +256,7 @@ class HTTP11Connection(asyncio.Protocol):
     # -- state changes ---------------------------------------------------------------------
     def idle(self) -> None:
         """Back in the pool, between exchanges."""
-        self._current = self._parser = None
-        self._buffered = 0
+        self._exchange = self._state = None
         self.idle_since = self.loop.time()
 
     def close(self) -> None:
@@ -352,48 +272,41 @@ class HTTP11Connection(asyncio.Protocol):
 
 class _ResponseBody(httpx.AsyncByteStream):
     """The body of one response; hands the connection back when it has been read to the
-    end (reusable) or closed before that (closed with it)."""
+    end (reusable by the core's verdict) or closed before that (closed with it)."""
 
     def __init__(
         self,
         connection: HTTP11Connection,
-        exchange: _Exchange,
+        exchange: Exchange,
+        state: _State,
         read_timeout: float | None,
         release: Release,
     ):
         self._connection = connection
         self._exchange = exchange
+        self._state = state
         self._read_timeout = read_timeout
         self._release: Release | None = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for chunk in self._connection.body(self._exchange, self._read_timeout):
+            async for chunk in self._connection.body(
+                self._exchange, self._state, self._read_timeout
+            ):
                 yield chunk
         except BaseException:
-            self._done(reusable=False)
+            self._done()
             raise
-        self._done(reusable=self._exchange.reusable and not self._connection.closed)
+        self._done()
 
     async def aclose(self) -> None:
-        self._done(reusable=self._exchange.complete and self._exchange.reusable)
+        self._done()
 
-    def _done(self, *, reusable: bool) -> None:
+    def _done(self) -> None:
         release, self._release = self._release, None
         if release is None:
             return
+        reusable = self._exchange.reusable and not self._connection.closed
         if not reusable:
             self._connection.close()
-        release(self._connection, reusable and not self._connection.closed)
-
-
-def _check_head(lines: list[bytes], names: list[bytes]) -> None:
-    """Refuse to write a head that a CR, LF or NUL could split in two (request smuggling),
-    or a header name that is not an HTTP token: one scan of the joined bytes for each."""
-    joined = b"".join(lines)
-    if b"\r" in joined or b"\n" in joined or b"\0" in joined:
-        raise httpx.LocalProtocolError("CR, LF or NUL in the request line or a header")
-    if b"" in names or _NAME_BAD.search(b"".join(names)):
-        raise httpx.LocalProtocolError(f"invalid header name among {names!r}")
-    if lines[0].count(b" ") != 2:
-        raise httpx.LocalProtocolError("a space in the request method or target")
+        release(self._connection, reusable)

@@ -9,11 +9,12 @@ and any other transport (httpx's, ``AiohttpTransport``, ``respx.MockTransport``)
 passed as ``CanaryRouter(transport=...)`` instead.
 
 Scope, on purpose: HTTP/1.1 (and 1.0 responses), ``http`` and ``https`` upstreams, no
-proxies from the environment, no HTTP/2, no retries except one: a request without a body
-whose reused keep-alive connection turns out to have been closed by the upstream is sent
-again on a new connection (the upstream never saw it). To make that rare (a request with a
-body cannot be sent again), an idle connection is polled once before it is reused: the
-upstream may have closed it a moment ago, before the event loop read its FIN.
+proxies from the environment, no HTTP/2, no retries except one, by ``http11.may_retry``: an
+idempotent request without a body whose reused keep-alive connection failed before any byte
+of a response is sent once more on a new connection. To make that rare, an idle connection
+is polled once before it is reused: the upstream may have closed it a moment ago, before
+the event loop read its FIN. Which connection may be reused is the core's verdict
+(``http11.Exchange.reusable``); the blocking twin of this pool is ``sync_pool.py``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections import deque
 
 import httpx
 
-from .connection import HTTP11Connection, StaleConnectionError
+from .connection import HTTP11Connection, RetryableError
 
 __all__ = ["HTTP11Transport"]
 
@@ -72,19 +73,27 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
         origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
-        while True:
-            connection = await self._acquire(origin, timeouts)
-            try:
-                return await connection.exchange(request, timeouts, self._release)
-            except StaleConnectionError:
-                continue  # closed while idle, and nothing was sent: a fresh connection
+        connection = await self._acquire(origin, timeouts)
+        try:
+            return await connection.exchange(request, timeouts, self._release)
+        except RetryableError:
+            pass  # closed while idle, before any answer: once more, on a fresh connection
+        connection = await self._acquire(origin, timeouts, fresh=True)
+        try:
+            return await connection.exchange(request, timeouts, self._release)
+        except RetryableError as exc:  # a fresh connection is never retried: unreachable
+            raise exc.error from None
 
     # -- the pool --------------------------------------------------------------------------
-    async def _acquire(self, origin: Origin, timeouts: dict[str, float | None]) -> HTTP11Connection:
+    async def _acquire(
+        self, origin: Origin, timeouts: dict[str, float | None], *, fresh: bool = False
+    ) -> HTTP11Connection:
+        """A connection to ``origin``: an idle one unless ``fresh``, else a new one when
+        there is room, else the first that frees up within the pool timeout."""
         loop = asyncio.get_running_loop()
         deadline = None
         while True:
-            connection = self._take_idle(origin, loop.time())
+            connection = None if fresh else self._take_idle(origin, loop.time())
             if connection is not None:
                 return connection
             if self._max_open is None or self._open < self._max_open:

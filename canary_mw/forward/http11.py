@@ -1,0 +1,354 @@
+"""The HTTP/1.1 client side of one request/response exchange, without I/O.
+
+Both forwarding drivers (``pool.py``: asyncio, ``sync_pool.py``: blocking sockets) run
+every exchange through an :class:`Exchange`; the decisions that keep one user's bytes out
+of another user's response live here, once:
+
+- the request head is checked (no CR, LF or NUL; header names are tokens) and framed by
+  our own rule (one numeric Content-Length, or ``Transfer-Encoding: chunked``, or none);
+- the response is parsed by llhttp (httptools) with every limit counted on bytes as they
+  arrive: the head is buffered here until its blank line and refused past
+  ``MAX_HEAD_BYTES`` (llhttp itself never sees a partial head line, so it never grows one);
+- :attr:`Exchange.reusable` is the only answer to "may this connection carry another
+  request": the request went out whole, the response was read whole with exact framing,
+  nothing came after it, and neither side asked to close;
+- :func:`may_retry` is the only answer to "may this request be sent again".
+
+API (also what a fuzz target drives)::
+
+    exchange = Exchange("GET", b"/path?q", [(b"host", b"example")])
+    wire = exchange.head                       # bytes to send first
+    wire = exchange.frame(chunk)               # for each body chunk (has_body only)
+    wire = exchange.end_body()                 # after the last one (also when no body)
+    exchange.feed(data)                        # bytes from the upstream; raises
+                                               # httpx.RemoteProtocolError
+    exchange.head_done                         # status, reason, headers are final
+    exchange.take()                            # a body chunk, or None for now
+    exchange.complete                          # the response is over
+    exchange.feed_eof()                        # the upstream closed (raises when early)
+    exchange.reusable                          # the verdict, once complete
+
+``feed`` may be called with any split of the bytes: the events and the verdict do not
+depend on where reads end (``tests/test_http11_core.py`` splits at every byte). After a
+``RemoteProtocolError`` the exchange is dead and the connection must be closed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+
+import httptools
+import httpx
+
+__all__ = [
+    "IDEMPOTENT",
+    "MAX_HEADERS",
+    "MAX_HEAD_BYTES",
+    "MAX_REASON_BYTES",
+    "MAX_STALL_BYTES",
+    "Exchange",
+    "may_retry",
+]
+
+#: Bytes of response head accepted, interim (1xx) heads included; llhttp sets no limit.
+MAX_HEAD_BYTES = 64 * 1024
+#: Response header fields accepted (real responses carry a few dozen; nginx's 8 KiB default
+#: buffers hold fewer than this many).
+MAX_HEADERS = 256
+#: Bytes of reason phrase accepted: it is informational, and RFC 9112 lets clients ignore it.
+MAX_REASON_BYTES = 1024
+#: Bytes fed after the head without yielding body (chunk framing, extensions, trailers):
+#: past this the upstream is spending our memory or time on nothing we pass on.
+MAX_STALL_BYTES = 64 * 1024
+#: RFC 9110 §9.2.2.
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+
+_NAME_BAD = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_HEAD_END = b"\r\n\r\n"
+
+
+class _ExtraBytesError(Exception):
+    """Raised into llhttp when a byte follows the complete response: parsing stops there."""
+
+
+class Exchange:
+    """One request and its response on one connection (see the module docstring)."""
+
+    __slots__ = (
+        "_after_head", "_body_bytes", "_chunked_response", "_crlf_run", "_head_buf",
+        "_head_seen", "_interim", "_length", "_parser", "_sent", "_stall", "buffered",
+        "chunks", "complete", "has_body", "head", "head_done", "head_only", "headers",
+        "keep_alive", "method", "reason", "received", "request_done", "status", "trailing",
+        "until_eof",
+    )  # fmt: skip
+
+    def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]]):
+        self.method = method
+        self.head_only = method == "HEAD"
+        length: int | None = None
+        chunked = False
+        lines = [b"%s %s HTTP/1.1" % (method.encode("ascii"), target)]
+        for name, value in headers:
+            lowered = name.lower()
+            if lowered == b"content-length":
+                if length is not None or not _DIGITS.fullmatch(value):
+                    raise httpx.LocalProtocolError("one numeric Content-Length, or none")
+                length = int(value)
+            elif lowered == b"transfer-encoding":
+                if chunked or value.lower() != b"chunked":
+                    raise httpx.LocalProtocolError("Transfer-Encoding may only be 'chunked'")
+                chunked = True
+            lines.append(name + b": " + value)
+        if chunked and length is not None:
+            raise httpx.LocalProtocolError("both Content-Length and Transfer-Encoding")
+        _check_head(lines, [name for name, _ in headers])
+        lines.append(b"\r\n")
+        self.head = b"\r\n".join(lines)
+        self.has_body = chunked or bool(length)
+        self._length = -1 if chunked else (length or 0)  # -1: chunked
+        self._sent = 0
+        self.request_done = False  # the whole body (or none) went out with our framing
+        # -- the response
+        self._parser = httptools.HttpResponseParser(self)
+        self._head_buf = bytearray()
+        self._head_seen = 0  # head bytes fed so far, interim heads included
+        self._interim = False
+        self._after_head = 0  # bytes fed after the final head
+        self._body_bytes = 0  # of which body
+        self._stall = 0  # bytes fed since body last came
+        self._crlf_run = 0  # CR/LF bytes at the end of what was fed
+        self._chunked_response = False
+        self.received = 0  # any byte of a response: from then on, never sent again
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.chunks: deque[bytes] = deque()
+        self.buffered = 0
+        self.complete = False
+        self.keep_alive = False
+        self.until_eof = False  # no length, not chunked: the body ends with the connection
+        self.trailing = False  # bytes came after the complete response
+
+    # -- the request -----------------------------------------------------------------------
+    def frame(self, chunk: bytes) -> bytes:
+        """``chunk`` of the body as it goes on the wire; counts it against the length."""
+        self._sent += len(chunk)
+        if self._length < 0:
+            return b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunk else b""
+        if self._sent > self._length:
+            raise httpx.LocalProtocolError("the request body is longer than its length")
+        return chunk
+
+    def end_body(self) -> bytes:
+        """The end of the body on the wire (the last chunk); raises when it is short."""
+        if self._length < 0:
+            self.request_done = True
+            return b"0\r\n\r\n"
+        if self._sent < self._length:
+            raise httpx.LocalProtocolError("the request body is shorter than its length")
+        self.request_done = True
+        return b""
+
+    # -- the response ----------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """Bytes from the upstream, as they came."""
+        if not data:
+            return
+        self.received += len(data)
+        if self.complete:
+            self.trailing = True  # never parsed: the connection is done
+            return
+        if not self.head_done:
+            self._feed_head(data)
+            return
+        self._after_head += len(data)
+        self._note_crlf(data)
+        before = self._body_bytes
+        self._parse(data)
+        if self._body_bytes != before or self.complete:
+            self._stall = 0
+        else:
+            self._stall += len(data)
+            if self._stall > MAX_STALL_BYTES:
+                raise httpx.RemoteProtocolError("the upstream sent too much without a body")
+        if self.complete:
+            self._check_tail()
+
+    def feed_eof(self) -> None:
+        """The upstream closed its side: the end of a read-to-EOF body, else an error."""
+        if self.complete:
+            return
+        if self.head_done and self.until_eof:
+            self.complete = True
+            self.keep_alive = False
+            return
+        if not self.head_done:
+            what = "unanswered" if not self.received else "mid-head"
+            raise httpx.RemoteProtocolError(f"the upstream closed the connection {what}")
+        raise httpx.RemoteProtocolError("the upstream closed the connection mid-body")
+
+    def take(self) -> bytes | None:
+        """The next body chunk received and not yet taken."""
+        if not self.chunks:
+            return None
+        chunk = self.chunks.popleft()
+        self.buffered -= len(chunk)
+        return chunk
+
+    @property
+    def reusable(self) -> bool:
+        """May the connection carry another exchange? Only after a clean, whole one."""
+        return (
+            self.complete
+            and self.request_done
+            and self.keep_alive
+            and not self.trailing
+            and not self.until_eof
+            and not self.head_only
+        )
+
+    def _feed_head(self, data: bytes) -> None:
+        # The head is held here until its blank line, so llhttp never receives half a header
+        # line (it would grow it with ``+=`` on every read) and the limit counts raw bytes.
+        buf = self._head_buf
+        scanned = len(buf)
+        buf += data
+        while not self.head_done:
+            end = buf.find(_HEAD_END, max(0, scanned - 3))
+            seen = self._head_seen + (len(buf) if end < 0 else end + 4)
+            if seen > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError("the upstream's response head is too large")
+            if end < 0:
+                return
+            self._head_seen = seen
+            head, rest = bytes(buf[: end + 4]), bytes(buf[end + 4 :])
+            buf.clear()
+            self._parse(head)  # on_headers_complete: a final head, or an interim one
+            if not self.head_done:
+                buf += rest
+                scanned = 0
+                continue
+            if rest:
+                self._after_head += len(rest)
+                self._note_crlf(rest)
+                self._parse(rest)
+            if self.complete:
+                self._check_tail()
+            return
+
+    def _parse(self, data: bytes) -> None:
+        if self.complete:
+            self.trailing = True
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise httpx.RemoteProtocolError("the upstream switched protocols unasked") from None
+        except httptools.HttpParserError as exc:
+            ours = exc.__context__
+            if isinstance(ours, _ExtraBytesError):
+                self.trailing = True
+                return
+            if self.complete:  # a whole response came, then bytes that belong to none
+                self.trailing = True
+                return
+            if isinstance(ours, httpx.RemoteProtocolError):
+                raise ours from None
+            raise httpx.RemoteProtocolError(f"invalid response: {exc}") from None
+
+    def _note_crlf(self, data: bytes) -> None:
+        stripped = len(data.rstrip(b"\r\n"))
+        self._crlf_run = self._crlf_run + len(data) if stripped == 0 else len(data) - stripped
+
+    def _check_tail(self) -> None:
+        # llhttp skips CR and LF between messages without a callback: count them ourselves.
+        # A length-framed or empty body has no framing bytes, so every byte after the head
+        # that was not body came after the response; a chunked one ends with exactly one
+        # "\r\n\r\n" (after the last chunk or the last trailer).
+        if self._chunked_response:
+            if self._crlf_run > 4:
+                self.trailing = True
+        elif self._after_head > self._body_bytes:
+            self.trailing = True
+
+    # -- httptools callbacks ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.status:  # a byte after the final response: stop parsing it
+            raise _ExtraBytesError
+
+    def on_status(self, reason: bytes) -> None:
+        # The head arrives whole, so this is called once per head.
+        if len(reason) > MAX_REASON_BYTES:
+            raise httpx.RemoteProtocolError("the upstream's reason phrase is too long")
+        self.reason = reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head_done:
+            return  # a trailer: never promoted to a header, whenever it arrives
+        if len(self.headers) >= MAX_HEADERS:
+            raise httpx.RemoteProtocolError("the upstream sent too many response headers")
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self.head_done:
+            return  # the end of the trailers
+        status = self._parser.get_status_code()
+        if status == 101:
+            raise httpx.RemoteProtocolError("the upstream switched protocols unasked")
+        if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
+            self.headers, self.reason = [], b""
+            self._interim = True
+            return
+        self.status = status
+        self.head_done = True
+        if self.head_only:
+            # llhttp cannot be told that a response has no body because the request was
+            # HEAD: take the head, and let the connection go rather than misread the rest.
+            self.complete = True
+            self.keep_alive = False
+            return
+        if status in (204, 304):
+            return
+        framing = [value for name, value in self.headers if name.lower() == b"transfer-encoding"]
+        if framing:
+            self._chunked_response = framing[-1].rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            self.until_eof = not self._chunked_response
+        else:
+            self.until_eof = not any(name.lower() == b"content-length" for name, _ in self.headers)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        self.chunks.append(body)
+        self.buffered += len(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if not self.status or self.complete:
+            return
+        self.complete = True
+        self.keep_alive = self._parser.should_keep_alive()
+
+
+def may_retry(method: str, exchange: Exchange, *, reused: bool) -> bool:
+    """May a failed request be sent again on a new connection? Once at most (the caller's
+    loop), only when the connection was a reused keep-alive one that the upstream may have
+    closed while idle, nothing of a response came, the method is idempotent, and there was
+    no body (a body streamed from the client cannot be replayed)."""
+    return reused and not exchange.received and method in IDEMPOTENT and not exchange.has_body
+
+
+def _check_head(lines: list[bytes], names: list[bytes]) -> None:
+    """Refuse to write a head that a CR, LF or NUL could split in two (request smuggling),
+    or a header name that is not an HTTP token: one scan of the joined bytes for each."""
+    joined = b"".join(lines)
+    if b"\r" in joined or b"\n" in joined or b"\0" in joined:
+        raise httpx.LocalProtocolError("CR, LF or NUL in the request line or a header")
+    if b"" in names or _NAME_BAD.search(b"".join(names)):
+        raise httpx.LocalProtocolError(f"invalid header name among {names!r}")
+    if lines[0].count(b" ") != 2:
+        raise httpx.LocalProtocolError("a space in the request method or target")
