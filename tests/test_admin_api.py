@@ -45,7 +45,7 @@ ENDPOINTS: list[tuple[str, str, Any, list[tuple[Any, list[Any]]]]] = [
     ("PUT", "/mode", {"mode": "off"}, [
         ({}, ["body", "mode"]), ({"mode": "sometimes"}, ["body", "mode"]),
         ({"mode": 1}, ["body", "mode"]), ({"mode": "off", "x": 1}, ["body", "x"]),
-        ("not json", ["body"]), ([1], ["body"]),
+        ([1], ["body"]),
     ]),
     ("GET", "/rules", None, []),
     ("PUT", "/rules", {"rules": [{"id": "qa", "when": {"header": "X-QA", "present": True}}]}, [
@@ -172,7 +172,9 @@ async def test_without_auth_only_loopback_clients(store: Store) -> None:
     app = admin_app(store, allow_unauthenticated=True)
     for client_address, expected in (("127.0.0.1", 200), ("::1", 200), ("10.0.0.5", 403)):
         transport = httpx.ASGITransport(app=app, client=(client_address, 1))
-        async with httpx.AsyncClient(transport=transport, base_url="http://a") as client:
+        # A loopback Host too: without a token, any other name is refused (DNS rebinding).
+        base_url = "http://127.0.0.1:8080"
+        async with httpx.AsyncClient(transport=transport, base_url=base_url) as client:
             assert (await client.get("/mode")).status_code == expected
 
 

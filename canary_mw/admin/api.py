@@ -77,6 +77,48 @@ def _only(body: Mapping[str, Any], *allowed: str) -> None:
             raise InvalidBodyError(["body", name], f"unexpected field; allowed: {list(allowed)}")
 
 
+def _not_json(request: Request) -> Response | None:
+    """415 unless the body is declared JSON. An HTML form, or a cross-site ``fetch`` that is
+    to skip the CORS preflight, can only send text/plain, urlencoded or multipart bodies; a
+    JSON one needs a preflight, which this API never approves."""
+    declared = request.headers.get("content-type", "")
+    if declared.partition(";")[0].strip().lower() == "application/json":
+        return None
+    return _error(
+        415, f"send the body as JSON with Content-Type: application/json, not {declared!r}"
+    )
+
+
+def _loopback_authority(authority: str) -> bool:
+    """``localhost``, ``127.0.0.0/8`` or ``[::1]``, with or without a port."""
+    text = authority.strip().lower()
+    if text.startswith("["):
+        name, bracket, port = text[1:].partition("]")
+        if not bracket or (port and not port.startswith(":")):
+            return False
+        port = port[1:]
+    else:
+        name, colon, port = text.partition(":")
+        if colon and not port:
+            return False
+    if port and not port.isdigit():
+        return False
+    if name == "localhost":
+        return True
+    address = parse_ip(name)
+    return address is not None and address.is_loopback
+
+
+def _loopback_origin(origin: str) -> bool:
+    scheme, separator, authority = origin.strip().partition("://")
+    return (
+        scheme.lower() in ("http", "https")
+        and bool(separator)
+        and "/" not in authority
+        and _loopback_authority(authority)
+    )
+
+
 class AdminAPI:
     def __init__(
         self,
@@ -99,6 +141,10 @@ class AdminAPI:
             actor = self._authenticate(request)
             if isinstance(actor, Response):
                 return actor
+            if body:
+                refused = _not_json(request)
+                if refused is not None:
+                    return refused
             payload: dict[str, Any] = {"actor": actor}
             if body:
                 parsed = await self._body(request)
@@ -129,6 +175,24 @@ class AdminAPI:
             address = parse_ip(client)
             if address is None or not address.is_loopback:
                 return _error(403, "this admin API runs without authentication: loopback only")
+            # A loopback peer is not enough: a web page the operator opens can make the browser
+            # send requests here, cross-site (its Origin) or after pointing its own name at
+            # 127.0.0.1 (DNS rebinding: the Host is still its name). Without a token, only
+            # requests that name this machine on both counts are programs run on it.
+            host = request.headers.get("host", "")
+            if not _loopback_authority(host):
+                return _error(
+                    403,
+                    f"this admin API runs without authentication and answers only requests "
+                    f"for a loopback host (localhost, 127.0.0.1, [::1]), not Host {host!r}",
+                )
+            origin = request.headers.get("origin")
+            if origin is not None and not _loopback_origin(origin):
+                return _error(
+                    403,
+                    "this admin API runs without authentication and refuses requests from web "
+                    f"pages (Origin {origin!r}); run it with a token to use it from a browser",
+                )
             return f"api@{client}"
         header = request.headers.get("authorization", "")
         scheme, _, presented = header.partition(" ")
@@ -143,7 +207,7 @@ class AdminAPI:
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.max_body:
             return _error(413, f"request body over {self.max_body} bytes")
-        raw = b""
+        raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > self.max_body:
@@ -151,7 +215,11 @@ class AdminAPI:
         try:
             parsed = json.loads(raw)
         except ValueError as exc:
-            return _invalid(["body"], f"invalid JSON: {exc}")
+            return _error(400, f"the body is not valid JSON: {exc}")
+        except RecursionError:
+            # json raises this, not ValueError, for arrays or objects nested about a thousand
+            # deep; no valid body nests more than a few dozen levels.
+            return _error(400, "the body is not acceptable JSON: nested too deeply")
         if not isinstance(parsed, dict):
             return _invalid(["body"], "expected a JSON object")
         return parsed
