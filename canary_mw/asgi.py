@@ -19,6 +19,7 @@ from .facts import ASGIFacts
 from .forward.asgi_http import AsyncHTTPForwarder, Outcome
 from .forward.asgi_ws import proxy_websocket
 from .forward.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, make_async_transport
+from .forward.common import refuse_ambiguous_authority
 from .health import HealthCheck
 from .metrics import Metrics
 from .router import RouterBase
@@ -116,6 +117,9 @@ class CanaryRouter(RouterBase):
         # The hot path, written flat: every call and coroutine here is paid per request
         # (measured inside uvicorn: ~3x what the same code costs in a tight loop).
         facts = ASGIFacts(scope, self.options.resolver)
+        if facts.authority_conflict:  # two Hosts: never route by one and forward the other
+            await refuse_ambiguous_authority(scope, receive, send)
+            return
         decision = self.engine.decide_cached(facts)
         if decision.pending:  # a membership answer is not cached: look it up, within budget
             decision = await self.engine.resolve(facts, decision)
@@ -196,6 +200,9 @@ class CanaryRouter(RouterBase):
         if self._loop is not asyncio.get_running_loop():
             await self.start(wait=self.engine.first_load_wait)
         facts = ASGIFacts(scope, self.options.resolver)
+        if facts.authority_conflict:
+            await refuse_ambiguous_authority(scope, receive, send)
+            return
         if self.options.loop_header in facts.raw_headers():
             await self.app(scope, receive, send)
             return
@@ -216,6 +223,7 @@ class CanaryRouter(RouterBase):
             await proxy_websocket(
                 scope, receive, send, upstream, self.targets.tag(decision.target),
                 open_timeout=self._timeout.connect, extra=[self._loop_guard],
+                is_trusted_peer=self.options.is_trusted_peer,
             )  # fmt: skip
         self._record(decision, 101, started, facts)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -71,6 +71,37 @@ def _host_without_port(host: str) -> str:
     return host.partition(":")[0]
 
 
+def _joined(pairs: Iterable[tuple[bytes, bytes]]) -> dict[bytes, bytes]:
+    """Join the values of repeated names (``"; "`` for Cookie, ``", "`` for the rest). Values
+    are collected first and joined once: joining as they come copies the growing value again
+    for every repeat, and 100,000 repeats of one name then hold the event loop for seconds."""
+    values: dict[bytes, list[bytes]] = {}
+    for key, value in pairs:
+        found = values.get(key)
+        if found is None:
+            values[key] = [value]
+        else:
+            found.append(value)
+    return {
+        key: found[0] if len(found) == 1 else (b"; " if key == b"cookie" else b", ").join(found)
+        for key, found in values.items()
+    }
+
+
+def _absolute_form_authority(target: bytes) -> bytes | None:
+    """The authority of an absolute-form request target (``http://Host:80/x`` → ``host:80``),
+    lower-cased; None when the target is not absolute-form."""
+    scheme, separator, rest = target.partition(b"://")
+    if not separator or not scheme.isalpha():
+        return None
+    end = len(rest)
+    for delimiter in (b"/", b"?", b"#"):
+        found = rest.find(delimiter)
+        if found >= 0:
+            end = min(end, found)
+    return rest[:end].lower()
+
+
 class RequestFacts:
     """The request as the decision sees it. Subclasses read one server interface.
 
@@ -101,6 +132,13 @@ class RequestFacts:
         raise NotImplementedError
 
     def header(self, name: str) -> str | None:
+        raise NotImplementedError
+
+    @property
+    def authority_conflict(self) -> bool:
+        """True when the request names two authorities (two Host lines, or an absolute-form
+        target naming another than Host): the router refuses it with 400 rather than route by
+        one and forward the other."""
         raise NotImplementedError
 
     def _peer(self) -> str | None:
@@ -170,13 +208,26 @@ class ASGIFacts(RequestFacts):
             pairs = self._scope.get("headers", ())
             headers = dict(pairs)
             if len(headers) != len(pairs):  # a repeated header: join, as HTTP defines
-                headers = {}
-                for key, value in pairs:
-                    previous = headers.get(key)
-                    separator = b"; " if key == b"cookie" else b", "
-                    headers[key] = value if previous is None else previous + separator + value
+                headers = _joined(pairs)
             self._headers = headers
         return headers
+
+    @property
+    def authority_conflict(self) -> bool:
+        """True when the request names its authority twice and the router could read one and
+        forward the other: more than one Host line (RFC 9112 §3.2 makes that a 400), or an
+        absolute-form target (``GET http://a/ HTTP/1.1``, passed on by uvicorn's h11 parser)
+        whose authority is not the Host header's."""
+        pairs = self._scope.get("headers", ())
+        target: bytes = self._scope.get("raw_path") or b"/"
+        if target[:1] == b"/" or target == b"*":
+            if len(self.raw_headers()) == len(pairs):  # no name repeats: the common case
+                return False
+            return sum(1 for name, _ in pairs if name == b"host") > 1
+        hosts = [value for name, value in pairs if name == b"host"]
+        if len(hosts) > 1:
+            return True
+        return _absolute_form_authority(target) != (hosts[0].lower() if hosts else None)
 
     def header(self, name: str) -> str | None:
         value = self.raw_headers().get(_header_key(name))
@@ -227,6 +278,17 @@ class WSGIFacts(RequestFacts):
             key = "HTTP_" + name.upper().replace("-", "_")
         value: str | None = self._environ.get(key)
         return value
+
+    @property
+    def authority_conflict(self) -> bool:
+        host: str | None = self._environ.get("HTTP_HOST")
+        if host is not None and "," in host:  # servers join repeated lines with a comma
+            return True
+        target: str | None = self._environ.get("RAW_URI") or self._environ.get("REQUEST_URI")
+        if not target or target[:1] == "/" or target == "*":
+            return False
+        authority = _absolute_form_authority(target.encode("latin-1"))
+        return authority != (host.lower().encode("latin-1") if host is not None else None)
 
     def _peer(self) -> str | None:
         peer: str | None = self._environ.get("REMOTE_ADDR")

@@ -17,6 +17,7 @@ from .engine import Engine
 from .errors import ConfigurationError, StoreError
 from .facts import WSGIFacts
 from .forward.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, make_sync_transport
+from .forward.common import ambiguous_authority_reply
 from .forward.wsgi_http import SyncHTTPForwarder
 from .health import HealthCheck
 from .metrics import Metrics
@@ -133,6 +134,10 @@ class CanaryWSGI(RouterBase):
             return self.app(environ, start_response)
         started = time.perf_counter()
         facts = WSGIFacts(environ, self.options.resolver)
+        if facts.authority_conflict:  # two Hosts: never route by one and forward the other
+            status_line, headers, refusal = ambiguous_authority_reply()
+            start_response(status_line, headers)
+            return [refusal]
         decision = self.engine.decide(facts)
         upstream = None
         if decision.target != STABLE:

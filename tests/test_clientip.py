@@ -78,6 +78,7 @@ def test_strict_network_names_the_fix() -> None:
 
 
 TRUSTED = ["10.0.0.0/8", "2001:db8:ffff::/48"]
+UNKNOWN = None  # the client address is unknown: no address rule matches
 
 
 @pytest.mark.parametrize(
@@ -87,6 +88,7 @@ TRUSTED = ["10.0.0.0/8", "2001:db8:ffff::/48"]
         ("203.0.113.5", {"x-forwarded-for": "1.1.1.1"}, "203.0.113.5"),
         ("203.0.113.5", {"x-real-ip": "1.1.1.1"}, "203.0.113.5"),
         ("203.0.113.5", {"forwarded": "for=1.1.1.1"}, "203.0.113.5"),
+        ("203.0.113.5", {"forwarded": "for=1.1.1.1", "x-real-ip": "1.1.1.1"}, "203.0.113.5"),
         # trusted peer, no header: the peer
         ("10.0.0.1", {}, "10.0.0.1"),
         # walk from the right, first untrusted wins
@@ -95,29 +97,49 @@ TRUSTED = ["10.0.0.0/8", "2001:db8:ffff::/48"]
         ("10.0.0.1", {"x-forwarded-for": "6.6.6.6, 198.51.100.1, 10.0.0.2"}, "198.51.100.1"),
         # every hop trusted: the leftmost
         ("10.0.0.1", {"x-forwarded-for": "10.9.9.9, 10.0.0.2"}, "10.9.9.9"),
-        # garbage stops the walk at the last verified hop
-        ("10.0.0.1", {"x-forwarded-for": "1.1.1.1, garbage"}, "10.0.0.1"),
-        ("10.0.0.1", {"x-forwarded-for": "1.1.1.1, garbage, 10.0.0.7"}, "10.0.0.7"),
-        ("10.0.0.1", {"x-forwarded-for": ""}, "10.0.0.1"),
-        ("10.0.0.1", {"x-forwarded-for": ",,,"}, "10.0.0.1"),
+        # a hop we cannot parse before an untrusted one: unknown (never the proxy's address)
+        ("10.0.0.1", {"x-forwarded-for": "1.1.1.1, garbage"}, UNKNOWN),
+        ("10.0.0.1", {"x-forwarded-for": "1.1.1.1, garbage, 10.0.0.7"}, UNKNOWN),
+        ("10.0.0.1", {"x-forwarded-for": "garbage, 1.1.1.1"}, "1.1.1.1"),
+        ("10.0.0.1", {"x-forwarded-for": ""}, UNKNOWN),
+        ("10.0.0.1", {"x-forwarded-for": ",,,"}, UNKNOWN),
         # ports and IPv6 forms
         ("10.0.0.1", {"x-forwarded-for": "198.51.100.1:5555"}, "198.51.100.1"),
         ("10.0.0.1", {"x-forwarded-for": "[2001:db8::5]:443"}, "2001:db8::5"),
         ("10.0.0.1", {"x-forwarded-for": "::ffff:198.51.100.1"}, "198.51.100.1"),
         # X-Real-IP: a single value
         ("10.0.0.1", {"x-real-ip": "198.51.100.9"}, "198.51.100.9"),
-        ("10.0.0.1", {"x-real-ip": "1.1.1.1, 2.2.2.2"}, "10.0.0.1"),
-        ("10.0.0.1", {"x-real-ip": "nonsense"}, "10.0.0.1"),
-        # RFC 7239 Forwarded
+        ("10.0.0.1", {"x-real-ip": "1.1.1.1, 2.2.2.2"}, UNKNOWN),
+        ("10.0.0.1", {"x-real-ip": "nonsense"}, UNKNOWN),
+        # RFC 7239 Forwarded, every spelling a proxy (or a client) may use
         ("10.0.0.1", {"forwarded": "for=198.51.100.17;proto=https"}, "198.51.100.17"),
         ("10.0.0.1", {"forwarded": 'for="[2001:db8::17]:4711"'}, "2001:db8::17"),
         ("10.0.0.1", {"forwarded": "for=6.6.6.6, for=198.51.100.2;by=10.0.0.1"}, "198.51.100.2"),
         ("10.0.0.1", {"forwarded": "FOR=198.51.100.3"}, "198.51.100.3"),
-        ("10.0.0.1", {"forwarded": "for=unknown"}, "10.0.0.1"),
-        ("10.0.0.1", {"forwarded": 'for="_hidden", for=10.0.0.3'}, "10.0.0.3"),
-        ("10.0.0.1", {"forwarded": "proto=https"}, "10.0.0.1"),
-        # Forwarded wins over X-Forwarded-For (default header order)
-        ("10.0.0.1", {"forwarded": "for=1.1.1.1", "x-forwarded-for": "2.2.2.2"}, "1.1.1.1"),
+        ("10.0.0.1", {"forwarded": 'For="198.51.100.3:80"'}, "198.51.100.3"),
+        ("10.0.0.1", {"forwarded": 'for="[::ffff:198.51.100.3]:80"'}, "198.51.100.3"),
+        ("10.0.0.1", {"forwarded": 'for="[2001:db8::3%eth0]"'}, "2001:db8::3"),
+        ("10.0.0.1", {"forwarded": "proto=https; for = 198.51.100.3 "}, "198.51.100.3"),
+        ("10.0.0.1", {"forwarded": "for=unknown"}, UNKNOWN),
+        ("10.0.0.1", {"forwarded": 'for="_hidden", for=10.0.0.3'}, UNKNOWN),
+        ("10.0.0.1", {"forwarded": "proto=https"}, UNKNOWN),
+        # a second kind of header: believed only when it names the same client
+        ("10.0.0.1", {"forwarded": "for=1.1.1.1", "x-forwarded-for": "2.2.2.2"}, UNKNOWN),
+        ("10.0.0.1", {"forwarded": "for=10.1.2.3", "x-forwarded-for": "2.2.2.2"}, UNKNOWN),
+        ("10.0.0.1", {"forwarded": 'FOR="10.1.2.3"', "x-forwarded-for": "2.2.2.2"}, UNKNOWN),
+        ("10.0.0.1", {"forwarded": 'for="[::ffff:10.1.2.3]:80"', "x-forwarded-for": "2.2.2.2"},
+         UNKNOWN),
+        ("10.0.0.1", {"forwarded": "for=2.2.2.2", "x-forwarded-for": "9.9.9.9, 2.2.2.2"},
+         "2.2.2.2"),
+        ("10.0.0.1", {"forwarded": 'for="[::ffff:2.2.2.2]:80"', "x-forwarded-for": "2.2.2.2"},
+         "2.2.2.2"),
+        ("10.0.0.1", {"x-real-ip": "2.2.2.2", "x-forwarded-for": "10.1.2.3"}, UNKNOWN),
+        ("10.0.0.1", {"x-real-ip": "2.2.2.2", "x-forwarded-for": "10.1.2.3, 2.2.2.2"}, "2.2.2.2"),
+        ("10.0.0.1", {"x-real-ip": "10.1.2.3", "x-forwarded-for": "2.2.2.2"}, UNKNOWN),
+        ("10.0.0.1", {"x-real-ip": "garbage", "x-forwarded-for": "2.2.2.2"}, UNKNOWN),
+        ("10.0.0.1", {"forwarded": "for=unknown", "x-forwarded-for": "2.2.2.2"}, UNKNOWN),
+        ("10.0.0.1", {"forwarded": "for=2.2.2.2", "x-forwarded-for": "2.2.2.2",
+                      "x-real-ip": "2.2.2.2"}, "2.2.2.2"),
         # IPv6 trusted proxy, IPv4-mapped peer
         ("2001:db8:ffff::1", {"x-forwarded-for": "198.51.100.4"}, "198.51.100.4"),
         ("::ffff:10.0.0.1", {"x-forwarded-for": "198.51.100.4"}, "198.51.100.4"),
@@ -125,11 +147,83 @@ TRUSTED = ["10.0.0.0/8", "2001:db8:ffff::/48"]
         (None, {"x-forwarded-for": "1.1.1.1"}, None),
         ("garbage", {"x-forwarded-for": "1.1.1.1"}, None),
     ],
-)
+)  # fmt: skip
 def test_resolve(peer: str | None, headers: dict[str, str], expected: str | None) -> None:
     resolver = ClientIPResolver(TRUSTED)
     result = resolver.resolve(peer, headers.get)
     assert (str(result) if result else None) == expected
+
+
+@pytest.mark.parametrize(
+    ("configured", "headers", "expected"),
+    [
+        # a proxy that writes only X-Forwarded-For: the client's own Forwarded is ignored
+        (["X-Forwarded-For"], {"forwarded": "for=10.1.2.3", "x-forwarded-for": "2.2.2.2"},
+         "2.2.2.2"),
+        # a proxy that writes only X-Real-IP: the client's own X-Forwarded-For is ignored
+        (["x-real-ip"], {"x-forwarded-for": "10.1.2.3", "x-real-ip": "2.2.2.2"}, "2.2.2.2"),
+        (["forwarded"], {"forwarded": "for=2.2.2.2", "x-real-ip": "10.1.2.3"}, "2.2.2.2"),
+        (["forwarded", "x-real-ip"], {"forwarded": "for=2.2.2.2", "x-real-ip": "10.1.2.3"},
+         UNKNOWN),
+    ],
+)  # fmt: skip
+def test_configured_headers_are_the_only_ones_read(
+    configured: list[str], headers: dict[str, str], expected: str | None
+) -> None:
+    resolver = ClientIPResolver(TRUSTED, headers=configured)
+    result = resolver.resolve("10.0.0.1", headers.get)
+    assert (str(result) if result else None) == expected
+
+
+SPOOFED = "10.1.2.3"  # inside an office range a rule might send to the canary
+
+
+ADDED_BY_THE_CLIENT = [
+    ("forwarded", f"for={SPOOFED}"),
+    ("forwarded", f'FOR="{SPOOFED}:80"'),
+    ("forwarded", f'for="[::ffff:{SPOOFED}]:80"'),
+    ("forwarded", "for=unknown"),
+    ("x-forwarded-for", SPOOFED),
+    ("x-forwarded-for", f"::ffff:{SPOOFED}"),
+    ("x-real-ip", SPOOFED),
+    ("x-real-ip", f"[::ffff:{SPOOFED}]:80"),
+]
+PROXY_WROTE = {
+    "forwarded": "for=203.0.113.7",
+    "x-forwarded-for": "203.0.113.7",
+    "x-real-ip": "203.0.113.7",
+}
+
+
+@pytest.mark.parametrize(
+    ("written", "added"),
+    [(written, added) for written in PROXY_WROTE for added in ADDED_BY_THE_CLIENT
+     if added[0] != written],
+    ids=repr,
+)  # fmt: skip
+def test_a_client_cannot_choose_its_address_by_adding_another_kind(
+    written: str, added: tuple[str, str]
+) -> None:
+    """Default configuration, a trusted proxy that writes one kind (naming the client
+    203.0.113.7): whatever other kind the client adds, the answer is that client or unknown."""
+    name, value = added
+    resolver = ClientIPResolver(TRUSTED)
+    result = resolver.resolve("10.0.0.1", {written: PROXY_WROTE[written], name: value}.get)
+    assert result is None
+    alone = resolver.resolve("10.0.0.1", {written: PROXY_WROTE[written]}.get)
+    assert str(alone) == "203.0.113.7"
+
+
+def test_disagreement_warns_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    resolver = ClientIPResolver(TRUSTED)
+    headers = {"forwarded": "for=1.1.1.1", "x-forwarded-for": "2.2.2.2"}
+    with caplog.at_level("WARNING", logger="canary_mw"):
+        for _ in range(1000):
+            assert resolver.resolve("10.0.0.1", headers.get) is None
+    warnings = [r for r in caplog.records if "do not name one client" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "forwarded: 1.1.1.1" in warnings[0].getMessage()
+    assert "x-forwarded-for: 2.2.2.2" in warnings[0].getMessage()
 
 
 def test_no_trusted_proxies_by_default() -> None:
@@ -139,7 +233,7 @@ def test_no_trusted_proxies_by_default() -> None:
     assert not resolver.trusts_any_proxy
 
 
-def test_header_order_is_configurable() -> None:
+def test_one_configured_header_is_the_only_one_read() -> None:
     resolver = ClientIPResolver(TRUSTED, headers=["X-Real-IP"])
     headers = {"x-forwarded-for": "1.1.1.1", "x-real-ip": "2.2.2.2"}
     assert str(resolver.resolve("10.0.0.1", headers.get)) == "2.2.2.2"

@@ -1,4 +1,13 @@
-"""Proxy an ASGI WebSocket to an upstream WebSocket, both directions, close codes kept."""
+"""Proxy an ASGI WebSocket to an upstream WebSocket, both directions, close codes kept.
+
+Security note: the upstream URL is built from parts: the scheme, host and port are the
+configured upstream's, and the TCP connection is pinned to that host and port; from the
+request only an origin-form target (``/path?query``) is taken, percent-encoded where it
+holds anything but URL characters. Any other target (``@127.0.0.1:6379/``, which uvicorn's
+h11 parser passes on, an absolute URL, ``*``) is refused before we connect anywhere:
+the handshake is closed with 1008 before ``websocket.accept`` (the client sees a 403).
+Headers go through the same hygiene as HTTP (``headers.request_headers``).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +16,16 @@ import contextlib
 import logging
 from collections.abc import Callable, MutableMapping
 from typing import Any
+from urllib.parse import quote_from_bytes, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.uri import parse_uri
 
 from ..upstreams import Upstream
-from .headers import HOP_BY_HOP, RawHeaders
+from .headers import HOP_BY_HOP, RawHeaders, request_headers
 
-__all__ = ["proxy_websocket"]
+__all__ = ["proxy_websocket", "upstream_ws_url"]
 
 logger = logging.getLogger("canary_mw.forward")
 
@@ -31,21 +42,78 @@ _HANDSHAKE = frozenset(
 ) | HOP_BY_HOP  # fmt: skip
 # Close codes that must not appear in a close frame (RFC 6455 §7.4.1).
 _RESERVED = {1005: 1000, 1006: 1011, 1015: 1011}
+#: Policy violation: the close code for a handshake we refuse (a 403 before accept).
+POLICY_VIOLATION = 1008
+# RFC 3986 characters that may stay as they are in a path (pchar and "/") and in a query;
+# "%" is kept so the client's escapes reach the upstream unchanged.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+_QUERY_SAFE = _PATH_SAFE + "?"
 
 
-def _forward_headers(scope: Scope, extra: RawHeaders) -> tuple[list[tuple[str, str]], str | None]:
-    headers = []
+def _never_trusted(peer: str | None) -> bool:
+    return False
+
+
+def _origin_form_target(scope: Scope) -> bytes | None:
+    """The request's path as the client sent it, or None when it is not origin-form."""
+    raw: bytes | None = scope.get("raw_path")
+    if raw is None:
+        raw = quote_from_bytes(scope.get("path", "/").encode("utf-8"), safe=_PATH_SAFE).encode()
+    path = raw.partition(b"?")[0]  # some servers include the query in raw_path
+    return path if path[:1] == b"/" else None
+
+
+def upstream_ws_url(upstream: Upstream, path: bytes, query: bytes) -> str:
+    """The upstream's ws:// or wss:// URL for an origin-form ``path`` and ``query``.
+
+    Scheme and authority come from the configured upstream; the client's path and query are
+    percent-encoded down to URL characters, so nothing in them can end the path early (a
+    ``#`` or ``?``) or be read as an authority. Raises ValueError if the result would name
+    another endpoint than the upstream (it cannot; this is the check that it cannot)."""
+    if path[:1] != b"/":
+        raise ValueError("only an origin-form target (/path) is forwarded")
+    secure = upstream.url.scheme == "https"
+    url = urlunsplit((
+        "wss" if secure else "ws",
+        upstream.host_header.decode("ascii"),
+        upstream.prefix.decode("ascii") + quote_from_bytes(path, safe=_PATH_SAFE),
+        quote_from_bytes(query, safe=_QUERY_SAFE),
+        "",
+    ))  # fmt: skip
+    parsed = parse_uri(url)
+    port = upstream.url.port or (443 if secure else 80)
+    if (parsed.secure, parsed.host, parsed.port, parsed.username) != (
+        secure, upstream.url.host, port, None,
+    ):  # fmt: skip
+        raise ValueError(f"{url!r} does not name the upstream {upstream.name!r}")
+    return url
+
+
+def _forward_headers(
+    scope: Scope, upstream: Upstream, extra: RawHeaders, trusted_peer: bool
+) -> tuple[list[tuple[str, str]], str | None]:
     origin = None
     for name, value in scope["headers"]:
-        lowered = name.lower()
-        if lowered == b"origin":
+        if name.lower() == b"origin":
             origin = value.decode("latin-1")
-        if lowered not in _HANDSHAKE:
-            headers.append((name.decode("latin-1"), value.decode("latin-1")))
     client = scope.get("client")
-    if client:
-        headers.append(("X-Forwarded-For", str(client[0])))
-    headers.extend((name.decode("latin-1"), value.decode("latin-1")) for name, value in extra)
+    outgoing = request_headers(
+        scope["headers"],
+        client=str(client[0]).encode("latin-1") if client else None,
+        # What the client spoke, in HTTP's words: proxy-header middlewares map it back.
+        scheme=b"https" if scope.get("scheme") == "wss" else b"http",
+        host=None,
+        default_host=upstream.host_header,
+        trusted_peer=trusted_peer,
+        extra=extra,
+        drop=_HANDSHAKE,
+    )
+    # The WebSocket library writes Host itself, from the URL (a second one would be sent).
+    headers = [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, value in outgoing
+        if name != b"host"
+    ]
     return headers, origin
 
 
@@ -58,17 +126,24 @@ async def proxy_websocket(
     *,
     open_timeout: float | None,
     extra: RawHeaders,
+    is_trusted_peer: Callable[[str | None], bool] = _never_trusted,
 ) -> None:
+    """Proxy one WebSocket. ``is_trusted_peer(address)``: whether the socket peer is a
+    trusted proxy, whose forwarding headers are passed on (by default, nobody is)."""
     if (await receive())["type"] != "websocket.connect":
         return
-    query = scope.get("query_string", b"")
-    raw_path = (scope.get("raw_path") or scope.get("path", "/").encode()).partition(b"?")[0]
-    url = (
-        upstream.ws_base
-        + raw_path.decode("latin-1")
-        + ("?" + query.decode("latin-1") if query else "")
-    )
-    headers, origin = _forward_headers(scope, extra)
+    path = _origin_form_target(scope)
+    try:
+        if path is None:
+            raise ValueError("only an origin-form target (/path) is forwarded")
+        url = upstream_ws_url(upstream, path, scope.get("query_string", b""))
+    except ValueError as exc:
+        logger.warning("canary_mw: WebSocket refused: %s", exc)
+        await send({"type": "websocket.close", "code": POLICY_VIOLATION})
+        return
+    client = scope.get("client")
+    trusted = is_trusted_peer(str(client[0]) if client else None)
+    headers, origin = _forward_headers(scope, upstream, extra, trusted)
     try:
         remote = await connect(
             url,
@@ -81,6 +156,10 @@ async def proxy_websocket(
             compression=None,
             max_size=MAX_MESSAGE,
             ping_interval=None,  # the two ends keep their own connection alive
+            # Pinned to the upstream, whatever the URL says; this also makes the library
+            # refuse a redirect to another host.
+            host=upstream.url.host,
+            port=upstream.url.port or (443 if upstream.url.scheme == "https" else 80),
         )
     except Exception as exc:
         logger.warning("canary_mw: WebSocket upstream %r unreachable: %s: %s",

@@ -4,7 +4,7 @@ what a failure becomes. Only reading the body and sending the response differ.""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import httpx
@@ -13,13 +13,24 @@ from ..upstreams import Upstream
 from .errors import ErrorReply, Report, classify, error_kind, is_unreachable
 from .headers import RawHeaders, request_headers, response_headers
 
-__all__ = ["IDEMPOTENT", "ForwarderBase"]
+__all__ = ["IDEMPOTENT", "ForwarderBase", "ambiguous_authority_reply", "refuse_ambiguous_authority"]
 
 logger = logging.getLogger("canary_mw.forward")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 #: The body of a request without one (iterable both ways, so shared by ASGI and WSGI).
 _NO_BODY = httpx.ByteStream(b"")
+
+
+def _origin_form(path: bytes, query: bytes) -> tuple[bytes, bytes]:
+    """An absolute-form target (``http://host/p``, which uvicorn's h11 parser passes on as
+    the path) becomes its origin-form path: the upstream is ours, never the one it names.
+    The router refuses such a request when the named host is not the Host header's."""
+    if path[:1] == b"/" or b"://" not in path:
+        return path, query
+    rest = path.partition(b"://")[2]
+    slash = rest.find(b"/")
+    return (rest[slash:] if slash >= 0 else b"/"), query
 
 
 class ForwarderBase:
@@ -84,7 +95,7 @@ class ForwarderBase:
                 outgoing.append((b"content-length", b"%d" % length))
             else:
                 outgoing.append((b"transfer-encoding", b"chunked"))
-        url = upstream.target(*target)
+        url = upstream.target(*_origin_form(*target))
         return httpx.Request(
             method, url, headers=outgoing, stream=stream, extensions=self._timeouts
         )
@@ -119,3 +130,34 @@ class ForwarderBase:
         headers, length = response_headers(response.headers.raw, drop=self._response_drop)
         headers.extend(tag)
         return headers, length
+
+
+#: The reply to a request that names its authority twice (RequestFacts.authority_conflict).
+_AMBIGUOUS_AUTHORITY = b"Bad Request: the request names more than one host\n"
+
+
+async def refuse_ambiguous_authority(
+    scope: MutableMapping[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]
+) -> None:
+    """ASGI app for a request with two Host lines or an absolute-form target naming another
+    host than Host: 400 (RFC 9112 §3.2), or for a WebSocket a close before accept (the client
+    sees 403). Routing by one authority and forwarding the other is how a client would
+    reach a host the rules never chose."""
+    if scope["type"] == "websocket":
+        if (await receive())["type"] == "websocket.connect":
+            await send({"type": "websocket.close", "code": 1008})
+        return
+    await send({"type": "http.response.start", "status": 400, "headers": [
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", b"%d" % len(_AMBIGUOUS_AUTHORITY)),
+        (b"connection", b"close"),
+    ]})  # fmt: skip
+    await send({"type": "http.response.body", "body": _AMBIGUOUS_AUTHORITY})
+
+
+def ambiguous_authority_reply() -> tuple[str, list[tuple[str, str]], bytes]:
+    """The same refusal for WSGI: status line, headers, body."""
+    return "400 Bad Request", [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(_AMBIGUOUS_AUTHORITY))),
+    ], _AMBIGUOUS_AUTHORITY  # fmt: skip

@@ -1,10 +1,33 @@
 """Header hygiene for forwarding, on raw ``(name, value)`` byte pairs (never a merged dict:
-``Set-Cookie`` must stay one header per cookie).
+``Set-Cookie`` must stay one header per cookie). HTTP and WebSocket forwarding both use
+``request_headers``.
 
 Hop-by-hop headers (RFC 9110 §7.6.1) describe one connection, not the message, so they are
 dropped in both directions, together with every header the ``Connection`` header names.
 The client's framing headers (``Content-Length``, ``Transfer-Encoding``) are never passed on
 as they came: the forwarding client frames the body it actually sends.
+
+Security note: some headers tell an application who the client is or what the original
+request was, and applications (and the canary's own proxy-header middleware) believe them.
+From a peer that is not a trusted proxy, every one of these is removed, and we add our own:
+
+``Forwarded``, ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host``,
+``X-Forwarded-Port``, ``X-Forwarded-Prefix``, ``X-Forwarded-Scheme``, ``X-Forwarded-Ssl``,
+``X-Forwarded-Server``, ``X-Forwarded-By``, ``X-Forwarded``, ``Forwarded-For``,
+``X-Real-IP``, ``X-Client-IP``, ``Client-IP``, ``True-Client-IP``, ``CF-Connecting-IP``,
+``X-Cluster-Client-IP``, ``Fastly-Client-IP``, ``X-ProxyUser-IP``,
+``X-Original-Forwarded-For``, ``X-Original-Host``, ``X-Original-URL``, ``X-Original-URI``,
+``X-Rewrite-URL``, ``X-Host``, ``X-Scheme``, ``X-URL-Scheme``, ``Front-End-Https``.
+
+Their *underscore twins* (``X_Forwarded_For``: any name that matches one of these once ``_``
+is read as ``-``) are removed from every peer, trusted or not: WSGI servers (and nginx with
+``underscores_in_headers on``) fold ``_`` and ``-`` into one ``HTTP_X_FORWARDED_FOR`` key,
+so a twin would be merged into the real header behind us, and no proxy writes one.
+
+What we add: one ``X-Forwarded-For`` ending with our peer (a trusted proxy's chain kept in
+front of it), ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (a trusted proxy's values, else
+what we saw), and our peer appended to a trusted proxy's ``Forwarded``. From a trusted proxy
+the rest of the list is passed on unchanged.
 """
 
 from __future__ import annotations
@@ -12,6 +35,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "CLIENT_FACT_HEADERS",
     "HOP_BY_HOP",
     "RawHeaders",
     "connection_tokens",
@@ -36,7 +60,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-_FORWARDED = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"})
+#: Headers naming the client or the original request (see the module docstring), lower-case.
+CLIENT_FACT_HEADERS = frozenset(
+    {
+        b"forwarded", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+        b"x-forwarded-port", b"x-forwarded-prefix", b"x-forwarded-scheme", b"x-forwarded-ssl",
+        b"x-forwarded-server", b"x-forwarded-by", b"x-forwarded", b"forwarded-for",
+        b"x-real-ip", b"x-client-ip", b"client-ip", b"true-client-ip", b"cf-connecting-ip",
+        b"x-cluster-client-ip", b"fastly-client-ip", b"x-proxyuser-ip",
+        b"x-original-forwarded-for", b"x-original-host", b"x-original-url", b"x-original-uri",
+        b"x-rewrite-url", b"x-host", b"x-scheme", b"x-url-scheme", b"front-end-https",
+    }
+)  # fmt: skip
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -74,16 +109,17 @@ def request_headers(
     extra: Sequence[tuple[bytes, bytes]] = (),
     drop: frozenset[bytes] = frozenset(),
 ) -> RawHeaders:
-    """Headers for the upstream request.
+    """Headers for the upstream request, Host first (see the module docstring).
 
-    ``X-Forwarded-For`` gets the client appended (as every proxy does). ``X-Forwarded-Proto``
-    and ``-Host`` are passed on only from a trusted proxy, else replaced by what this server
-    saw. ``host``: the Host to send (None: the client's, or ``default_host`` when it sent
-    none). ``drop``: names (lower-case) to remove, e.g. a loop-guard header the client sent.
+    ``client``: our peer's address. ``scheme``: ``http`` or ``https`` as we received it.
+    ``host``: the Host to send (None: the client's, or ``default_host`` when it sent none).
+    ``trusted_peer``: whether our peer is a trusted proxy. ``drop``: names (lower-case) to
+    remove, e.g. a loop-guard header the client sent.
     """
     named = connection_tokens(raw)
     headers: RawHeaders = []
     forwarded_for: list[bytes] = []
+    forwarded: list[bytes] = []
     proto = forwarded_host = None
     client_host = None
     for name, value in raw:
@@ -93,19 +129,30 @@ def request_headers(
         if lowered == b"host":
             client_host = value
             continue
-        if lowered in _FORWARDED:
-            if lowered == b"x-forwarded-for":
-                forwarded_for.append(value)
-            elif trusted_peer and lowered == b"x-forwarded-proto":
-                proto = value
-            elif trusted_peer and lowered == b"x-forwarded-host":
-                forwarded_host = value
+        if b"_" in lowered and lowered.replace(b"_", b"-") in CLIENT_FACT_HEADERS:
+            continue  # an underscore twin, from anyone
+        if lowered not in CLIENT_FACT_HEADERS:
+            headers.append((name, value))
+        elif not trusted_peer:
             continue
-        headers.append((name, value))
+        elif lowered == b"x-forwarded-for":
+            forwarded_for.append(value)
+        elif lowered == b"forwarded":
+            forwarded.append(value)
+        elif lowered == b"x-forwarded-proto":
+            proto = value
+        elif lowered == b"x-forwarded-host":
+            forwarded_host = value
+        else:
+            headers.append((name, value))
     if client is not None:
         forwarded_for.append(client)
+        if forwarded:
+            forwarded.append(b'for="[' + client + b']"' if b":" in client else b"for=" + client)
     if forwarded_for:
         headers.append((b"x-forwarded-for", b", ".join(forwarded_for)))
+    if forwarded:
+        headers.append((b"forwarded", b", ".join(forwarded)))
     headers.append((b"x-forwarded-proto", proto or scheme))
     if forwarded_host or client_host:
         headers.append((b"x-forwarded-host", forwarded_host or client_host or b""))
