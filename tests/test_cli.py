@@ -146,7 +146,7 @@ BAD = [
 def test_bad_input_is_one_line_and_writes_nothing(
     url: str, store: Store, args: list[str], message: str
 ) -> None:
-    store.set_mode("rules")
+    store.set_mode("off")  # version 1
     result = cli(url, *args, stdin="{nope")
     assert result.exit_code != 0
     assert message in result.output
@@ -196,7 +196,7 @@ EXIT_STATUS = [
 def test_exit_status_rule(
     url: str, store: Store, args: list[str], status: int, message: str
 ) -> None:
-    store.set_mode("rules")
+    store.set_mode("off")  # version 1
     result = run("--store", url, *args)
     assert (result.returncode, result.stdout) == (status, "")
     assert message in result.stderr
@@ -234,3 +234,14 @@ def test_memory_store_warns_that_no_app_can_see_it() -> None:
     assert result.returncode == 0
     assert "no running app can see it" in result.stderr
     assert "CANARY_MW_STORE" in result.stderr
+
+
+def test_adding_an_address_already_there_bumps_nothing(url: str, store: Store) -> None:
+    assert run("--store", url, "ip", "add", "203.0.113.7").stdout == (
+        "ip add to 'ips': 1 changed (version 1)\n"
+    )
+    assert run("--store", url, "ip", "add", "203.0.113.7").stdout == (
+        "ip add to 'ips': nothing changed (version 1)\n"
+    )
+    assert run("--store", url, "mode", "rules").stdout == "set: nothing changed (version 1)\n"
+    assert len(json.loads(run("--store", url, "history", "--json").stdout)) == 1

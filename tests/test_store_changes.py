@@ -37,7 +37,7 @@ async def test_every_change_is_in_the_history(store: Flavoured) -> None:
 
 
 async def test_invalid_input_writes_nothing(store: Flavoured) -> None:
-    await store.set_mode("rules")
+    await store.set_mode("off")  # version 1
     for bad in (
         store.set_mode("everyone"),
         store.set_rules({"rules": [{"id": "x", "when": {"ip": ["nope"]}}]}),
@@ -168,3 +168,39 @@ def test_cluster_prefixes_need_a_hash_tag(cluster: object) -> None:
     with pytest.raises(ConfigurationError, match=r"use '\{canary\}:'"):
         store_from_url(url, prefix="canary:")
     assert store_from_url(url).prefix == "{canary}:"
+
+
+async def test_a_write_that_changes_nothing_bumps_nothing_and_records_nothing(
+    store: Flavoured,
+) -> None:
+    await store.add_ips("ips", ["203.0.113.7"])
+    await store.add_members("users", ["alice"])
+    await store.set_mode("off")
+    await store.set_rules({"rules": [{"id": "qa", "when": {"method": "GET"}}]})
+    await store.set_percent(5)
+    await store.set_upstream("canary", "http://10.0.0.5:8000")
+    assert (await store.get_config()).version == 6
+    for noop in (
+        store.add_ips("ips", ["203.0.113.7"]),  # already there
+        store.add_ips("ips", ["203.0.113.7/32"]),  # the same address, written differently
+        store.remove_ips("ips", ["192.0.2.1"]),  # never there
+        store.add_members("users", ["alice"]),
+        store.remove_members("users", ["bob"]),
+        store.remove_members("nobody-ever", ["x"]),  # a set that does not exist
+        store.set_mode("off"),
+        store.set_rules((await store.get_config()).rules),  # the document in force
+        store.set_percent(5),
+        store.set_upstream("canary", "http://10.0.0.5:8000"),
+    ):
+        change = await noop
+        assert (change.changed, change.version, change.count) == (False, 6, 0)
+    assert (await store.get_config()).version == 6
+    assert len(await store.history(100)) == 6
+
+
+async def test_a_set_change_records_what_it_changed(store: Flavoured) -> None:
+    await store.add_ips("ips", ["203.0.113.7"])
+    change = await store.add_ips("ips", ["203.0.113.7", "192.0.2.1"])
+    assert (change.changed, change.version, change.count) == (True, 2, 1)
+    (entry,) = await store.history(1)
+    assert entry.detail["count"] == 1

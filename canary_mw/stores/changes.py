@@ -6,7 +6,9 @@ Config changes (mode, rules, upstreams) are read-modify-write: the write only su
 the version is still the one read, else the plan reads again (optimistic concurrency), so
 concurrent writers never lose each other's changes. Set changes are single atomic commands.
 Every change bumps the version, appends an audit entry and is announced on the channel in
-the same atomic step.
+the same atomic step; a write that changes nothing (the same mode again, an address already
+in the set) does none of these: config plans compare before writing, set changes are
+``counted`` by the change itself (Layout.change).
 """
 
 from __future__ import annotations
@@ -198,7 +200,12 @@ def _replace(config: StoredConfig, **values: str | None) -> dict[str, str | None
 def set_mode(layout: Layout, actor: str, mode: str) -> Plan[Change]:
     if mode not in MODES:
         raise ConfigurationError(f"mode must be one of {list(MODES)}, got {mode!r}")
-    return config_change(layout, actor, "mode", mode, lambda c: _replace(c, mode=mode))
+
+    def mutate(config: StoredConfig) -> dict[str, str | None]:
+        # No mode field means "rules": writing "rules" there would change nothing in force.
+        return config.fields() if (config.mode or "rules") == mode else _replace(config, mode=mode)
+
+    return config_change(layout, actor, "mode", mode, mutate)
 
 
 def set_rules(layout: Layout, actor: str, rules: RuleSet) -> Plan[Change]:
@@ -364,7 +371,7 @@ def change_members(
         audit = _audit(actor, action, name, None, None, detail)
         change = layout.change(
             expected_version=None, commands=[(command, key, *chunk)], keys=[key],
-            audit=audit, what="set", name=name,
+            audit=audit, what="set", name=name, counted=True,
         )  # fmt: skip
         (reply,) = yield [change]
         version = _committed(reply) or version
@@ -382,10 +389,15 @@ def _entry(entry_id: object, raw: Mapping[Any, Any]) -> AuditEntry:
         except ValueError:
             return fields.get(name)
 
+    detail = decoded("detail")
+    if isinstance(detail, dict) and "changed" in fields:
+        # A set change's entry counts what the store actually changed (members already
+        # there are not), not how many members were asked for.
+        detail["count"] = int(fields["changed"])
     return AuditEntry(
         _text(entry_id), int(fields.get("version", "0")), fields.get("time", ""),
         fields.get("actor", ""), fields.get("action", ""), fields.get("target") or None,
-        decoded("before"), decoded("after"), decoded("detail"),
+        decoded("before"), decoded("after"), detail,
     )  # fmt: skip
 
 

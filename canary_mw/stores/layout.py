@@ -38,21 +38,36 @@ AUDIT_LENGTH = 10_000
 CHANGE = "CANARY.CHANGE"
 #: CHANGE as Redis runs it: all or nothing, in one round trip. Args after the name:
 #: config key, audit key, expected version ("" = any), commands (JSON), audit fields (JSON
-#: flat list), audit length, channel, message, keys (JSON). Returns false on a version
-#: conflict, else {new version, {command results}}. The version is bumped before any other
-#: write, so a corrupt version field fails the script before it changes anything.
+#: flat list), audit length, channel, message, keys (JSON), counted ("1" or ""). Returns false
+#: on a version conflict, else {version, {command results}}. A corrupt version field fails the
+#: script before it writes anything (Redis does not undo a script's writes on error).
+#: "counted": the commands' integer replies say how many things they changed (SADD, SREM); when
+#: they add up to 0 the change is a no-op, so the version is not bumped, nothing is recorded
+#: and nothing announced, and the reply carries the version as it was. Config changes are not
+#: counted (HSET replies 0 when it overwrites): their plan only sends a change that differs.
 CHANGE_SCRIPT = """
 local current = redis.call('HGET', KEYS[1], 'version')
+if current and not string.match(current, '^%-?%d+$') then
+  return redis.error_reply('ERR hash value is not an integer')
+end
 if ARGV[1] ~= '' and (tonumber(current) or 0) ~= tonumber(ARGV[1]) then
   return false
 end
-local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
-local results = {}
+local results, changed = {}, 0
 for i, command in ipairs(cjson.decode(ARGV[2])) do
   results[i] = redis.call(unpack(command))
+  if type(results[i]) == 'number' then changed = changed + results[i] end
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'version', version,
-           unpack(cjson.decode(ARGV[3])))
+local fields = cjson.decode(ARGV[3])
+if ARGV[7] == '1' then
+  if changed == 0 then
+    return {tonumber(current) or 0, results}
+  end
+  table.insert(fields, 'changed')
+  table.insert(fields, tostring(changed))
+end
+local version = redis.call('HINCRBY', KEYS[1], 'version', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'version', version, unpack(fields))
 redis.call('PUBLISH', ARGV[5], ARGV[6])
 return {version, results}
 """
@@ -166,11 +181,14 @@ class Layout:
         audit: Mapping[str, str],
         what: str,
         name: str | None = None,
+        counted: bool = False,
     ) -> Command:
         """One atomic change: check the version (None: any), bump it, run ``commands``,
         append ``audit`` to the audit stream and announce it on the channel. Redis runs it
         as a Lua script (CHANGE_SCRIPT), the memory backend natively. ``keys``: every key
-        the commands touch (Redis Cluster routes the script by them)."""
+        the commands touch (Redis Cluster routes the script by them). ``counted``: the
+        commands' replies count what they changed; a change that changed nothing bumps,
+        records and announces nothing (the audit entry of one that did gets ``changed``)."""
         message = json.dumps({"what": what, "name": name}, separators=(",", ":"))
         fields = [item for pair in audit.items() for item in pair]
         return (
@@ -186,6 +204,7 @@ class Layout:
                 self.channel,
                 message,
                 json.dumps(list(keys)),
+                "1" if counted else "",
             ),
         )
 

@@ -188,21 +188,26 @@ class MemoryBackend:
     def _cmd_canary_change(
         self, data: dict[bytes, Value], published: list[tuple[bytes, bytes]], config: bytes,
         audit: bytes, expected: bytes, commands: bytes, fields: bytes, maxlen: bytes,
-        channel: bytes, message: bytes, keys: bytes,
+        channel: bytes, message: bytes, keys: bytes, counted: bytes,
     ) -> list[object] | None:  # fmt: skip
         """Layout.change, natively: the same steps and order as CHANGE_SCRIPT."""
-        current = self._hash(data, config).get(b"version", b"0")
+        current = self._hash(data, config).get(b"version")
         try:
-            current_version = int(current)
+            current_version = int(current or b"0")
         except ValueError:
-            current_version = 0
+            raise CommandError("ERR hash value is not an integer") from None
         if expected and current_version != int(expected):
             return None
-        version = self._cmd_hincrby(data, published, config, b"version", b"1")
         results = []
         for name, *rest in json.loads(commands):
             results.append(self._handler(name)(data, published, *[_b(arg) for arg in rest]))
         entry = [_b(item) for item in json.loads(fields)]
+        if counted:
+            changed = sum(result for result in results if isinstance(result, int))
+            if changed == 0:
+                return [current_version, results]
+            entry += [b"changed", str(changed).encode()]
+        version = self._cmd_hincrby(data, published, config, b"version", b"1")
         self._cmd_xadd(data, published, audit, b"MAXLEN", b"~", maxlen, b"*",
                        b"version", str(version).encode(), *entry)  # fmt: skip
         self._cmd_publish(data, published, channel, message)

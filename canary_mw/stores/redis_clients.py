@@ -129,7 +129,7 @@ def make_client(
 
 def change_call(args: Sequence[object]) -> tuple[list[object], list[object]]:
     """Script keys and args for a Layout.change command (see CHANGE_SCRIPT)."""
-    config, audit, expected, commands, fields, maxlen, channel, message, keys = args
+    config, audit, expected, commands, fields, maxlen, channel, message, keys, counted = args
     return [config, audit, *json.loads(str(keys))], [
         expected,
         commands,
@@ -137,6 +137,7 @@ def change_call(args: Sequence[object]) -> tuple[list[object], list[object]]:
         maxlen,
         channel,
         message,
+        counted,
     ]
 
 

@@ -129,7 +129,8 @@ class Store(_Plans):
     """Blocking access to the rule store. Build one with :func:`store_from_url`.
 
     Every write is atomic, bumps the version, is recorded in the audit log with ``actor``
-    (default ``user@host``) and is announced to every running instance.
+    (default ``user@host``) and is announced to every running instance; a write that changes
+    nothing does none of these (``Change.changed`` is False).
 
     >>> store = store_from_url("memory://")
     >>> store.add_ips("ips", ["203.0.113.7", "10.1.0.0/16"]).count
