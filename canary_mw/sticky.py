@@ -1,15 +1,18 @@
 """The sticky-percentage hash: which of 10,000 buckets a user falls into.
 
-``bucket(salt, key)`` is the first 8 bytes of BLAKE2b over ``salt + b"\\0" + key`` (UTF-8),
-read big-endian, modulo 10,000. It is stable across processes, machines and Python versions
-(unlike the built-in ``hash()``, which is salted per process), and reproducible in any language
-with BLAKE2b. A rule at ``p`` percent admits the buckets below ``round(p * 100)``, so raising
-``p`` only adds buckets: nobody who was in is ever moved out.
+``bucket(salt, key)`` is the first 8 bytes of SHA-256 over ``salt + b"\\0" + key`` (both
+UTF-8), read as a big-endian unsigned integer, modulo 10,000. SHA-256 is in the standard
+library of every mainstream language (Java's MessageDigest, Go's crypto/sha256, .NET, Node's
+crypto, PHP's hash(), SQL engines), so another service, a front end or a data job can put a
+user in the same bucket as the routers do; docs/rules.md publishes test vectors. The value is
+stable across processes, machines and Python versions (unlike the built-in ``hash()``, which
+is salted per process). A rule at ``p`` percent admits the buckets below ``round(p * 100)``,
+so raising ``p`` only adds buckets: nobody who was in is ever moved out.
 """
 
 from __future__ import annotations
 
-from hashlib import blake2b
+from hashlib import sha256
 
 __all__ = ["BUCKETS", "bucket", "threshold"]
 
@@ -18,8 +21,8 @@ BUCKETS = 10_000
 
 def bucket(salt: str, key: str) -> int:
     """The bucket (0..9999) of ``key`` under ``salt``."""
-    digest = blake2b(salt.encode() + b"\0" + key.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % BUCKETS
+    digest = sha256(salt.encode() + b"\0" + key.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % BUCKETS
 
 
 def threshold(percent: float) -> int:

@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,21 +16,36 @@ from canary_mw.sticky import BUCKETS, bucket, threshold
 KEYS = [f"user-{i}" for i in range(100_000)]
 
 
-def test_buckets_are_pinned() -> None:
-    # These values are part of the contract: changing the hash would move users between
-    # stable and canary on upgrade. Computed once with BLAKE2b as documented in sticky.py.
-    assert [bucket("salt", key) for key in ("user-1", "user-2", "42", "")] == PINNED
+DOC = Path(__file__).resolve().parent.parent / "docs" / "rules.md"
 
 
-PINNED = [2683, 3455, 3199, 8063]
+def documented_vectors() -> list[tuple[str, str, str, int]]:
+    """(salt, key, first 8 digest bytes in hex, bucket) rows of the table in docs/rules.md."""
+    text = DOC.read_text(encoding="utf-8")
+    table = text.split("<!-- sticky-vectors:begin -->")[1].split("<!-- sticky-vectors:end -->")[0]
+    rows = []
+    for line in table.strip().splitlines()[2:]:  # after the header and the |---| line
+        salt, key, digest, number = (cell.strip() for cell in line.strip("|").split("|"))
+        rows.append((salt.strip("`"), key.strip("`"), digest.strip("`"), int(number)))
+    return rows
 
 
-def test_pinned_values_match_the_documented_formula() -> None:
-    from hashlib import blake2b
+def test_the_docs_publish_vectors() -> None:
+    rows = documented_vectors()
+    assert len(rows) >= 8
+    assert any(not key.isascii() for _, key, _, _ in rows)  # UTF-8 is part of the contract
 
-    for key, expected in zip(("user-1", "user-2", "42", ""), PINNED, strict=True):
-        digest = blake2b(b"salt\0" + key.encode(), digest_size=8).digest()
-        assert int.from_bytes(digest, "big") % 10_000 == expected
+
+@pytest.mark.parametrize(("salt", "key", "digest", "expected"), documented_vectors())
+def test_code_matches_the_documented_vectors(
+    salt: str, key: str, digest: str, expected: int
+) -> None:
+    # The documented formula, computed here independently of canary_mw.sticky ...
+    head = hashlib.sha256(salt.encode() + b"\0" + key.encode()).digest()[:8]
+    assert head.hex() == digest
+    assert int.from_bytes(head, "big") % 10_000 == expected
+    # ... and the code the routers run.
+    assert bucket(salt, key) == expected
 
 
 @pytest.mark.parametrize("percent", [0.5, 1, 5, 10, 25, 50, 90])
