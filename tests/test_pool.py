@@ -1,105 +1,35 @@
-"""HTTP11Transport, the default forwarding transport, against scripted upstreams on real
-sockets: what it writes byte for byte, how it reads every kind of response, how it reuses,
-retries and limits connections, and which httpx error each failure becomes."""
+"""Both forwarding transports (HTTP11Transport, asyncio; HTTP11SyncTransport, blocking)
+against scripted upstreams on real sockets, every case over both: what they write byte for
+byte, how they read every kind of response, when they reuse, retry and limit connections,
+and which httpx error each failure becomes. The hostile cases are the red-team findings of
+issue 11 (1: body desync, 3: repeated POST, 4: pool poisoning, 6: unbounded head)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
 
-from canary_mw.forward.pool import HTTP11Transport
-
-pytestmark = pytest.mark.anyio
-
-Handler = Callable[[socket.socket, "Upstream"], None]
-TIMEOUTS = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 0.3}
-
-
-def read_head(conn: socket.socket, buffer: bytearray) -> bytes:
-    """Bytes up to the end of one request head (b"" when the peer closed first)."""
-    while b"\r\n\r\n" not in buffer:
-        data = conn.recv(65536)
-        if not data:
-            return b""
-        buffer += data
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    buffer[:] = rest
-    return head + b"\r\n\r\n"
-
-
-def read_exactly(conn: socket.socket, buffer: bytearray, size: int) -> bytes:
-    while len(buffer) < size:
-        data = conn.recv(65536)
-        if not data:
-            break
-        buffer += data
-    body, buffer[:] = bytes(buffer[:size]), buffer[size:]
-    return body
-
-
-class Upstream:
-    """A loopback server running ``handler(conn, self)`` for each connection, in a thread,
-    recording the raw bytes of each request head it read and how many connections came."""
-
-    def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None):
-        self.handler = handler
-        self.heads: list[bytes] = []
-        self.bodies: list[bytes] = []
-        self.accepted = 0
-        self.closed = threading.Event()  # set when a handler saw the client close
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self._tls = tls
-        self.port = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self._tls else 'http'}://127.0.0.1:{self.port}"
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn: socket.socket) -> None:
-        try:
-            if self._tls is not None:
-                conn = self._tls.wrap_socket(conn, server_side=True)
-            with conn:
-                self.handler(conn, self)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._listener.close()
-
-
-def answer(body: bytes = b"ok", extra: bytes = b"") -> bytes:
-    return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
-
-
-def keep_alive(conn: socket.socket, server: Upstream) -> None:
-    """Answers every request on the connection with its own path, reading declared bodies."""
-    buffer = bytearray()
-    while head := read_head(conn, buffer):
-        server.heads.append(head)
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line.lower().startswith(b"content-length:"):
-                length = int(line.split(b":")[1])
-        server.bodies.append(read_exactly(conn, buffer, length))
-        conn.sendall(answer(head.split(b" ")[1]))
+from tests.scripted import (
+    DRIVERS,
+    TIMEOUTS,
+    Driver,
+    Handler,
+    Upstream,
+    answer,
+    declared_length,
+    keep_alive,
+    parts_after,
+    read_exactly,
+    read_head,
+    scripted,
+    target,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -116,36 +46,31 @@ def upstream() -> Iterator[Callable[..., Upstream]]:
         server.close()
 
 
+@pytest.fixture(params=DRIVERS)
+def make_driver(request: pytest.FixtureRequest) -> Iterator[Callable[..., Driver]]:
+    made: list[Driver] = []
+
+    def make(limits: httpx.Limits | None = None, **options: object) -> Driver:
+        driver = Driver(request.param, limits, **options)
+        made.append(driver)
+        return driver
+
+    yield make
+    for driver in made:
+        driver.close()
+
+
 @pytest.fixture
-async def transport() -> AsyncIterator[HTTP11Transport]:
-    pool = HTTP11Transport(httpx.Limits(max_connections=4, max_keepalive_connections=4))
-    yield pool
-    await pool.aclose()
-
-
-async def send(
-    transport: httpx.AsyncBaseTransport,
-    url: str,
-    method: str = "GET",
-    *,
-    headers: list[tuple[bytes, bytes]] | None = None,
-    content: bytes | None = None,
-) -> tuple[httpx.Response, bytes]:
-    request = httpx.Request(
-        method, url, headers=headers or [], content=content, extensions={"timeout": TIMEOUTS}
-    )
-    response = await transport.handle_async_request(request)
-    body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
-    await response.aclose()
-    return response, body
+def driver(make_driver: Callable[..., Driver]) -> Driver:
+    return make_driver()
 
 
 # -- what goes out -------------------------------------------------------------------------
-async def test_the_request_goes_out_byte_for_byte(upstream, transport) -> None:
+def test_the_request_goes_out_byte_for_byte(upstream, driver) -> None:
     server = upstream()
     headers = [(b"Host", b"shop.example"), (b"X-Mixed-Case", b"Value"), (b"x-two", b"a"),
                (b"x-two", b"b")]  # fmt: skip
-    response, body = await send(transport, f"{server.url}/a%2Fb?q=%20x", headers=headers)
+    response, body = driver.send(f"{server.url}/a%2Fb?q=%20x", headers=headers)
     assert (response.status_code, body) == (200, b"/a%2Fb?q=%20x")
     assert server.heads[0] == (
         b"GET /a%2Fb?q=%20x HTTP/1.1\r\nHost: shop.example\r\nX-Mixed-Case: Value\r\n"
@@ -153,9 +78,9 @@ async def test_the_request_goes_out_byte_for_byte(upstream, transport) -> None:
     )
 
 
-async def test_bodies_are_framed_by_length_or_chunks(upstream, transport) -> None:
+def test_bodies_are_framed_by_length_or_chunks(upstream, driver) -> None:
     server = upstream()
-    await send(transport, server.url + "/len", "POST", content=b"x" * 100_000)
+    driver.send(server.url + "/len", "POST", content=b"x" * 100_000)
     assert server.bodies[0] == b"x" * 100_000
 
     def chunked(conn: socket.socket, srv: Upstream) -> None:
@@ -167,15 +92,8 @@ async def test_bodies_are_framed_by_length_or_chunks(upstream, transport) -> Non
         conn.sendall(answer())
 
     server = upstream(chunked)
-
-    async def parts() -> AsyncIterator[bytes]:
-        yield b"abc"
-        yield b""  # an empty part is not a chunk: it would end the body
-        yield b"defgh"
-
-    request = httpx.Request("POST", server.url, content=parts(), extensions={"timeout": TIMEOUTS})
-    response = await transport.handle_async_request(request)
-    await response.aread()
+    # An empty part is not a chunk: it would end the body.
+    driver.send(server.url, "POST", content=[b"abc", b"", b"defgh"])
     assert b"transfer-encoding: chunked" in server.heads[0].lower()
     assert server.bodies[0] == b"3\r\nabc\r\n5\r\ndefgh\r\n0\r\n\r\n"
 
@@ -188,34 +106,24 @@ async def test_bodies_are_framed_by_length_or_chunks(upstream, transport) -> Non
         ([(b"x-a", b"nul\0")], "CR, LF or NUL"),
         ([(b"x a", b"1")], "invalid header name"),
         ([(b"x:a", b"1")], "invalid header name"),
+        ([(b"content-length", b"1"), (b"content-length", b"1")], "one numeric Content-Length"),
+        ([(b"content-length", b"+1")], "one numeric Content-Length"),
+        ([(b"transfer-encoding", b"gzip")], "only be 'chunked'"),
+        ([(b"transfer-encoding", b"chunked"), (b"content-length", b"1")], "both"),
     ],
-    ids=["crlf", "lf", "nul", "space-in-name", "colon-in-name"],
-)
-async def test_a_head_that_could_be_split_is_never_written(
-    upstream, transport, headers, error
-) -> None:
+    ids=["crlf", "lf", "nul", "space-in-name", "colon-in-name", "two-lengths", "signed-length",
+         "other-coding", "length-and-chunked"],
+)  # fmt: skip
+def test_a_head_that_could_be_split_is_never_written(upstream, driver, headers, error) -> None:
     server = upstream()
-    request = httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
+    request = driver.request(server.url)
     request.headers = httpx.Headers([*request.headers.raw, *headers])
     with pytest.raises(httpx.LocalProtocolError, match=error):
-        await transport.handle_async_request(request)
+        driver.open(request)
     assert server.heads == []
 
 
 # -- what comes back -----------------------------------------------------------------------
-def scripted(reply: bytes, *, then_close: bool = False) -> Handler:
-    def handler(conn: socket.socket, server: Upstream) -> None:
-        buffer = bytearray()
-        while head := read_head(conn, buffer):
-            server.heads.append(head)
-            conn.sendall(reply)
-            if then_close:
-                conn.shutdown(socket.SHUT_WR)
-                return
-
-    return handler
-
-
 @pytest.mark.parametrize(
     ("reply", "close", "status", "body"),
     [
@@ -231,80 +139,248 @@ def scripted(reply: bytes, *, then_close: bool = False) -> Handler:
     ],
     ids=["chunked", "until-close", "http-1.0", "interim-responses", "204", "304", "503"],
 )  # fmt: skip
-async def test_every_kind_of_response_is_read(upstream, transport, reply, close, status, body):
+def test_every_kind_of_response_is_read(upstream, driver, reply, close, status, body):
     server = upstream(scripted(reply, then_close=close))
-    response, received = await send(transport, server.url)
+    response, received = driver.send(server.url)
     assert (response.status_code, received) == (status, body)
 
 
-async def test_response_headers_arrive_raw_and_in_order(upstream, transport) -> None:
+def test_response_headers_arrive_raw_and_in_order(upstream, driver) -> None:
     reply = answer(extra=b"Set-Cookie: a=1\r\nset-cookie: b=2\r\nX-Custom: Mixed Case\r\n")
     server = upstream(scripted(reply))
-    response, _ = await send(transport, server.url)
+    response, _ = driver.send(server.url)
     assert response.headers.raw[1:] == [
         (b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"X-Custom", b"Mixed Case")
     ]  # fmt: skip
     assert response.extensions["reason_phrase"] == b"OK"
 
 
-async def test_head_responses_have_no_body(upstream, transport) -> None:
+def test_head_responses_have_no_body(upstream, driver) -> None:
     server = upstream(scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"))
-    response, body = await send(transport, server.url, "HEAD")
+    response, body = driver.send(server.url, "HEAD")
     assert (response.status_code, body) == (200, b"")
-    await send(transport, server.url, "HEAD")
+    driver.send(server.url, "HEAD")
     assert server.accepted == 2  # llhttp would wait for a body: never reused after HEAD
 
 
 @pytest.mark.parametrize(
     "reply",
     [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
-     b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n"],
-    ids=["not-http", "two-lengths", "header-without-colon"],
+     b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n",
+     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+     b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n"],
+    ids=["not-http", "two-lengths", "header-without-colon", "length-and-chunked", "101"],
 )  # fmt: skip
-async def test_invalid_responses_are_protocol_errors(upstream, transport, reply) -> None:
+def test_invalid_responses_are_protocol_errors(upstream, driver, reply) -> None:
     server = upstream(scripted(reply))
     with pytest.raises(httpx.RemoteProtocolError):
-        await send(transport, server.url)
+        driver.send(server.url)
 
 
-async def test_response_headers_are_bounded(upstream, transport) -> None:
-    def filler(count: int) -> bytes:  # count headers of about 1 KiB each
-        return b"".join(b"x-filler-%d: %s\r\n" % (n, b"v" * 1000) for n in range(count))
+def test_response_headers_are_bounded(upstream, driver) -> None:
+    def filler(count: int, size: int = 1000) -> bytes:  # count headers of about size bytes
+        return b"".join(b"x-filler-%d: %s\r\n" % (n, b"v" * size) for n in range(count))
 
     server = upstream(scripted(answer(extra=filler(100))))
     with pytest.raises(httpx.RemoteProtocolError, match="too large"):
-        await send(transport, server.url)
+        driver.send(server.url)
     server = upstream(scripted(answer(extra=filler(50))))  # 50 KiB is fine
-    assert (await send(transport, server.url))[0].status_code == 200
+    assert driver.send(server.url)[0].status_code == 200
+    server = upstream(scripted(answer(extra=filler(300, 1))))
+    with pytest.raises(httpx.RemoteProtocolError, match="too many"):
+        driver.send(server.url)
+    server = upstream(scripted(b"HTTP/1.1 200 " + b"r" * 2000 + b"\r\ncontent-length: 0\r\n\r\n"))
+    with pytest.raises(httpx.RemoteProtocolError, match="reason phrase"):
+        driver.send(server.url)
 
 
-async def test_a_second_response_to_one_request_is_not_passed_on(upstream, transport) -> None:
+@pytest.mark.parametrize(
+    "start",
+    [b"HTTP/1.1 200 ", b"HTTP/1.1 200 OK\r\nx-long: ", b"HTTP/1.1 200 OK\r\nx-lo"],
+    ids=["reason-phrase", "header-value", "header-name"],
+)
+def test_an_endless_head_fails_after_the_limit_not_at_its_end(upstream, driver, start) -> None:
+    """Finding 6: a 120 MiB reason phrase or header line was read whole (memory, seconds)
+    before the 64 KiB limit was checked. Now the limit counts bytes as they arrive."""
+    sent = [0]
+
+    def endless(conn: socket.socket, srv: Upstream) -> None:
+        read_head(conn, bytearray())
+        conn.sendall(start)
+        piece = b"a" * 65536
+        while sent[0] < 120 << 20:  # until the client gives up (the send then fails)
+            conn.sendall(piece)
+            sent[0] += len(piece)
+
+    server = upstream(endless)
+    with pytest.raises(httpx.RemoteProtocolError, match="too large"):
+        driver.send(server.url)
+    wait_for(lambda: server.finished == 1, what="the upstream to see the connection closed")
+    assert sent[0] < 16 << 20  # socket buffers, not the 120 MiB
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["one-read", "separate-reads"])
+def test_trailers_are_never_promoted_to_headers(upstream, driver, split) -> None:
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nx-real: 1\r\n\r\n"
+    rest = b"3\r\nabc\r\n0\r\nx-trailer: evil\r\nset-cookie: session=stolen\r\n\r\n"
+
+    def trailing(conn: socket.socket, srv: Upstream) -> None:
+        buffer = bytearray()
+        while read_head(conn, buffer):
+            if split:
+                conn.sendall(head)
+                conn.sendall(rest)
+            else:
+                conn.sendall(head + rest)
+
+    server = upstream(trailing)
+    response, body = driver.send(server.url)
+    assert body == b"abc"
+    assert response.headers.raw == [(b"transfer-encoding", b"chunked"), (b"x-real", b"1")]
+    assert driver.send(server.url)[1] == b"abc"
+    assert server.accepted == 1  # trailers are framing: the connection stays reusable
+
+
+def test_a_second_response_to_one_request_is_not_passed_on(upstream, driver) -> None:
     server = upstream(scripted(answer(b"one") + answer(b"two")))
-    _, body = await send(transport, server.url)
+    _, body = driver.send(server.url)
     assert body == b"one"
-    _, body = await send(transport, server.url)
+    _, body = driver.send(server.url)
     assert body == b"one"  # a new connection: the extra response died with the old one
     assert server.accepted == 2
 
 
-async def test_a_body_cut_short_is_an_error(upstream, transport) -> None:
+def test_a_body_cut_short_is_an_error(upstream, driver) -> None:
     server = upstream(
         scripted(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nonly this", then_close=True)
     )
     with pytest.raises(httpx.RemoteProtocolError, match="mid-body"):
-        await send(transport, server.url)
+        driver.send(server.url)
+
+
+# -- hostile upstreams: nothing of one exchange reaches another ----------------------------
+def _hostile(extra: Callable[[bytes], bytes], *, later: bool) -> Handler:
+    """Answers each request with its path, followed by ``extra(path)``: in the same write,
+    or in a second write once the first was sent (``later``: it arrives while idle)."""
+
+    def handler(conn: socket.socket, srv: Upstream) -> None:
+        buffer = bytearray()
+        while head := read_head(conn, buffer):
+            srv.heads.append(head)
+            path = target(head)
+            if later:
+                conn.sendall(answer(path))
+                conn.sendall(extra(path))
+            else:
+                conn.sendall(answer(path) + extra(path))
+            srv.state.setdefault("sent", threading.Event()).set()
+
+    return handler
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["same-write", "second-write"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        lambda path: answer(path, b"set-cookie: user=" + path + b"\r\n"),
+        lambda path: b"\r\n",
+        lambda path: b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nalice",
+    ],
+    ids=["response-twice", "stray-crlf", "a-forged-response"],
+)  # fmt: skip
+def test_bytes_after_a_response_never_reach_the_next_one(upstream, driver, extra, later):
+    """Finding 4: whatever follows a complete response (a second copy of it, even a
+    CRLF) poisons the connection: the next request goes on a new one."""
+    server = upstream(_hostile(extra, later=later))
+    assert driver.send(server.url + "/alice")[1] == b"/alice"
+    wait_for(lambda: "sent" in server.state and server.state["sent"].is_set())
+    assert driver.send(server.url + "/bob")[1] == b"/bob"
+    assert server.accepted == 2
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\nalice",
+     b"HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nalice",
+     b"HTTP/1.1 304 Not Modified\r\n\r\nalice",
+     b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nalice"],
+    ids=["204-with-body", "204-then-response", "304-with-body", "body-longer-than-length"],
+)  # fmt: skip
+def test_a_body_where_none_may_be_is_never_the_next_response(upstream, driver, reply) -> None:
+    server = upstream(scripted(reply))
+    first = driver.send(server.url)
+    second = driver.send(server.url)
+    assert (second[0].status_code, second[1]) == (first[0].status_code, first[1])
+    assert b"alice" not in second[1]
+    assert server.accepted == 2
+
+
+def test_an_early_answer_closes_the_connection(upstream, driver) -> None:
+    """Finding 1: the upstream answered (404) before reading the request body; the rest of
+    the body was not sent, yet the connection went back to the pool, and the upstream read
+    the next request as the rest of that body (request smuggling)."""
+    answered = threading.Event()
+
+    def early(conn: socket.socket, srv: Upstream) -> None:
+        buffer = bytearray()
+        head = read_head(conn, buffer)
+        srv.heads.append(head)
+        conn.sendall(b"HTTP/1.1 404 Not Found\r\ncontent-length: 9\r\n\r\nnot found")
+        answered.set()
+        # Still owed the body: what comes next on this connection is body, whatever it says.
+        srv.bodies.append(read_exactly(conn, buffer, declared_length(head)))
+        while head := read_head(conn, buffer):  # pipelined requests after the body
+            if head.strip():  # CR and LF between requests are skipped, as servers do
+                srv.heads.append(head)
+                conn.sendall(answer(b"smuggled"))
+
+    server = upstream(early)
+    request = driver.request(
+        server.url + "/upload", "POST", headers=[(b"content-length", b"1000")],
+        content=parts_after(answered, b"x" * 20, b"y" * 980),
+    )  # fmt: skip
+    response = driver.open(request)
+    assert (response.status_code, driver.read(response)) == (404, b"not found")
+    # The next request's body: a CRLF sled longer than what the upstream was still owed,
+    # then a request of the attacker's choosing.
+    smuggle = b"\r\n" * 600 + b"GET /smuggled HTTP/1.1\r\nhost: x\r\n\r\n"
+    _, body = driver.send(server.url + "/next", "POST", content=smuggle)
+    assert body != b"smuggled"
+    assert [target(head) for head in server.heads if b"/smuggled" in head] == []
+
+
+def test_an_early_answer_to_a_chunked_upload_closes_the_connection(upstream, driver) -> None:
+    answered = threading.Event()
+
+    def early(conn: socket.socket, srv: Upstream) -> None:
+        buffer = bytearray()
+        while head := read_head(conn, buffer):
+            srv.heads.append(head)
+            if b"chunked" in head:
+                conn.sendall(b"HTTP/1.1 413 Too Large\r\ncontent-length: 0\r\n\r\n")
+                answered.set()
+                return  # reads nothing more: whatever follows would be misread
+            conn.sendall(answer(target(head)))
+
+    server = upstream(early)
+    request = driver.request(server.url + "/upload", "PUT",
+                             content=parts_after(answered, b"a" * 10, b"b" * 10))  # fmt: skip
+    response = driver.open(request)
+    assert (response.status_code, driver.read(response)) == (413, b"")
+    assert driver.send(server.url + "/next")[1] == b"/next"
+    assert server.accepted == 2
 
 
 # -- connections ---------------------------------------------------------------------------
-async def test_connections_are_kept_alive_and_reused(upstream, transport) -> None:
+def test_connections_are_kept_alive_and_reused(upstream, driver) -> None:
     server = upstream()
     for n in range(5):
-        _, body = await send(transport, f"{server.url}/{n}")
+        _, body = driver.send(f"{server.url}/{n}")
         assert body == f"/{n}".encode()
     assert server.accepted == 1
 
 
-async def test_a_response_closed_early_closes_its_connection(upstream, transport) -> None:
+def test_a_response_closed_early_closes_its_connection(upstream, driver) -> None:
     def big(conn: socket.socket, srv: Upstream) -> None:
         buffer = bytearray()
         read_head(conn, buffer)
@@ -314,91 +390,162 @@ async def test_a_response_closed_early_closes_its_connection(upstream, transport
             srv.closed.set()
 
     server = upstream(big)
-    request = httpx.Request("GET", server.url, extensions={"timeout": TIMEOUTS})
-    response = await transport.handle_async_request(request)
-    await response.aclose()
-    assert await asyncio.to_thread(server.closed.wait, 5)
+    response = driver.open(driver.request(server.url))
+    driver.close_response(response)
+    assert server.closed.wait(5)
 
 
-async def test_a_stale_connection_is_retried_only_without_a_body(upstream, transport) -> None:
-    def once_per_connection(conn: socket.socket, srv: Upstream) -> None:
-        buffer = bytearray()
-        srv.heads.append(read_head(conn, buffer))
-        conn.sendall(answer())
-        read_head(conn, buffer)  # the next request on this connection: closed unanswered
+def _answer_once_then_close(conn: socket.socket, srv: Upstream) -> None:
+    """Answers the first request on a connection; reads the next one and closes unanswered."""
+    buffer = bytearray()
+    srv.heads.append(read_head(conn, buffer))
+    conn.sendall(answer())
+    if head := read_head(conn, buffer):
+        srv.heads.append(head)
 
-    server = upstream(once_per_connection)
-    await send(transport, server.url)
-    response, body = await send(transport, server.url)  # reused, closed, sent again
+
+def test_a_stale_connection_is_retried_only_without_a_body(upstream, driver) -> None:
+    server = upstream(_answer_once_then_close)
+    driver.send(server.url)
+    response, body = driver.send(server.url)  # reused, closed, sent again
     assert (response.status_code, body, server.accepted) == (200, b"ok", 2)
     with pytest.raises(httpx.RemoteProtocolError):  # a body is never sent twice
-        await send(transport, server.url, "POST", content=b"payment")
+        driver.send(server.url, "POST", content=b"payment")
     assert server.accepted == 2
 
 
-async def test_the_pool_limit_holds_and_recovers(upstream) -> None:
+def _idle_connections(driver: Driver, server: Upstream, count: int) -> None:
+    """Open ``count`` connections at once (the upstream holds its answers until all came)."""
+    threads = [threading.Thread(target=driver.send, args=(server.url + "/warm",))
+               for _ in range(count)]  # fmt: skip
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert server.accepted == count
+
+
+def _warm_then_close_unanswered(count: int) -> Handler:
+    barrier = threading.Barrier(count, timeout=10)
+
+    def handler(conn: socket.socket, srv: Upstream) -> None:
+        buffer = bytearray()
+        head = read_head(conn, buffer)
+        srv.heads.append(head)
+        if b"/warm" not in head:
+            return  # processes the request, then closes unanswered
+        barrier.wait()
+        conn.sendall(answer())
+        if head := read_head(conn, buffer):
+            srv.heads.append(head)  # the same
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    ("method", "attempts"),
+    [("POST", 1), ("PATCH", 1), ("GET", 2), ("DELETE", 2)],
+)
+def test_a_request_is_sent_at_most_twice_and_never_twice_unless_idempotent(
+    upstream, make_driver, method, attempts
+) -> None:
+    """Finding 3: every idle connection that closed unanswered was taken as stale and the
+    request sent again on the next one: a body-less POST /pay ran once per idle connection
+    plus once more."""
+    driver = make_driver(httpx.Limits(max_connections=8, max_keepalive_connections=8))
+    server = upstream(_warm_then_close_unanswered(3))
+    _idle_connections(driver, server, 3)
+    with pytest.raises(httpx.RemoteProtocolError):
+        driver.send(server.url + "/pay", method)
+    sent = [head for head in server.heads if b"/pay" in head]
+    assert len(sent) == attempts
+
+
+def test_a_malformed_answer_on_a_reused_connection_is_not_retried(upstream, driver) -> None:
+    def malformed_second(conn: socket.socket, srv: Upstream) -> None:
+        buffer = bytearray()
+        srv.heads.append(read_head(conn, buffer))
+        conn.sendall(answer())
+        if head := read_head(conn, buffer):
+            srv.heads.append(head)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n")
+
+    server = upstream(malformed_second)
+    driver.send(server.url)
+    with pytest.raises(httpx.RemoteProtocolError):
+        driver.send(server.url + "/again")
+    assert (len(server.heads), server.accepted) == (2, 1)
+
+
+def test_the_pool_limit_holds_and_recovers(upstream, make_driver) -> None:
     release = threading.Event()
 
     def slow(conn: socket.socket, srv: Upstream) -> None:
         buffer = bytearray()
-        while read_head(conn, buffer):
+        while head := read_head(conn, buffer):
+            srv.heads.append(head)
             release.wait(10)
             conn.sendall(answer())
 
     server = upstream(slow)
-    pool = HTTP11Transport(httpx.Limits(max_connections=2, max_keepalive_connections=2))
-    busy = [asyncio.ensure_future(send(pool, server.url)) for _ in range(2)]
-    await asyncio.sleep(0.05)
+    driver = make_driver(httpx.Limits(max_connections=2, max_keepalive_connections=2))
+    results: list[int] = []
+    busy = [threading.Thread(target=lambda: results.append(driver.send(server.url)[0].status_code))
+            for _ in range(2)]  # fmt: skip
+    for thread in busy:
+        thread.start()
+    wait_for(lambda: len(server.heads) == 2, what="both connections to be busy")
     with pytest.raises(httpx.PoolTimeout):
-        await send(pool, server.url)  # both connections busy for longer than the pool timeout
+        driver.send(server.url)  # both connections busy for longer than the pool timeout
     release.set()
-    assert [response.status_code for response, _ in await asyncio.gather(*busy)] == [200, 200]
-    assert (await send(pool, server.url))[0].status_code == 200
+    for thread in busy:
+        thread.join(10)
+    assert results == [200, 200]
+    assert driver.send(server.url)[0].status_code == 200
     assert server.accepted == 2
-    await pool.aclose()
 
 
-async def test_idle_connections_expire(upstream) -> None:
+def test_idle_connections_expire(upstream, make_driver) -> None:
     server = upstream()
-    pool = HTTP11Transport(httpx.Limits(max_connections=4, keepalive_expiry=0.05))
-    await send(pool, server.url)
-    await asyncio.sleep(0.1)
-    await send(pool, server.url)
+    driver = make_driver(httpx.Limits(max_connections=4, keepalive_expiry=0.05))
+    driver.send(server.url)
+    threading.Event().wait(0.1)  # time itself is the condition: past the expiry
+    driver.send(server.url)
     assert server.accepted == 2
-    await pool.aclose()
 
 
 # -- failures become httpx's errors --------------------------------------------------------
-async def test_refused_is_a_connect_error(transport) -> None:
+def test_refused_is_a_connect_error(driver) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     with pytest.raises(httpx.ConnectError):
-        await send(transport, f"http://127.0.0.1:{port}/")
+        driver.send(f"http://127.0.0.1:{port}/")
 
 
-async def test_no_answer_is_a_read_timeout(upstream, transport) -> None:
+def test_no_answer_is_a_read_timeout(upstream, driver) -> None:
     server = upstream(lambda conn, srv: (read_head(conn, bytearray()), conn.recv(1)))
     with pytest.raises(httpx.ReadTimeout):
-        await send(transport, server.url)
+        driver.send(server.url, timeouts={**TIMEOUTS, "read": 0.2})
 
 
-async def test_an_upstream_that_stops_reading_is_a_write_timeout(upstream, transport) -> None:
+def test_an_upstream_that_stops_reading_is_a_write_timeout(upstream, driver) -> None:
     stop = threading.Event()
     server = upstream(lambda conn, srv: stop.wait(10))
     with pytest.raises(httpx.WriteTimeout):
-        await send(transport, server.url, "POST", content=b"x" * (64 << 20))
+        driver.send(server.url, "POST", content=b"x" * (64 << 20),
+                    timeouts={**TIMEOUTS, "write": 0.3})  # fmt: skip
     stop.set()
 
 
-async def test_closed_unanswered_is_a_protocol_error(upstream, transport) -> None:
+def test_closed_unanswered_is_a_protocol_error(upstream, driver) -> None:
     server = upstream(lambda conn, srv: read_head(conn, bytearray()))
     with pytest.raises(httpx.RemoteProtocolError, match="unanswered"):
-        await send(transport, server.url)
+        driver.send(server.url)
 
 
 # -- TLS -----------------------------------------------------------------------------------
-async def test_https_upstreams_are_verified(upstream) -> None:
+def test_https_upstreams_are_verified(upstream, make_driver) -> None:
     import trustme
 
     authority = trustme.CA()
@@ -407,11 +554,20 @@ async def test_https_upstreams_are_verified(upstream) -> None:
     server = upstream(tls=server_side)
     trusting = ssl.create_default_context()
     authority.configure_trust(trusting)
-    pool = HTTP11Transport(verify=trusting)
-    response, body = await send(pool, server.url + "/secure")
-    assert (response.status_code, body) == (200, b"/secure")
-    await pool.aclose()
-    strict = HTTP11Transport()  # the system's CAs do not know this certificate
+    driver = make_driver(verify=trusting)
+    for path in ("/secure", "/again"):
+        response, body = driver.send(server.url + path)
+        assert (response.status_code, body) == (200, path.encode())
+    assert server.accepted == 1  # kept alive over TLS too
+    strict = make_driver()  # the system's CAs do not know this certificate
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
-        await send(strict, server.url)
-    await strict.aclose()
+        strict.send(server.url)
+
+
+def test_a_request_body_longer_than_its_length_is_refused(upstream, driver) -> None:
+    server = upstream()
+    request = driver.request(server.url, "POST", headers=[(b"content-length", b"3")],
+                             content=[b"abcdef"])  # fmt: skip
+    with pytest.raises(httpx.LocalProtocolError, match="longer"):
+        driver.open(request)
+    assert b"".join(server.bodies) == b""  # not one byte of the overlong body went out

@@ -78,4 +78,9 @@ def make_async_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
 
 
 def make_sync_transport(limits: httpx.Limits) -> httpx.BaseTransport:
-    return httpx.HTTPTransport(limits=limits, retries=0, trust_env=False)
+    """The default blocking transport (CanaryWSGI): ours, over the same HTTP/1.1 core as the
+    async one. httpx's ``HTTPTransport`` read bytes left after a response as the next
+    response (see sync_pool.py); it can still be passed as ``CanaryWSGI(transport=...)``."""
+    from .sync_pool import HTTP11SyncTransport  # noqa: PLC0415 - imports httptools only when used
+
+    return HTTP11SyncTransport(limits)

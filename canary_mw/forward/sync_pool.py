@@ -1,0 +1,350 @@
+"""HTTP11SyncTransport: CanaryWSGI's default forwarding transport, a thread-safe pool of
+keep-alive sockets driving the same sans-I/O core as the asyncio one (``http11.py``).
+
+Why not httpx's ``HTTPTransport``: httpcore's blocking HTTP/1.1 connection parses with h11,
+which takes bytes left after a complete response as the start of the next response, so a
+canary that wrote a response twice (or a 204 with a body) handed one user's page to the
+next; and it costs a good part of each forwarded request. Here the reuse verdict is the
+core's (``Exchange.reusable``) and the retry rule is ``http11.may_retry``, exactly as in
+``pool.py``; each request is one ``sendall`` of its head, ``recv`` of up to 64 KiB at a
+time, and no thread of its own.
+
+Timeouts come from ``request.extensions["timeout"]`` as httpx sets them: ``connect``
+(``ConnectTimeout``), ``write`` (``WriteTimeout``, per ``sendall``), ``read``
+(``ReadTimeout``, per ``recv``) and ``pool`` (``PoolTimeout``, waiting for room).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+
+import httpx
+
+from .http11 import Exchange, RetryableError, may_retry
+
+__all__ = ["HTTP11SyncTransport"]
+
+Origin = tuple[bytes, bytes, int]
+Timeouts = dict[str, "float | None"]
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
+READ_SIZE = 64 * 1024
+_UNSET = -1.0  # a socket timeout no caller asks for: the first settimeout always happens
+
+
+class _Connection:
+    """One socket to one origin, used by one thread at a time."""
+
+    __slots__ = ("exchanges", "idle_since", "origin", "sock", "timeout")
+
+    def __init__(self, origin: Origin, sock: socket.socket):
+        self.origin = origin
+        self.sock = sock
+        self.idle_since = 0.0
+        self.exchanges = 0
+        self.timeout = _UNSET
+
+    def set_timeout(self, timeout: float | None) -> None:
+        if timeout != self.timeout:  # each change is a syscall: only when it changes
+            self.sock.settimeout(timeout)
+            self.timeout = _UNSET if timeout is None else timeout
+
+    def still_open(self) -> bool:
+        """Has the upstream closed this idle connection (or sent bytes nobody asked for)?
+        One zero-timeout poll of this socket: an idle connection that is readable at all is
+        closed, broken, or carries bytes that must never be read as a response."""
+        sock = self.sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
+            return False
+        return not readable
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+class HTTP11SyncTransport(httpx.BaseTransport):
+    """A thread-safe pool of HTTP/1.1 keep-alive connections for blocking code.
+
+    >>> transport = HTTP11SyncTransport(httpx.Limits(max_connections=100))
+    >>> response = transport.handle_request(httpx.Request("GET", url))
+
+    ``limits`` and ``verify`` mean what they mean for ``HTTP11Transport`` (pool.py).
+    """
+
+    def __init__(
+        self,
+        limits: httpx.Limits | None = None,
+        *,
+        verify: bool | ssl.SSLContext = True,
+    ):
+        limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._max_open = limits.max_connections
+        self._max_idle = limits.max_keepalive_connections
+        self._expiry = limits.keepalive_expiry
+        self._verify = verify
+        self._ssl: ssl.SSLContext | None = None
+        self._lock = threading.Lock()
+        self._room = threading.Condition(self._lock)
+        self._idle: dict[Origin, deque[_Connection]] = {}
+        self._idle_count = 0
+        self._open = 0  # connections open or being opened
+        self._closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
+        url = request.url
+        scheme = url.raw_scheme
+        if scheme not in _DEFAULT_PORTS:
+            raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
+        origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
+        timeouts: Timeouts = request.extensions.get("timeout", {})
+        try:
+            return self._exchange(self._acquire(origin, timeouts), request, timeouts)
+        except RetryableError:
+            pass  # closed while idle, before any answer: once more, on a fresh connection
+        try:
+            return self._exchange(self._acquire(origin, timeouts, fresh=True), request, timeouts)
+        except RetryableError as exc:  # a fresh connection is never retried: unreachable
+            raise exc.error from None
+
+    # -- one exchange ------------------------------------------------------------------------
+    def _exchange(
+        self, connection: _Connection, request: httpx.Request, timeouts: Timeouts
+    ) -> httpx.Response:
+        reused = connection.exchanges > 0
+        connection.exchanges += 1
+        exchange: Exchange | None = None
+        try:
+            exchange = Exchange(request.method, request.url.raw_path, request.headers.raw)
+            self._send(connection, request, exchange, timeouts.get("write"))
+            connection.set_timeout(timeouts.get("read"))
+            while not exchange.head_done:
+                _receive(connection, exchange)
+        except httpx.RemoteProtocolError as exc:
+            self._release(connection, False)
+            if exchange is not None and may_retry(request.method, exchange, reused=reused):
+                raise RetryableError(exc) from None
+            raise
+        except BaseException:  # timeouts, body errors, a worker being stopped
+            self._release(connection, False)
+            raise
+        return httpx.Response(
+            exchange.status, headers=exchange.headers,
+            stream=_ResponseBody(self, connection, exchange),
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
+        )  # fmt: skip
+
+    def _send(
+        self,
+        connection: _Connection,
+        request: httpx.Request,
+        exchange: Exchange,
+        write_timeout: float | None,
+    ) -> None:
+        connection.set_timeout(write_timeout)
+        sock = connection.sock
+        if not exchange.has_body:
+            _send_all(sock, exchange.head + exchange.end_body())
+            return
+        _send_all(sock, exchange.head)
+        for chunk in request.stream:  # type: ignore[union-attr]
+            if _answered(sock):
+                # The upstream answered early (e.g. 413): stop sending. The body stays
+                # unfinished, so the core never lets this connection be reused: the upstream
+                # would read the next request as the rest of this body.
+                return
+            wire = exchange.frame(chunk)
+            if wire:
+                _send_all(sock, wire)
+        wire = exchange.end_body()
+        if wire:
+            _send_all(sock, wire)
+
+    # -- the pool ----------------------------------------------------------------------------
+    def _acquire(self, origin: Origin, timeouts: Timeouts, *, fresh: bool = False) -> _Connection:
+        """An idle connection to ``origin`` (unless ``fresh``), else a new one when there is
+        room, else the first that frees up within the pool timeout."""
+        pool_timeout = timeouts.get("pool")
+        deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
+        with self._lock:
+            while True:
+                if self._closed:
+                    raise httpx.PoolTimeout("the transport was closed")
+                connection = None if fresh else self._take_idle(origin)
+                if connection is not None:
+                    return connection
+                if self._max_open is None or self._open < self._max_open:
+                    self._open += 1
+                    break
+                if self._idle_count:  # full, but an idle connection to another origin can go
+                    self._close_one_idle()
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise httpx.PoolTimeout("no connection to the upstream became free in time")
+                self._room.wait(left)
+        try:
+            return self._connect(origin, timeouts.get("connect"))
+        except BaseException:
+            with self._lock:
+                self._open -= 1
+                self._room.notify()
+            raise
+
+    def _take_idle(self, origin: Origin) -> _Connection | None:
+        idle = self._idle.get(origin)
+        now = time.monotonic()
+        while idle:
+            connection = idle.pop()  # the most recently used: the least likely to be stale
+            self._idle_count -= 1
+            expired = self._expiry is not None and now - connection.idle_since > self._expiry
+            if not expired and connection.still_open():
+                return connection
+            connection.close()
+            self._open -= 1
+        return None
+
+    def _close_one_idle(self) -> None:
+        for idle in self._idle.values():
+            if idle:
+                idle.popleft().close()  # the one idle the longest
+                self._idle_count -= 1
+                self._open -= 1
+                return
+
+    def _release(self, connection: _Connection, reusable: bool) -> None:
+        """Called once per exchange, when it is over."""
+        with self._lock:
+            if (
+                reusable
+                and not self._closed
+                and (self._max_idle is None or self._idle_count < self._max_idle)
+            ):
+                connection.idle_since = time.monotonic()
+                self._idle.setdefault(connection.origin, deque()).append(connection)
+                self._idle_count += 1
+            else:
+                connection.close()
+                self._open -= 1
+            self._room.notify()
+
+    def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
+        scheme, host, port = origin
+        hostname = host.decode("ascii")
+        try:
+            sock = socket.create_connection((hostname, port), timeout=timeout)
+        except TimeoutError:
+            raise httpx.ConnectTimeout(f"connecting to {hostname}:{port} timed out") from None
+        except OSError as exc:  # refused, unreachable, name not found
+            raise httpx.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from exc
+        try:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                # A request head and a small body go out at once, not after a delayed ACK.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if scheme == b"https":
+                sock = self._ssl_context().wrap_socket(sock, server_hostname=hostname)
+        except TimeoutError:
+            sock.close()
+            raise httpx.ConnectTimeout(f"TLS with {hostname}:{port} timed out") from None
+        except OSError as exc:  # ssl.SSLError (certificate checks) is an OSError
+            sock.close()
+            raise httpx.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from exc
+        connection = _Connection(origin, sock)
+        connection.timeout = _UNSET if timeout is None else timeout
+        return connection
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._ssl is None:
+            verify = self._verify
+            if isinstance(verify, ssl.SSLContext):
+                self._ssl = verify
+            else:
+                self._ssl = httpx.create_ssl_context(verify=verify)
+        return self._ssl
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for idle in self._idle.values():
+                while idle:
+                    idle.pop().close()
+                    self._open -= 1
+            self._idle_count = 0
+            self._room.notify_all()
+
+
+class _ResponseBody(httpx.SyncByteStream):
+    """The body of one response, read from the socket as the consumer asks for it; hands
+    the connection back when read to the end (reusable by the core's verdict) or closed
+    before that (closed with it)."""
+
+    def __init__(self, pool: HTTP11SyncTransport, connection: _Connection, exchange: Exchange):
+        self._pool: HTTP11SyncTransport | None = pool
+        self._connection = connection
+        self._exchange = exchange
+
+    def __iter__(self) -> Iterator[bytes]:
+        exchange, connection = self._exchange, self._connection
+        try:
+            while True:
+                while (chunk := exchange.take()) is not None:
+                    yield chunk
+                if exchange.complete:
+                    break
+                _receive(connection, exchange)
+        except BaseException:
+            self._done(False)
+            raise
+        self._done(exchange.reusable)
+
+    def close(self) -> None:
+        self._done(self._exchange.reusable)
+
+    def _done(self, reusable: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool._release(self._connection, reusable)
+
+
+def _receive(connection: _Connection, exchange: Exchange) -> None:
+    """One read from the upstream into the core (the read timeout is already set)."""
+    try:
+        data = connection.sock.recv(READ_SIZE)
+    except TimeoutError:
+        raise httpx.ReadTimeout("read timed out") from None
+    except OSError as exc:
+        raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
+    if data:
+        exchange.feed(data)
+    else:
+        exchange.feed_eof()
+
+
+def _send_all(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except TimeoutError:
+        raise httpx.WriteTimeout("write timed out") from None
+    except OSError as exc:
+        raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
+
+
+def _answered(sock: socket.socket) -> bool:
+    """Has the upstream said something (an early answer, or closed) while we send a body?"""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
