@@ -16,7 +16,7 @@ from .decision import STABLE, Decision
 from .engine import AsyncEngine
 from .errors import StoreError
 from .facts import ASGIFacts
-from .forward.asgi_http import AsyncHTTPForwarder, Outcome
+from .forward.asgi_http import AsyncHTTPForwarder, Outcome, Replayable
 from .forward.asgi_ws import proxy_websocket
 from .forward.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, make_async_transport
 from .forward.common import refuse_ambiguous_authority
@@ -149,7 +149,7 @@ class CanaryRouter(RouterBase):
         scope[DECISION_KEY] = decision
         if upstream is not None:
             if self.options.fallback:  # stable may need what the forwarder already read
-                receive = _Replayable(receive)
+                receive = Replayable(receive)
             outcome, status = await self._forwarder.forward(
                 scope, receive, send, upstream, self.targets.tag(decision.target),
                 fallback=self.options.fallback,
@@ -161,7 +161,7 @@ class CanaryRouter(RouterBase):
                 self.metrics.fallback(upstream.name)
             decision = Decision(STABLE, "fallback", decision.rule_id)
             scope[DECISION_KEY] = decision
-            if isinstance(receive, _Replayable):
+            if isinstance(receive, Replayable):
                 receive.replay()
         await self.app(scope, receive, self._stable_send(send, decision, facts))
 
@@ -319,28 +319,3 @@ class CanaryRouter(RouterBase):
         if self._owns_store and not self._closed:
             await self.store.aclose()
         self._closed = True
-
-
-class _Replayable:
-    """``receive`` that remembers what it returned, so stable can be given the same messages
-    when the forwarder falls back (it only falls back when no body was read, but its
-    disconnect watch may have taken the empty ``http.request`` message)."""
-
-    __slots__ = ("_receive", "_replaying", "_seen")
-
-    def __init__(self, receive: Receive):
-        self._receive = receive
-        self._seen: list[Message] = []
-        self._replaying = False
-
-    def replay(self) -> None:
-        self._replaying = True
-
-    async def __call__(self) -> Message:
-        if self._replaying:
-            if self._seen:
-                return self._seen.pop(0)
-            return await self._receive()
-        message: Message = await self._receive()
-        self._seen.append(message)
-        return message

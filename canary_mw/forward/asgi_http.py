@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from enum import Enum
 from typing import Any
@@ -17,7 +18,7 @@ from .common import ForwarderBase
 from .errors import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 from .headers import RawHeaders, single_content_length
 
-__all__ = ["AsyncHTTPForwarder", "Outcome"]
+__all__ = ["REPLAY_LIMIT", "AsyncHTTPForwarder", "Outcome", "Replayable"]
 
 logger = logging.getLogger("canary_mw.forward")
 
@@ -26,9 +27,16 @@ Receive = Callable[[], Any]
 Send = Callable[[Any], Any]
 
 
+#: Request body bytes a router with ``fallback=True`` remembers, so that stable can be given
+#: them when the upstream turns out unreachable after the forwarder read them. A request
+#: whose body goes past this is not replayable: it gets the 502 it would get without
+#: fallback (an upload is never held whole, and stable never sees a truncated body).
+REPLAY_LIMIT = 64 * 1024
+
+
 class Outcome(Enum):
     DONE = "done"  # a response (the upstream's or our 5xx) was sent, or the client left
-    FALLBACK = "fallback"  # nothing was sent or read: the caller may serve stable instead
+    FALLBACK = "fallback"  # nothing was sent, all that was read can be replayed: serve stable
 
 
 class ClientDisconnectedError(Exception):
@@ -65,6 +73,53 @@ class _Body(httpx.AsyncByteStream):
             if not message.get("more_body", False):
                 self.finished.set()
                 return
+
+
+class Replayable:
+    """``receive`` that remembers the messages it returned, up to ``limit`` body bytes, so
+    stable can be given the same messages when the forwarder falls back (the disconnect watch
+    may have taken a body-less request's ``http.request`` message, or the transport may have
+    read some body before finding the upstream unreachable). Past the limit it forgets them
+    all and is no longer :attr:`complete`; the forwarder then does not fall back."""
+
+    __slots__ = ("_kept", "_limit", "_receive", "_replaying", "_seen", "complete")
+
+    def __init__(self, receive: Receive, limit: int = REPLAY_LIMIT):
+        self._receive = receive
+        self._limit = limit
+        self._seen: deque[Any] = deque()
+        self._kept = 0
+        self._replaying = False
+        #: Every message returned so far is remembered: replaying gives stable all of them.
+        self.complete = True
+
+    def replay(self) -> None:
+        if not self.complete:
+            raise RuntimeError("the request body went past REPLAY_LIMIT: it cannot be replayed")
+        self._replaying = True
+
+    async def __call__(self) -> Any:
+        if self._replaying:
+            if self._seen:
+                return self._seen.popleft()
+            return await self._receive()
+        message = await self._receive()
+        if self.complete:
+            self._kept += len(message.get("body", b""))
+            if self._kept <= self._limit:
+                self._seen.append(message)
+            else:
+                self.complete = False
+                self._seen.clear()
+        return message
+
+
+def _replayable(receive: Receive, body: _Body | None) -> bool:
+    """Whether stable could still be given the whole request: nothing of it was read, or all
+    that was read is remembered."""
+    if isinstance(receive, Replayable):
+        return receive.complete
+    return body is None or not body.consumed
 
 
 async def _wait_for_disconnect(receive: Receive) -> None:
@@ -144,7 +199,7 @@ class AsyncHTTPForwarder(ForwarderBase):
         except BodyTooLargeError:  # the upstream saw a truncated body and an aborted connection
             return await _reply(send, PAYLOAD_TOO_LARGE, tag)
         except httpx.HTTPError as exc:
-            body_read = body is not None and body.consumed
+            body_read = not _replayable(receive, body)
             reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
             if reply is None:
                 return Outcome.FALLBACK, 0
