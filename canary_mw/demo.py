@@ -1,7 +1,8 @@
 """``canary-mw demo``: the classic two-version demo in one command.
 
 Starts the canary ("This is version 2") and the stable app ("This is version 1", wrapped in
-CanaryWSGI) as two small Flask apps, with Redis from ``REDIS_URL``, else a private
+CanaryWSGI) as two small Flask apps, with Redis from ``CANARY_MW_STORE`` (or ``REDIS_URL``),
+else a private
 ``redis-server`` when one is installed, else the in-process memory store. Prints the commands
 that move a client to the canary and back; Ctrl-C stops everything it started.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import shutil
@@ -63,11 +65,19 @@ class _Redis:
             shutil.rmtree(self.directory, ignore_errors=True)
 
 
+#: Where the demo looks for a store URL: canary_mw's one name for it (the CLI and the examples
+#: read it too), then REDIS_URL, which the demo read first and many setups already export.
+STORE_VARIABLES = ("CANARY_MW_STORE", "REDIS_URL")
+
+
 def _start_redis(out: TextIO) -> _Redis | None:
-    url = os.environ.get("REDIS_URL")
-    if url:
-        print(f"Using Redis from REDIS_URL: {url}", file=out)
-        return _Redis(url, f"redis-cli -u {url}")
+    for variable in STORE_VARIABLES:
+        url = os.environ.get(variable)
+        if url and not url.startswith("memory://"):
+            print(f"Using Redis from {variable}: {url}", file=out)
+            return _Redis(url, f"redis-cli -u {url}")
+        if url:
+            return None  # memory:// asked for: the in-process store
     binary = shutil.which("redis-server")
     if binary is None:
         return None
@@ -107,12 +117,31 @@ def _version_app(message: str) -> Any:
     return app
 
 
+def _other(port: int) -> int:
+    """A port to suggest instead of a busy one."""
+    return port + 100 if port < 65_000 else 8100
+
+
+class _PortInUseError(Exception):
+    def __init__(self, address: str):
+        super().__init__(address)
+        self.address = address
+
+
 @contextlib.contextmanager
 def _serving(app: Any, host: str, port: int) -> Iterator[None]:
     from werkzeug.serving import make_server  # noqa: PLC0415 - comes with Flask
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log between the lines
-    server = make_server(host, port, app, threaded=True)
+    try:
+        server = make_server(host, port, app, threaded=True)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        raise _PortInUseError(f"{host}:{port}") from None
+    except SystemExit:
+        # Werkzeug reports a port in use by printing its own advice and exiting.
+        raise _PortInUseError(f"{host}:{port}") from None
     thread = threading.Thread(target=server.serve_forever, name=f"demo-{port}", daemon=True)
     thread.start()
     try:
@@ -198,9 +227,13 @@ def run_demo(
     redis = _start_redis(out)
     store_url = redis.url if redis else "memory://canary-mw-demo"
     if redis is None:
+        asked = any(os.environ.get(name, "").startswith("memory://") for name in STORE_VARIABLES)
+        reason = "memory:// asked for" if asked else (
+            "No CANARY_MW_STORE / REDIS_URL and no redis-server installed"
+        )  # fmt: skip
         print(
-            "No REDIS_URL and no redis-server installed: using the in-process memory store "
-            "(one process only; type commands below instead of redis-cli).",
+            f"{reason}: using the in-process memory store (one process only; type commands "
+            "below instead of redis-cli).",
             file=out,
         )
     store = store_from_url(store_url)
@@ -211,6 +244,7 @@ def run_demo(
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
     }
+    code = 0
     try:
         with (
             _serving(_version_app("This is version 2"), host, canary_port),
@@ -223,6 +257,15 @@ def run_demo(
             ).start()
             while not stop.wait(0.5):  # a timed wait, so signal handlers get to run
                 pass
+    except _PortInUseError as exc:
+        # Werkzeug's own message suggests its own options, not ours.
+        print(
+            f"error: {exc.address} is already in use (another demo, or another server); "
+            f"pick free ports: canary-mw demo --port {_other(port)} --canary-port "
+            f"{_other(canary_port)}",
+            file=out,
+        )
+        code = 1
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -231,4 +274,4 @@ def run_demo(
             redis.stop()
         print("demo stopped", file=out)
         out.flush()
-    return 0
+    return code

@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -53,7 +54,7 @@ class Demo:
 
 
 def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "CANARY_MW_STORE")}
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -86,11 +87,12 @@ def test_demo_with_a_private_redis_server() -> None:
         assert not Path(f"/proc/{pid}").exists(), f"child {pid} outlived the demo"
 
 
-def test_demo_uses_redis_url_when_set(redis_srv: RedisServer) -> None:
-    demo = Demo({**base_env(), "REDIS_URL": redis_srv.url})
+@pytest.mark.parametrize("variable", ["CANARY_MW_STORE", "REDIS_URL"])
+def test_demo_uses_the_store_variable_when_set(redis_srv: RedisServer, variable: str) -> None:
+    demo = Demo({**base_env(), variable: redis_srv.url})
     client = redis_srv.client()
     try:
-        assert f"Using Redis from REDIS_URL: {redis_srv.url}" in demo.text()
+        assert f"Using Redis from {variable}: {redis_srv.url}" in demo.text()
         assert not demo.children()  # nothing to start
         client.sadd("canary:set:users", "demo-user")
         wait_until(lambda: httpx.get(f"http://127.0.0.1:{demo.port}/",
@@ -114,3 +116,19 @@ def test_demo_falls_back_to_memory_and_says_so() -> None:
         assert re.search(r"ip add: 1 changed", demo.text())
     finally:
         assert demo.interrupt() == 0
+
+
+def test_a_port_in_use_names_the_demo_option() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**base_env(), "CANARY_MW_STORE": "memory://"}
+        result = subprocess.run(
+            [sys.executable, "-m", "canary_mw", "demo", "--port", str(port),
+             "--canary-port", str(free_port())],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert f"127.0.0.1:{port} is already in use" in result.stdout
+    assert "canary-mw demo --port " in result.stdout
