@@ -180,7 +180,12 @@ class Driver:
         timeouts: dict[str, float] | None = None,
     ) -> httpx.Request:
         extensions = {"timeout": timeouts or TIMEOUTS}
-        if content is None or isinstance(content, bytes):
+        if content is None:  # as the routers build it: no Content-Length: 0 added
+            return httpx.Request(
+                method, url, headers=headers or [], stream=httpx.ByteStream(b""),
+                extensions=extensions,
+            )  # fmt: skip
+        if isinstance(content, bytes):
             return httpx.Request(
                 method, url, headers=headers or [], content=content, extensions=extensions
             )
