@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, MutableMapping
+from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -25,6 +25,7 @@ logger = logging.getLogger("canary_mw.forward")
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Any]
 Send = Callable[[Any], Any]
+_T = TypeVar("_T")
 
 
 #: Request body bytes a router with ``fallback=True`` remembers, so that stable can be given
@@ -184,16 +185,24 @@ class AsyncHTTPForwarder(ForwarderBase):
             headers=scope["headers"], peer=str(client[0]) if client else None,
             scheme=scope.get("scheme", "http"), body=body, length=length,
         )  # fmt: skip
+        # One watch from the request until the first body byte: without it, a departed client
+        # would hold the upstream connection until the read timeout (``_stream`` watches after).
+        watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
+        watch.add_done_callback(_retrieve)
         try:
-            response = await self._until_answered(request, receive, body)
+            response = await self._until_answered(request, watch)
             if response is None:  # the client left: the upstream request was cancelled
                 return Outcome.DONE, 0
             headers, declared = self.answered(upstream, response, tag)
             try:
-                first, rest = await _first_chunk(response, declared)
+                got = await _unless_client_left(_first_chunk(response, declared), watch)
             except BaseException:
                 await response.aclose()
                 raise
+            if got is None:  # the client left after the head: close the upstream connection
+                await response.aclose()
+                return Outcome.DONE, 0
+            first, rest = got
         except ClientDisconnectedError:
             return Outcome.DONE, 0
         except BodyTooLargeError:  # the upstream saw a truncated body and an aborted connection
@@ -204,6 +213,8 @@ class AsyncHTTPForwarder(ForwarderBase):
             if reply is None:
                 return Outcome.FALLBACK, 0
             return await _reply(send, reply, tag)
+        finally:
+            watch.cancel()  # before anything else reads ``receive``
         try:
             await send({"type": "http.response.start", "status": response.status_code,
                         "headers": headers})  # fmt: skip
@@ -216,18 +227,15 @@ class AsyncHTTPForwarder(ForwarderBase):
         return Outcome.DONE, response.status_code
 
     async def _until_answered(
-        self, request: httpx.Request, receive: Receive, body: _Body | None
+        self, request: httpx.Request, watch: asyncio.Future[None]
     ) -> httpx.Response | None:
-        """The upstream's response, or None when the client left first. Without the watch, a
-        departed client would hold the upstream connection until the read timeout."""
+        """The upstream's response head, or None when the client left first (``watch`` done)."""
         answer = asyncio.ensure_future(self._transport().handle_async_request(request))
-        watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
         client_left = True
         try:
             await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
             client_left = not answer.done()
         finally:
-            watch.cancel()
             if not answer.done():
                 # Closes the upstream connection mid-request. cancel() only asks: the task is
                 # not done (nor its connection closed) until it has run once more.
@@ -290,7 +298,24 @@ async def _first_chunk(
     return first, chunks
 
 
-def _retrieve(task: asyncio.Future[None]) -> None:
+async def _unless_client_left(
+    work: Coroutine[Any, Any, _T], watch: asyncio.Future[None]
+) -> _T | None:
+    """The result of ``work``, or None when ``watch`` finished first (the client left); then
+    ``work`` is cancelled and has finished by the time this returns."""
+    task = asyncio.ensure_future(work)
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait((task,))
+    if task.cancelled():
+        return None
+    return task.result()
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
 
