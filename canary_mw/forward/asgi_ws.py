@@ -35,9 +35,10 @@ Send = Callable[[Any], Any]
 
 #: Same as uvicorn's default ws_max_size: the canary may send what the client may send.
 MAX_MESSAGE = 16 * 1024 * 1024
-# Headers the WebSocket client library negotiates itself (or that describe our hop).
+# Headers the WebSocket client library negotiates itself (or that describe our hop). Host
+# is read by request_headers (for X-Forwarded-Host) and left out afterwards.
 _HANDSHAKE = frozenset(
-    {b"host", b"origin", b"sec-websocket-key", b"sec-websocket-version",
+    {b"origin", b"sec-websocket-key", b"sec-websocket-version",
      b"sec-websocket-extensions", b"sec-websocket-protocol", b"content-length"}
 ) | HOP_BY_HOP  # fmt: skip
 # Close codes that must not appear in a close frame (RFC 6455 §7.4.1).
