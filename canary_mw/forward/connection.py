@@ -21,23 +21,14 @@ from typing import Any
 
 import httpx
 
-from .http11 import Exchange, may_retry
+from .http11 import Exchange, RetryableError, may_retry
 
-__all__ = ["HTTP11Connection", "RetryableError"]
+__all__ = ["HTTP11Connection"]
 
 #: Bytes buffered from the upstream before reading is paused (the client reads slower).
 READ_HIGH_WATER = 256 * 1024
 
 Release = Callable[["HTTP11Connection", bool], None]
-
-
-class RetryableError(Exception):
-    """The request failed in a way ``http11.may_retry`` allows to send it again, once, on a
-    new connection (a reused connection closed while idle; see may_retry)."""
-
-    def __init__(self, error: httpx.HTTPError):
-        super().__init__(str(error))
-        self.error = error
 
 
 def _expire(future: asyncio.Future[Any], error: type[httpx.TimeoutException], what: str) -> None:
@@ -197,7 +188,7 @@ class HTTP11Connection(asyncio.Protocol):
         if not exchange.has_body:
             transport.write(exchange.head + exchange.end_body())
             return
-        transport.write(exchange.head)
+        pending = exchange.head  # goes out with the first chunk: one segment, not two
         async for chunk in request.stream:  # type: ignore[union-attr]
             if state.head.done():
                 # The upstream answered early (e.g. 413): stop sending. The body stays
@@ -206,14 +197,15 @@ class HTTP11Connection(asyncio.Protocol):
                 return
             wire = exchange.frame(chunk)
             if wire:
-                transport.write(wire)
+                transport.write(pending + wire if pending else wire)
+                pending = b""
             if self._writable is not None:
                 await _wait(self._writable, write_timeout, httpx.WriteTimeout, "write timed out")
             if self.closed:
                 if state.error is not None:
                     raise state.error
                 raise httpx.RemoteProtocolError("the upstream closed the connection mid-request")
-        wire = exchange.end_body()  # the whole body went out: complete its framing
+        wire = pending + exchange.end_body()  # the whole body went out: complete its framing
         if wire:
             transport.write(wire)
 

@@ -158,17 +158,18 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         if not exchange.has_body:
             _send_all(sock, exchange.head + exchange.end_body())
             return
-        _send_all(sock, exchange.head)
+        pending = exchange.head  # goes out with the first chunk: one send, not two
         for chunk in request.stream:  # type: ignore[union-attr]
-            if _answered(sock):
+            if not pending and _answered(sock):
                 # The upstream answered early (e.g. 413): stop sending. The body stays
                 # unfinished, so the core never lets this connection be reused: the upstream
                 # would read the next request as the rest of this body.
                 return
             wire = exchange.frame(chunk)
             if wire:
-                _send_all(sock, wire)
-        wire = exchange.end_body()
+                _send_all(sock, pending + wire if pending else wire)
+                pending = b""
+        wire = pending + exchange.end_body()
         if wire:
             _send_all(sock, wire)
 
