@@ -15,6 +15,7 @@ from click.testing import CliRunner, Result
 
 from canary_mw.admin.cli import main
 from canary_mw.stores import Store, store_from_url
+from tests.engines import redis_cli
 from tests.servers import RedisServer
 
 
@@ -245,3 +246,44 @@ def test_adding_an_address_already_there_bumps_nothing(url: str, store: Store) -
     )
     assert run("--store", url, "mode", "rules").stdout == "set: nothing changed (version 1)\n"
     assert len(json.loads(run("--store", url, "history", "--json").stdout)) == 1
+
+
+# -- status with invalid data in the store: say what is wrong and what is in force, exit 0 --
+def test_status_flags_an_invalid_mode(url: str, redis_srv: RedisServer, prefix: str) -> None:
+    redis_cli(redis_srv.port, "HSET", f"{prefix}config", "mode", "banana")
+    result = run("--store", url, "status")
+    assert result.returncode == 0, result.stderr
+    assert "mode     'banana'  INVALID (see problems)" in result.stdout
+    assert f"  {prefix}config mode: 'banana' is not one of off|rules|all" in result.stdout
+    assert (
+        "in force: routers keep the mode they last read as valid; a router started since uses 'rules'"
+        in result.stdout
+    )
+    data = json.loads(run("--store", url, "status", "--json").stdout)
+    assert (data["mode"], data["mode_valid"]) == ("banana", False)
+
+
+def test_status_survives_a_config_of_the_wrong_type(
+    url: str, redis_srv: RedisServer, prefix: str
+) -> None:
+    redis_cli(redis_srv.port, "SET", f"{prefix}config", "oops")
+    result = run("--store", url, "status")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert f"  {prefix}config: cannot be read as a hash: WRONGTYPE" in result.stdout
+    assert "a router started since uses mode 'rules', its default rules" in result.stdout
+    assert f"fix: redis-cli DEL {prefix}config" in result.stdout
+
+
+def test_status_flags_an_invalid_ip_list(
+    url: str, store: Store, redis_srv: RedisServer, prefix: str
+) -> None:
+    key = f"{prefix}ip_lists"
+    store.set_rules({"rules": [{"id": "legacy", "when": {"legacy_ip_list": {"key": key}}}]})
+    redis_cli(redis_srv.port, "SET", key, '["203.0.113.7", "10.1.0.0/16"]')
+    assert f"ip list  {key} (db 0): 2 entries" in run("--store", url, "status").stdout
+    redis_cli(redis_srv.port, "SET", key, "[not json")
+    result = run("--store", url, "status")
+    assert result.returncode == 0
+    assert f"ip list  {key} (db 0): INVALID (see problems)" in result.stdout
+    assert f"IP list key '{key}' (db 0): not JSON" in result.stdout
+    assert "a router started since has none, so conditions on it are unknown" in result.stdout

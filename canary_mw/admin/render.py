@@ -6,9 +6,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..errors import ConfigurationError, RuleError, StoreError
 from ..rules import DEFAULT_RULES, RuleSet, parse_rules
+from ..snapshot import MODES
 from ..stores import AuditEntry, Change, Store
-from ..stores.changes import StoredConfig
+from ..upstreams import parse_upstream_document
 
 __all__ = ["change_line", "history_lines", "status_data", "status_lines"]
 
@@ -62,44 +64,174 @@ def change_line(change: Change, what: str) -> str:
     return f"{what}: {', '.join(diffs) or 'done'} (version {change.version})"
 
 
-def _ruleset(config: StoredConfig) -> tuple[RuleSet | None, str | None]:
-    if config.rules is None:
-        return DEFAULT_RULES, None
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# What a router does with invalid data, said once for status and the docs: each router keeps
+# the last valid value it read; one started while the value is invalid has none to keep.
+def _problem(what: str, problem: str, in_force: str, fix: str) -> dict[str, str]:
+    return {"what": what, "problem": problem, "in_force": in_force, "fix": fix}
+
+
+def _config_view(raw: Mapping[str, str], prefix: str, problems: list[dict[str, str]]) -> Any:
+    """Mode, rules, upstreams and version as routers read them, each checked like they do."""
+    key = f"{prefix}config"
+    mode_raw = raw.get("mode")
+    mode = "rules" if mode_raw is None else mode_raw.strip().lower()
+    if mode not in MODES:
+        problems.append(_problem(
+            f"{key} mode", f"{mode_raw!r} is not one of {'|'.join(MODES)}",
+            "routers keep the mode they last read as valid; a router started since uses 'rules'",
+            "canary-mw mode rules (or off / all)",
+        ))  # fmt: skip
+    ruleset: RuleSet | None = DEFAULT_RULES
+    rules_problem = None
+    if raw.get("rules") is not None:
+        try:
+            ruleset = parse_rules(raw["rules"])
+        except RuleError as exc:
+            ruleset, rules_problem = None, str(exc)
+            problems.append(_problem(
+                f"{key} rules", rules_problem,
+                "routers keep the rules they last read as valid; a router started since uses "
+                "its default rules",
+                "canary-mw rules import FILE, or canary-mw rollback",
+            ))  # fmt: skip
+    upstreams: Any = {}
+    if raw.get("upstreams") is not None:
+        try:
+            upstreams = json.loads(raw["upstreams"])
+            parse_upstream_document(upstreams)
+        except (ValueError, ConfigurationError) as exc:
+            upstreams = {}
+            problems.append(_problem(
+                f"{key} upstreams", str(exc),
+                "routers keep the upstreams they last read as valid; a router started since "
+                "uses its own configuration",
+                "canary-mw upstream set NAME URL, or canary-mw rollback",
+            ))  # fmt: skip
     try:
-        return parse_rules(config.rules), None
-    except Exception as exc:
-        return None, str(exc)
+        version: int | None = int(raw.get("version", "0"))
+    except ValueError:
+        version = None
+        problems.append(_problem(
+            f"{key} version", f"{raw['version']!r} is not an integer",
+            "routers keep routing; canary-mw refuses to write until it is fixed",
+            f"redis-cli HSET {key} version 0",
+        ))  # fmt: skip
+    return mode_raw, ruleset, rules_problem, upstreams, version
+
+
+def _ip_list_problems(
+    store: Store, ruleset: RuleSet | None, problems: list[dict[str, str]]
+) -> list[dict[str, Any]]:
+    """The classic white-list keys the rules refer to, each checked as routers check it."""
+    refs = sorted(ruleset.ip_lists, key=lambda ref: (ref.db or 0, ref.key)) if ruleset else []
+    if not refs:
+        return []
+    state = store.read_state((), refs)
+    lists = []
+    for ref in refs:
+        raw = state.ip_lists.get(ref)
+        what = f"IP list key {ref.key!r} (db {ref.db or 0})"
+        problem, size = None, 0
+        if isinstance(raw, Exception):
+            problem = str(raw)
+        elif raw is not None:
+            try:
+                entries = json.loads(raw)
+            except ValueError as exc:
+                problem = f"not JSON: {exc}"
+            else:
+                if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+                    problem = "expected a JSON list of IP strings"
+                else:
+                    size = len(entries)
+        if problem:
+            problems.append(_problem(
+                what, problem,
+                "routers keep the list they last read as valid; a router started since has "
+                "none, so conditions on it are unknown and those requests go to stable",
+                f"""redis-cli -n {ref.db or 0} SET {ref.key} '["203.0.113.7"]'""",
+            ))  # fmt: skip
+        lists.append({"key": ref.key, "db": ref.db or 0, "entries": size, "problem": problem})
+    return lists
 
 
 def status_data(store: Store) -> dict[str, Any]:
-    config = store.get_config()
-    ruleset, problem = _ruleset(config)
+    """What the store holds, checked the way routers check it: invalid data is reported in
+    ``problems`` (what, what is wrong, what is in force, how to fix it), never raised, since
+    routers keep working through it (only an unreachable store raises StoreError)."""
+    problems: list[dict[str, str]] = []
+    state = store.read_state((), ())
+    raw: dict[str, str] = {}
+    if isinstance(state.config, Exception):
+        problems.append(_problem(
+            f"{store.prefix}config", f"cannot be read as a hash: {state.config}",
+            "routers keep the mode, rules and upstreams they last read; a router started since "
+            "uses mode 'rules', its default rules and its own upstreams",
+            f"redis-cli DEL {store.prefix}config, then set the mode / rules again "
+            "(canary-mw history shows them)",
+        ))  # fmt: skip
+    else:
+        raw = {_text(key): _text(value) for key, value in state.config.items()}
+    mode_raw, ruleset, rules_problem, upstreams, version = _config_view(raw, store.prefix, problems)
     rules = [] if ruleset is None else [
         {"id": r.id, "when": r.spec["when"], "target": r.target, "enabled": r.enabled}
         for r in ruleset.rules
     ]  # fmt: skip
+    ip_lists = _ip_list_problems(store, ruleset, problems)
+    mode = "rules" if mode_raw is None else mode_raw.strip().lower()
+    mode_valid = mode in MODES
+    if not mode_valid:
+        mode = str(mode_raw)
     sets = {"ips", "users"} | (set(ruleset.ip_sets) if ruleset else set())
     for rule in ruleset.rules if ruleset else ():
         _collect_sets(rule.spec["when"], sets)
-    health = {}
-    for name, raw in store.health().items():
+    health: dict[str, Any] = {}
+    if isinstance(state.health, Exception):
+        problems.append(_problem(f"{store.prefix}health", str(state.health),
+                                 "routers keep the health they last read",
+                                 f"redis-cli DEL {store.prefix}health"))  # fmt: skip
+    else:
+        for upstream, value in state.health.items():
+            try:
+                health[_text(upstream)] = json.loads(value)
+            except ValueError:
+                health[_text(upstream)] = {"raw": _text(value)}
+    traffic: dict[str, int] = {}
+    try:
+        traffic = {name: int(value) for name, value in store.traffic().items()}
+    except (StoreError, ValueError) as exc:
+        problems.append(_problem(f"{store.prefix}traffic", str(exc), "routing is not affected",
+                                 f"redis-cli DEL {store.prefix}traffic"))  # fmt: skip
+    set_sizes: dict[str, int | None] = {}
+    for name in sorted(sets):
         try:
-            health[name] = json.loads(raw)
-        except ValueError:
-            health[name] = {"raw": raw}
-    traffic = {name: int(value) for name, value in store.traffic().items()}
+            set_sizes.update(store.set_sizes([name]))
+        except StoreError as exc:
+            set_sizes[name] = None
+            problems.append(_problem(
+                f"{store.prefix}set:{name}", str(exc),
+                "routers keep the members they last read; lookups in it are unknown (stable)",
+                f"redis-cli DEL {store.prefix}set:{name}, then canary-mw ip/user add",
+            ))  # fmt: skip
     return {
         "store": store.url,
         "prefix": store.prefix,
-        "version": config.version,
-        "mode": config.mode or "rules",
-        "rules_source": "store" if config.rules is not None else "defaults",
-        "rules_problem": problem,
+        "version": version,
+        "mode": mode,
+        "mode_valid": mode_valid,
+        "rules_source": "store" if raw.get("rules") is not None else "defaults",
+        "rules_problem": rules_problem,
         "rules": rules,
-        "upstreams": config.describe()["upstreams"] or {},
+        "upstreams": upstreams,
+        "ip_lists": ip_lists,
         "health": health,
-        "sets": store.set_sizes(sorted(sets)),
+        "sets": set_sizes,
         "traffic": traffic,
+        "problems": problems,
     }
 
 
@@ -123,10 +255,12 @@ def status_lines(data: Mapping[str, Any]) -> list[str]:
                                       "all": "  (everyone on the canary)"}.get(data["mode"], ""),
         f"rules    ({data['rules_source']})",
     ]  # fmt: skip
+    if data["version"] is None:
+        lines[1] = "version  INVALID (see problems)"
+    if not data["mode_valid"]:
+        lines[2] = f"mode     {data['mode']!r}  INVALID (see problems)"
     if data["rules_problem"]:
-        lines.append(
-            f"  INVALID in the store, the last good rules are in force: {data['rules_problem']}"
-        )
+        lines.append("  INVALID in the store (see problems)")
     for position, rule in enumerate(data["rules"], 1):
         flag = "" if rule["enabled"] else "  (disabled)"
         lines.append(
@@ -145,7 +279,13 @@ def status_lines(data: Mapping[str, Any]) -> list[str]:
         lines.append(f"  {name}: {status} ({state.get('reason', '')}, by {state.get('by', '?')})")
     if not data["health"]:
         lines.append("  (no checks reported)")
-    lines.append("sets     " + ", ".join(f"{n} {c}" for n, c in sorted(data["sets"].items())))
+    for item in data["ip_lists"]:
+        state = "INVALID (see problems)" if item["problem"] else f"{item['entries']} entries"
+        lines.append(f"ip list  {item['key']} (db {item['db']}): {state}")
+    lines.append(
+        "sets     "
+        + ", ".join(f"{n} {'INVALID' if c is None else c}" for n, c in sorted(data["sets"].items()))
+    )
     total = sum(data["traffic"].values())
     if total:
         shares = ", ".join(
@@ -155,6 +295,14 @@ def status_lines(data: Mapping[str, Any]) -> list[str]:
         lines.append(f"traffic  {shares}  (all instances, since the counters were created)")
     else:
         lines.append("traffic  (none reported yet)")
+    if data["problems"]:
+        lines.append("problems (invalid data in the store; routers keep routing)")
+        for problem in data["problems"]:
+            lines += [
+                f"  {problem['what']}: {problem['problem']}",
+                f"    in force: {problem['in_force']}",
+                f"    fix: {problem['fix']}",
+            ]
     return lines
 
 

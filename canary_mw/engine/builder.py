@@ -2,7 +2,9 @@
 
 Garbage in the store never reaches a request: an invalid rule document, an unknown mode or a
 key of the wrong type leaves the previous value in force and is logged once (until its
-content changes again), and an unparsable member of an IP set is skipped.
+content changes again), and an unparsable member of an IP set is skipped. The log line says
+what is in force: the last good value, or, for a router that has read none since it started,
+the default (mode "rules", the default rules, its own upstreams, an unknown condition).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ class SnapshotBuilder:
         self._set_raw: dict[str, frozenset[bytes]] = {}
         self._list_raw: dict[IPListRef, bytes] = {}
         self._problems: dict[str, str] = {}
+        # Whether a valid value was ever read, which decides what a problem leaves in force.
+        self._config_read = False
+        self._mode_read = False
+        self._upstreams_read = False
 
     # -- what to read ------------------------------------------------------------------
     def wants(self) -> tuple[frozenset[str], frozenset[IPListRef]]:
@@ -70,11 +76,13 @@ class SnapshotBuilder:
         return sets <= state.ip_sets.keys() and lists <= state.ip_lists.keys()
 
     # -- problem reporting (once per distinct problem) ---------------------------------
-    def _problem(self, what: str, message: str) -> None:
+    def _problem(self, what: str, message: str, in_force: str = "the last good value") -> None:
+        """Log once per distinct problem, saying what is in force instead: the last good
+        value, or (for a router that has read none since it started) the default."""
         if self._problems.get(what) != message:
             self._problems[what] = message
-            logger.error("canary_mw: invalid %s in the store, keeping the last good: %s",
-                         what, message)  # fmt: skip
+            logger.error("canary_mw: invalid %s in the store (%s); in force: %s",
+                         what, message, in_force)  # fmt: skip
 
     def _resolved(self, what: str) -> None:
         if self._problems.pop(what, None) is not None:
@@ -87,9 +95,15 @@ class SnapshotBuilder:
         upstreams = previous.upstreams
         config = state.config
         if isinstance(config, Exception):
-            self._problem("config", f"cannot read the config hash: {config}")
+            in_force = (
+                "the last good mode, rules and upstreams" if self._config_read
+                else "mode 'rules', the default rules and the router's own upstreams (nothing "
+                "valid read since this router started)"
+            )  # fmt: skip
+            self._problem("config", f"cannot read the config hash: {config}", in_force)
         else:
             self._resolved("config")
+            self._config_read = True
             mode = self._mode(config.get(b"mode"), mode)
             ruleset = self._rules(config.get(b"rules"), ruleset)
             version = self._version(config.get(b"version"), version)
@@ -112,8 +126,12 @@ class SnapshotBuilder:
         try:
             routes = parse_upstream_document(json.loads(raw))
         except (ValueError, ConfigurationError) as exc:
-            self._problem("upstreams", str(exc))
+            in_force = "the last good upstreams" if self._upstreams_read else (
+                "the router's own upstreams (no valid document read since it started)"
+            )  # fmt: skip
+            self._problem("upstreams", str(exc), in_force)
             return previous
+        self._upstreams_read = True
         self._upstreams_raw = raw
         self._resolved("upstreams")
         return routes
@@ -137,14 +155,19 @@ class SnapshotBuilder:
 
     def _mode(self, raw: bytes | None, previous: Mode) -> Mode:
         if raw is None:
+            self._mode_read = True
             self._resolved("mode")
             return "rules"
         text = _text(raw).strip().lower()
         for mode in MODES:
             if text == mode:
+                self._mode_read = True
                 self._resolved("mode")
                 return mode
-        self._problem("mode", f"{raw!r} is not one of {list(MODES)}")
+        in_force = f"the last good mode {previous!r}" if self._mode_read else (
+            f"mode {previous!r} (no valid mode read since this router started)"
+        )  # fmt: skip
+        self._problem("mode", f"{_text(raw)!r} is not one of {list(MODES)}", in_force)
         return previous
 
     def _rules(self, raw: bytes | None, previous: RuleSet) -> RuleSet:
@@ -158,7 +181,12 @@ class SnapshotBuilder:
         try:
             ruleset = parse_rules(raw)
         except RuleError as exc:
-            self._problem("rules", str(exc))
+            in_force = (
+                "the default rules (no valid document read since this router started)"
+                if previous is self.default_rules
+                else "the last good rules"
+            )
+            self._problem("rules", str(exc), in_force)
             return previous
         self._rules_raw = raw
         self._resolved("rules")
@@ -187,12 +215,21 @@ class SnapshotBuilder:
             self._resolved(f"{what} members")
         return IPMatcher(networks) if networks else EMPTY_MATCHER
 
+    @staticmethod
+    def _matcher_in_force(previous: IPMatcher | None) -> str:
+        if previous is not None:
+            return "the last good members"
+        return (
+            "nothing (no valid value read since this router started): conditions on it are "
+            "unknown, so the requests they decide go to stable"
+        )
+
     def _ip_set(
         self, name: str, raw: Iterable[bytes] | Exception, previous: IPMatcher | None
     ) -> IPMatcher | None:
         what = f"IP set {name!r}"
         if isinstance(raw, Exception):
-            self._problem(what, str(raw))
+            self._problem(what, str(raw), self._matcher_in_force(previous))
             return previous
         self._resolved(what)
         members = frozenset(raw)
@@ -208,18 +245,19 @@ class SnapshotBuilder:
         if raw is None:
             self._resolved(what)
             return EMPTY_MATCHER
+        in_force = self._matcher_in_force(previous)
         if isinstance(raw, Exception):
-            self._problem(what, str(raw))
+            self._problem(what, str(raw), in_force)
             return previous
         if previous is not None and self._list_raw.get(ref) == raw:
             return previous
         try:
             entries = json.loads(raw)
         except ValueError as exc:
-            self._problem(what, f"not JSON: {exc}")
+            self._problem(what, f"not JSON: {exc}", in_force)
             return previous
         if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
-            self._problem(what, "expected a JSON list of IP strings")
+            self._problem(what, "expected a JSON list of IP strings", in_force)
             return previous
         self._resolved(what)
         self._list_raw[ref] = raw
