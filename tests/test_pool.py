@@ -514,6 +514,15 @@ def test_idle_connections_expire(upstream, make_driver) -> None:
     assert server.accepted == 2
 
 
+def test_failed_exchanges_give_their_connection_back(upstream, make_driver) -> None:
+    server = upstream(lambda conn, srv: read_head(conn, bytearray()))  # closes unanswered
+    driver = make_driver(httpx.Limits(max_connections=1, max_keepalive_connections=1))
+    for _ in range(5):
+        with pytest.raises(httpx.RemoteProtocolError):
+            driver.send(server.url)
+    assert driver.send(upstream().url + "/after")[1] == b"/after"  # not a PoolTimeout
+
+
 # -- failures become httpx's errors --------------------------------------------------------
 def test_refused_is_a_connect_error(driver) -> None:
     with socket.socket() as sock:
