@@ -14,16 +14,27 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, Phase, example, settings
 from hypothesis import strategies as st
 
 from tests.scripted_upstream import Produced, Script, ScriptedUpstream, Sent, render
 
-__all__ = ["Client", "Outcome", "judge", "register", "settings_for", "verdict", "waves"]
+__all__ = [
+    "KNOWN",
+    "Client",
+    "Outcome",
+    "judge",
+    "known_examples",
+    "register",
+    "settings_for",
+    "verdict",
+    "waves",
+]
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE")
+T = TypeVar("T")
 QUIET = 5.0  # seconds the upstream gets to finish reading what was sent
 _ids = itertools.count()
 _run = os.getpid()  # ids stay unique when several runs share an upstream's log
@@ -58,7 +69,7 @@ class Client:
     body_size: int
     chunked: bool  # the request body is sent chunked, else with Content-Length
     parts: int  # pieces the body is streamed in
-    pause: bool  # a short pause between pieces (the upstream may answer meanwhile)
+    pause: float  # seconds between pieces, and after the last (the upstream may answer meanwhile)
     script: Script
 
     @property
@@ -80,7 +91,7 @@ class Client:
     def __repr__(self) -> str:
         body = f"{self.body_size}B {'chunked' if self.chunked else 'length'} in {self.parts}"
         return (
-            f"Client({self.rid} {self.method}, {body}{' paused' if self.pause else ''}, "
+            f"Client({self.rid} {self.method}, {body}{f' paused {self.pause}s' if self.pause else ''}, "
             f"{self.script!r})"
         )
 
@@ -218,7 +229,7 @@ def clients(draw: st.DrawFn) -> Client:
         body_size=size,
         chunked=draw(st.booleans()),
         parts=draw(st.integers(1, 6)),
-        pause=draw(st.booleans()),
+        pause=draw(st.sampled_from([0.0, 0.0, 0.001, 0.001, 0.02])),
         script=draw(scripts()),
     )
 
@@ -228,3 +239,38 @@ def waves(max_wave: int = 3, max_waves: int = 4) -> st.SearchStrategy[list[list[
     return st.lists(
         st.lists(clients(), min_size=1, max_size=max_wave), min_size=1, max_size=max_waves
     )
+
+
+# -- the findings, as explicit examples (run first, every time, by every property test) ---------
+def _case(rid: str, method: str = "GET", size: int = 0, **options: object) -> Client:
+    chunked = bool(options.pop("chunked", False))
+    parts = int(options.pop("parts", 1))  # type: ignore[call-overload]
+    pause = float(options.pop("pause", 0.0))  # type: ignore[arg-type]
+    return Client(rid, method, size, chunked, parts, pause, Script(**options))  # type: ignore[arg-type]
+
+
+#: httpx.HTTPTransport: the bytes after A's response (a whole forged one) became B's response.
+FORGED_AFTER_A_RESPONSE = [
+    [_case("ex-forged-a", body_size=0, extra="forged")],
+    [_case("ex-forged-b", body_size=0)],
+]
+#: HTTP11Transport before 1626415: the upstream answered A after its head; the rest of A's
+#: body was never sent but the connection was reused, so B's request became A's body.
+EARLY_ANSWER_DESYNC = [
+    [_case("ex-early-a", "POST", 10, parts=2, pause=0.02, body_size=0, early=0)],
+    [_case("ex-early-b")],
+]
+#: HTTP11Transport under uvloop: the upstream answered and closed while a chunked body was
+#: still streaming; the last write went to a closed transport (RuntimeError, a 500).
+CLOSED_MID_UPLOAD = [
+    [_case("ex-closed-a", "POST", 10, chunked=True, pause=0.02, early=0, version="1.0")],
+]
+KNOWN = (FORGED_AFTER_A_RESPONSE, EARLY_ANSWER_DESYNC, CLOSED_MID_UPLOAD)
+
+
+def known_examples(test: T) -> T:
+    """Run each finding's minimal example first: a strict xfail then fails the same way
+    on every run, and a fix is proven on the case that showed the bug."""
+    for plan in reversed(KNOWN):
+        test = example(plan=plan)(test)
+    return test

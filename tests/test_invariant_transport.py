@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given
 
 from canary_mw.forward.pool import HTTP11Transport
-from tests.invariant import Client, Outcome, register, settings_for, verdict, waves
+from tests.invariant import Client, Outcome, known_examples, register, settings_for, verdict, waves
 from tests.scripted_upstream import ScriptedUpstream
 
 pytestmark = pytest.mark.slow
@@ -41,9 +41,26 @@ def upstream() -> Iterator[ScriptedUpstream]:
     server.close()
 
 
-@pytest.fixture(scope="module")
-def loop() -> Iterator[asyncio.AbstractEventLoop]:
-    loop = asyncio.new_event_loop()
+UVLOOP_WRITE_AFTER_CLOSE = pytest.mark.xfail(
+    strict=True,
+    reason="HTTP11Transport writes the chunked terminator after the upstream closed (uvloop "
+    "raises RuntimeError, not an httpx error; the router answers 500): CLOSED_MID_UPLOAD in "
+    "tests/invariant.py; fixed by canary_mw/forward/connection.py (in progress)",
+)
+
+
+@pytest.fixture(
+    scope="module", params=["asyncio", pytest.param("uvloop", marks=UVLOOP_WRITE_AFTER_CLOSE)]
+)
+def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
+    """Both event loops the routers run on: uvicorn picks uvloop when it is installed, and
+    its transports differ (a write after the peer closed raises instead of being dropped)."""
+    if request.param == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
     yield loop
     loop.close()
 
@@ -76,7 +93,7 @@ class AsyncBody(httpx.AsyncByteStream):
         for piece in self._client.pieces():
             yield piece
             if self._client.pause:
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(self._client.pause)
 
 
 class SyncBody(httpx.SyncByteStream):
@@ -87,7 +104,7 @@ class SyncBody(httpx.SyncByteStream):
         for piece in self._client.pieces():
             yield piece
             if self._client.pause:
-                time.sleep(0.001)
+                time.sleep(self._client.pause)
 
 
 def request_for(client: Client, upstream: ScriptedUpstream, stream: object) -> httpx.Request:
@@ -148,6 +165,7 @@ def exchange_sync(
 # -- the async driver ------------------------------------------------------------------------
 @settings_for(600)
 @given(plan=waves())
+@known_examples
 def test_async_transport_keeps_every_exchange_apart(
     plan: list[list[Client]], upstream: ScriptedUpstream, loop: asyncio.AbstractEventLoop
 ) -> None:
@@ -218,6 +236,7 @@ def test_blocking_transport_keeps_every_exchange_apart(
 
     @settings_for(300)
     @given(plan=waves())
+    @known_examples
     def run(plan: list[list[Client]]) -> None:
         since = register(upstream, plan)
         transport = make_transport()
