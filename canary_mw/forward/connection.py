@@ -190,10 +190,11 @@ class HTTP11Connection(asyncio.Protocol):
             return
         pending = exchange.head  # goes out with the first chunk: one segment, not two
         async for chunk in request.stream:  # type: ignore[union-attr]
-            if state.head.done():
-                # The upstream answered early (e.g. 413): stop sending. The body stays
-                # unfinished, so the core never lets this connection be reused: the upstream
-                # would read the next request as the rest of this body.
+            if state.head.done() or self.closed:
+                # The upstream answered early (e.g. 413) or closed: stop sending (a write to
+                # a closed uvloop transport raises). The body stays unfinished, so the core
+                # never lets this connection be reused: the upstream would read the next
+                # request as the rest of this body. The wait for the head tells the rest.
                 return
             wire = exchange.frame(chunk)
             if wire:
@@ -201,10 +202,8 @@ class HTTP11Connection(asyncio.Protocol):
                 pending = b""
             if self._writable is not None:
                 await _wait(self._writable, write_timeout, httpx.WriteTimeout, "write timed out")
-            if self.closed:
-                if state.error is not None:
-                    raise state.error
-                raise httpx.RemoteProtocolError("the upstream closed the connection mid-request")
+        if self.closed:
+            return
         wire = pending + exchange.end_body()  # the whole body went out: complete its framing
         if wire:
             transport.write(wire)

@@ -48,12 +48,12 @@ class _Connection:
         self.sock = sock
         self.idle_since = 0.0
         self.exchanges = 0
-        self.timeout = _UNSET
+        self.timeout: float | None = _UNSET
 
     def set_timeout(self, timeout: float | None) -> None:
         if timeout != self.timeout:  # each change is a syscall: only when it changes
             self.sock.settimeout(timeout)
-            self.timeout = _UNSET if timeout is None else timeout
+            self.timeout = timeout
 
     def still_open(self) -> bool:
         """Has the upstream closed this idle connection (or sent bytes nobody asked for)?
@@ -263,7 +263,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             sock.close()
             raise httpx.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from exc
         connection = _Connection(origin, sock)
-        connection.timeout = _UNSET if timeout is None else timeout
+        connection.timeout = timeout  # create_connection left it set
         return connection
 
     def _ssl_context(self) -> ssl.SSLContext:
