@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ from click.testing import CliRunner, Result
 from canary_mw.admin.cli import main
 from canary_mw.stores import Store, store_from_url
 from tests.engines import redis_cli
-from tests.servers import RedisServer
+from tests.servers import RedisServer, free_port
 
 
 @pytest.fixture
@@ -287,3 +289,82 @@ def test_status_flags_an_invalid_ip_list(
     assert f"ip list  {key} (db 0): INVALID (see problems)" in result.stdout
     assert f"IP list key '{key}' (db 0): not JSON" in result.stdout
     assert "a router started since has none, so conditions on it are unknown" in result.stdout
+
+
+# -- the admin server, as the README starts and calls it --------------------------------
+def readme_admin_block() -> str:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    (block,) = [
+        b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "canary-mw admin" in b
+    ]
+    return block
+
+
+def test_readme_admin_snippet_works_as_written(url: str, store: Store, tmp_path: Path) -> None:
+    port = str(free_port())
+    block = readme_admin_block().replace("8080", port).replace("0.0.0.0", "127.0.0.1")
+    lines = block.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("canary-mw admin"))
+    # The README's lines, plus what a person does by eye: wait until the banner is printed
+    # (bounded), and stop the server at the end.
+    banner = tmp_path / "banner.txt"
+    lines[start] = lines[start].replace(" &", f" > {banner} &", 1)
+    wait = f"for _ in $(seq 400); do grep -q OpenAPI {banner} && break; sleep 0.05; done"
+    script = "\n".join([*lines[: start + 1], wait, *lines[start + 1 :], "kill %1", "wait"])
+    env = {
+        **os.environ,
+        "CANARY_MW_STORE": url,
+        "PATH": f"{Path(CANARY_MW).parent}:{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", "-e", "-c", script],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode in (0, 143), result.stderr  # 143: the server's SIGTERM status
+    replies, text, decoder = [], result.stdout.strip(), json.JSONDecoder()
+    while text:  # curl prints the JSON replies back to back, no newline between them
+        reply, end = decoder.raw_decode(text)
+        replies.append(reply)
+        text = text[end:].strip()
+    assert [reply["changed"] for reply in replies] == [True, True], result.stdout
+    assert store.get_config().mode == "off"
+    assert store.members("ips") == {"203.0.113.7"}
+    printed = banner.read_text()
+    assert f"canary-mw admin API on http://127.0.0.1:{port}" in printed
+    assert "auth     bearer token required" in printed
+    assert f"OpenAPI  http://127.0.0.1:{port}/openapi.json" in printed
+
+
+def test_admin_without_a_token_says_how_to_run(url: str) -> None:
+    result = run(
+        "--store", url, "admin", "--port", str(free_port()), env={"CANARY_MW_ADMIN_TOKEN": ""}
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_admin_short_token_names_the_option(url: str) -> None:
+    result = run("--store", url, "admin", "--token", "abc")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: the admin token (--token, --token-file or CANARY_MW_ADMIN_TOKEN) must be at "
+        "least 16 characters; make one with: openssl rand -hex 24\n"
+    )
+    assert "'api'" not in result.stderr
+
+
+def test_admin_port_in_use_is_one_line(url: str) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run("--store", url, "admin", "--port", str(port), "--token", "x" * 20)
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pick another "
+        "with --port or --host\n"
+    )

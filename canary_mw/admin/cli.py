@@ -8,6 +8,8 @@ is validated first, applied atomically, recorded in the history with ``--actor``
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -363,6 +365,14 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
     if insecure_no_auth and not loopback:
         click.echo("error: --insecure-no-auth only on a loopback address", err=True)
         sys.exit(1)
+    if token is not None and len(token) < 16:
+        # Said here because admin_app() names the CLI's token by its internal name ('api').
+        click.echo(
+            "error: the admin token (--token, --token-file or CANARY_MW_ADMIN_TOKEN) must be at "
+            "least 16 characters; make one with: openssl rand -hex 24",
+            err=True,
+        )
+        sys.exit(1)
     with one_line_errors():
         app = admin_app(ctx.store, token=token, allow_unauthenticated=insecure_no_auth)
     try:
@@ -371,7 +381,20 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
         click.echo("error: serving the admin API needs uvicorn: pip install 'canary-mw[admin]'",
                    err=True)  # fmt: skip
         sys.exit(1)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # Bound here, not by uvicorn, so "port in use" is one clear line and the banner below is
+    # printed only once the address is really ours (with the real port when --port 0).
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        click.echo(f"error: cannot listen on {host}:{port} ({reason}); pick another with --port "
+                   "or --host", err=True)  # fmt: skip
+        sys.exit(1)
+    for line in render.admin_banner(ctx.store, sock.getsockname()[:2], auth=token is not None):
+        click.echo(line)
+    sys.stdout.flush()
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 @main.command()

@@ -161,13 +161,22 @@ OPENAPI: dict[str, Any] = {
                 "before": {}, "after": {}, "detail": {}}},
             "Status": {"type": "object", "properties": {
                 "store": {"type": "string"}, "prefix": {"type": "string"},
-                "version": {"type": "integer"}, "mode": _ref("Mode"),
+                "version": {"type": ["integer", "null"], "description": "null: the stored version is not an integer (see problems)"},
+                "mode": {"type": "string", "description": "off, rules or all; anything else is what the store holds, with mode_valid false"},
+                "mode_valid": {"type": "boolean"},
                 "rules_source": {"enum": ["store", "defaults"]},
                 "rules_problem": {"type": ["string", "null"]},
                 "rules": {"type": "array", "items": _ref("RuleSummary")},
                 "upstreams": {"type": "object"}, "health": {"type": "object"},
-                "sets": {"type": "object", "additionalProperties": {"type": "integer"}},
-                "traffic": {"type": "object", "additionalProperties": {"type": "integer"}}}},
+                "ip_lists": {"type": "array", "items": {"type": "object", "properties": {
+                    "key": {"type": "string"}, "db": {"type": "integer"},
+                    "entries": {"type": "integer"}, "problem": {"type": ["string", "null"]}}}},
+                "sets": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
+                "traffic": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "problems": {"type": "array", "description": "invalid data in the store: what, what is wrong, what routers keep in force, how to fix it",
+                             "items": {"type": "object", "properties": {
+                                 "what": {"type": "string"}, "problem": {"type": "string"},
+                                 "in_force": {"type": "string"}, "fix": {"type": "string"}}}}}},
             "Error": {"type": "object", "properties": {"detail": {"type": "string"}}},
             "ValidationError": {"type": "object", "properties": {"detail": {
                 "type": "array", "items": {"type": "object", "properties": {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -12,7 +13,7 @@ from ..snapshot import MODES
 from ..stores import AuditEntry, Change, Store
 from ..upstreams import parse_upstream_document
 
-__all__ = ["change_line", "history_lines", "status_data", "status_lines"]
+__all__ = ["admin_banner", "change_line", "history_lines", "status_data", "status_lines"]
 
 
 def _compact(value: Any) -> str:
@@ -316,3 +317,29 @@ def history_lines(entries: list[AuditEntry]) -> list[str]:
         elif entry.is_config and isinstance(entry.before, dict):
             lines += [f"         {diff}" for diff in _config_diffs(entry.before, entry.after)]
     return lines
+
+
+def _without_password(url: str) -> str:
+    """The URL with any password masked: the banner ends up in terminals and service logs."""
+    return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def admin_banner(store: Store, address: tuple[str, int], *, auth: bool) -> list[str]:
+    """What ``canary-mw admin`` prints once it listens: where, whether auth is on, the docs."""
+    host, port = address
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        where = f"http://{shown}:{port} (every interface; from here: http://127.0.0.1:{port})"
+        base = f"http://127.0.0.1:{port}"
+    else:
+        where = base = f"http://{shown}:{port}"
+    return [
+        f"canary-mw admin API on {where}",
+        f"  store    {_without_password(store.url)} (prefix {store.prefix!r})",
+        "  auth     " + (
+            "bearer token required (Authorization: Bearer <token>)" if auth
+            else "OFF (--insecure-no-auth): loopback clients only"
+        ),
+        f"  OpenAPI  {base}/openapi.json (request bodies: docs/admin-api.md)",
+        "  Ctrl-C stops it.",
+    ]  # fmt: skip
