@@ -25,7 +25,9 @@ from canary_mw.forward.sync_pool import HTTP11SyncTransport
 
 Handler = Callable[[socket.socket, "Upstream"], None]
 TIMEOUTS = {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 0.3}
-DRIVERS = ("async", "sync")
+#: HTTP11Transport on asyncio's loop and on uvloop's (uvicorn's choice when installed: its
+#: transports differ, e.g. a write after the peer closed raises); HTTP11SyncTransport.
+DRIVERS = ("async", "uvloop", "sync")
 
 
 def read_head(conn: socket.socket, buffer: bytearray) -> bytes:
@@ -183,7 +185,12 @@ class Driver:
         if kind == "sync":
             self.sync = HTTP11SyncTransport(limits, **options)
         else:
-            self._loop = asyncio.new_event_loop()
+            if kind == "uvloop":
+                import uvloop
+
+                self._loop = uvloop.new_event_loop()
+            else:
+                self._loop = asyncio.new_event_loop()
             threading.Thread(target=self._loop.run_forever, daemon=True).start()
             self.async_ = HTTP11Transport(limits, **options)
 

@@ -349,6 +349,23 @@ def test_an_early_answer_closes_the_connection(upstream, driver) -> None:
     assert [target(head) for head in server.heads if b"/smuggled" in head] == []
 
 
+def test_an_upstream_that_answers_and_closes_mid_upload_is_answered(upstream, driver) -> None:
+    answered = threading.Event()
+
+    def answer_and_close(conn: socket.socket, srv: Upstream) -> None:
+        srv.heads.append(read_head(conn, bytearray()))
+        conn.sendall(b"HTTP/1.0 413 Too Large\r\ncontent-length: 0\r\n\r\n")
+        conn.shutdown(socket.SHUT_RDWR)
+        answered.set()
+
+    server = upstream(answer_and_close)
+    # The body ends after the upstream closed: only its last chunk is left to write.
+    request = driver.request(server.url + "/upload", "POST",
+                             content=parts_after(answered, b"a" * 10, b""))  # fmt: skip
+    response = driver.open(request)
+    assert (response.status_code, driver.read(response)) == (413, b"")
+
+
 def test_an_early_answer_to_a_chunked_upload_closes_the_connection(upstream, driver) -> None:
     answered = threading.Event()
 
