@@ -155,3 +155,84 @@ def test_lazy_parsing_touches_only_what_is_asked() -> None:
     facts.cookie("vip")
     facts.header("accept")
     assert CountingHeaders.iterations == built  # built once, then reused
+
+
+# -- two authorities: the router refuses them (RFC 9112 §3.2) -------------------------------
+@pytest.mark.parametrize(
+    ("target", "hosts", "conflict"),
+    [
+        (b"/p", [b"app.test"], False),
+        (b"/p", [], False),
+        (b"*", [b"app.test"], False),
+        (b"/p", [b"app.test", b"other.test"], True),
+        (b"/p", [b"app.test", b"app.test"], True),  # more than one line, even the same
+        (b"http://app.test/p", [b"app.test"], False),
+        (b"http://APP.test", [b"app.TEST"], False),
+        (b"http://app.test:8080/p", [b"app.test:8080"], False),
+        (b"http://other.test/p", [b"app.test"], True),
+        (b"http://app.test:1/p", [b"app.test"], True),
+        (b"http://user@app.test/p", [b"app.test"], True),
+        (b"http://app.test/p", [], True),
+        (b"@127.0.0.1:6379/internal", [b"app.test"], True),  # not a path: nothing to agree
+    ],
+)
+def test_authority_conflict(target: bytes, hosts: list[bytes], conflict: bool) -> None:
+    headers = [(b"x-a", b"1"), *((b"host", host) for host in hosts), (b"x-a", b"2")]
+    scope = asgi_scope(raw_path=target, headers=headers)
+    assert ASGIFacts(scope).authority_conflict is conflict
+    environ = wsgi_environ(REQUEST_URI=target.decode())
+    del environ["HTTP_HOST"]
+    if hosts:  # WSGI servers join repeated lines with a comma
+        environ["HTTP_HOST"] = ",".join(host.decode() for host in hosts)
+    assert WSGIFacts(environ).authority_conflict is conflict
+
+
+# -- linear work on repeated headers --------------------------------------------------------
+def _best_time(work: Any, repeat: int = 5) -> float:
+    """The fastest of ``repeat`` runs: noise from other processes only ever adds time."""
+    import gc
+    import time
+
+    best = float("inf")
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            started = time.perf_counter()
+            work()
+            best = min(best, time.perf_counter() - started)
+    finally:
+        gc.enable()
+    return best
+
+
+def _joined_header(count: int) -> Any:
+    pairs = [(b"host", b"app.test")] + [(b"x-a", b"1")] * count
+    return lambda: ASGIFacts(asgi_scope(headers=pairs)).header("x-a")
+
+
+def _client_ip(count: int) -> Any:
+    resolver = ClientIPResolver(["10.0.0.0/8"])
+    pairs = [(b"x-forwarded-for", b"10.0.0.9")] * count
+    scope = asgi_scope(headers=pairs, client=("10.0.0.1", 5000))
+    return lambda: ASGIFacts(scope, resolver).client_ip
+
+
+def _forwarded_headers(count: int) -> Any:
+    from canary_mw.forward.headers import request_headers
+
+    pairs = [(b"x-forwarded-for", b"10.0.0.9")] * count + [(b"x-a", b"1")] * count
+    return lambda: request_headers(
+        pairs, client=b"10.0.0.1", scheme=b"http", host=None, default_host=b"canary",
+        trusted_peer=True,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("build", [_joined_header, _client_ip, _forwarded_headers])
+def test_repeated_headers_cost_linear_time(build: Any) -> None:
+    """100,000 repeats of one header cost about 10x what 10,000 do when the work is linear
+    and 100x when it is quadratic (joining as values come copies the whole value again for
+    each one). Both sizes are timed in this run, so the bound (30x) does not depend on how
+    fast or busy the machine is; the fastest of five runs of each is compared."""
+    small, large = _best_time(build(10_000)), _best_time(build(100_000))
+    assert large < 30 * small, f"10k repeats: {small * 1e3:.1f} ms, 100k: {large * 1e3:.1f} ms"
+    assert build(3)() is not None
