@@ -368,3 +368,29 @@ def test_admin_port_in_use_is_one_line(url: str) -> None:
         f"error: cannot listen on 127.0.0.1:{port} (Address already in use); pick another "
         "with --port or --host\n"
     )
+
+
+def test_rule_add_with_a_bad_id_names_the_id(url: str, store: Store) -> None:
+    result = run("--store", url, "rule", "add", "--id", "bad id!", "--when", '{"method": "GET"}')
+    assert result.returncode == 1
+    assert result.stderr == (
+        "error: field 'id': 'bad id!' is not a valid rule id: 1-64 of [A-Za-z0-9_.:-] "
+        "starting with a letter or digit\n"
+    )
+    assert store.get_config().version == 0
+
+
+def test_a_target_no_upstream_names_warns_at_write_time(url: str, store: Store) -> None:
+    when = '{"method": "GET"}'
+    result = run("--store", url, "rule", "add", "--id", "x", "--when", when, "--target", "nowhere")
+    assert result.returncode == 0  # routers may name it in their own configuration
+    assert result.stdout.startswith("rule add 'x': rules +x")
+    assert (
+        "warning: rule 'x' targets 'nowhere', which no upstream in the store names" in result.stderr
+    )
+    assert "canary-mw upstream set nowhere URL" in result.stderr
+    assert run("--store", url, "upstream", "set", "nowhere", "http://10.0.0.9:8000").returncode == 0
+    quiet = run("--store", url, "rule", "add", "--id", "y", "--when", when, "--target", "nowhere")
+    assert (quiet.returncode, quiet.stderr) == (0, "")
+    canary = run("--store", url, "rule", "add", "--id", "z", "--when", when)
+    assert (canary.returncode, canary.stderr) == (0, "")

@@ -70,6 +70,27 @@ def _report(change: Change, what: str) -> None:
     click.echo(render.change_line(change, what))
 
 
+#: Targets every router knows: its own app, and ``canary_url``'s name.
+KNOWN_TARGETS = frozenset({"stable", "canary"})
+
+
+def _warn_unknown_targets(store: Store) -> None:
+    """A rule whose target no router can resolve is served by stable, with a warning in each
+    router's log at request time: say it once now, to the person who can fix it."""
+    rules = store.get_rules()
+    upstreams = store.get_config().describe()["upstreams"] or {}
+    named = KNOWN_TARGETS | set(upstreams if isinstance(upstreams, dict) else ())
+    for item in rules.rules if rules else ():
+        if item.target not in named:
+            click.echo(
+                f"warning: rule {item.id!r} targets {item.target!r}, which no upstream in the "
+                "store names; unless your routers' own upstreams= option names it, its "
+                f"requests are served by stable. Add it with: canary-mw upstream set "
+                f"{item.target} URL",
+                err=True,
+            )
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--store", "url", envvar="CANARY_MW_STORE", default=DEFAULT_STORE,
               show_default=True, help="Store URL (env CANARY_MW_STORE); also accepted after "
@@ -225,6 +246,7 @@ def rule_add(ctx: Context, rule_id: str, when: str, target: str, position: int |
         _report(
             ctx.store.add_rule(spec, position=position, actor=ctx.actor), f"rule add {rule_id!r}"
         )
+        _warn_unknown_targets(ctx.store)
 
 
 @rule.command("remove")
@@ -279,6 +301,7 @@ def rules_import(ctx: Context, source: TextIO) -> None:
             ctx.store.set_rules(ruleset, actor=ctx.actor),
             f"rules import ({len(ruleset.rules)} rules)",
         )
+        _warn_unknown_targets(ctx.store)
 
 
 @rules.command("export")
@@ -315,6 +338,7 @@ def percent_set(ctx: Context, value: float, rule_id: str, by: str | None, salt: 
         change = ctx.store.set_percent(number, rule_id=rule_id, by=by, salt=salt, target=target,
                                        actor=ctx.actor)  # fmt: skip
         _report(change, f"percent {rule_id!r} = {value:g}%")
+        _warn_unknown_targets(ctx.store)
 
 
 # -- upstreams -----------------------------------------------------------------------------

@@ -236,6 +236,16 @@ def _with_rules(config: StoredConfig, rules: list[dict[str, Any]]) -> dict[str, 
 def add_rule(
     layout: Layout, actor: str, rule: Mapping[str, Any], position: int | None = None
 ) -> Plan[Change]:
+    rule_id = rule.get("id") if isinstance(rule, Mapping) else None
+    if not valid_name(rule_id):
+        # Checked here so the message names the id given, not the position the rule would
+        # take in the document (which the user never saw).
+        raise RuleError(
+            f"{rule_id!r} is not a valid rule id: 1-64 of [A-Za-z0-9_.:-] starting with a "
+            "letter or digit",
+            field="id",
+        )
+
     def mutate(config: StoredConfig) -> dict[str, str | None]:
         rules = _current_rules(config)
         if any(existing.get("id") == rule.get("id") for existing in rules):
