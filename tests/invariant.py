@@ -25,6 +25,7 @@ __all__ = [
     "KNOWN",
     "Client",
     "Outcome",
+    "case",
     "judge",
     "known_examples",
     "register",
@@ -242,7 +243,9 @@ def waves(max_wave: int = 3, max_waves: int = 4) -> st.SearchStrategy[list[list[
 
 
 # -- the findings, as explicit examples (run first, every time, by every property test) ---------
-def _case(rid: str, method: str = "GET", size: int = 0, **options: object) -> Client:
+def case(rid: str, method: str = "GET", size: int = 0, **options: object) -> Client:
+    """A client written by hand: ``options`` are the body's (chunked, parts, pause) and the
+    script's."""
     chunked = bool(options.pop("chunked", False))
     parts = int(options.pop("parts", 1))  # type: ignore[call-overload]
     pause = float(options.pop("pause", 0.0))  # type: ignore[arg-type]
@@ -251,19 +254,20 @@ def _case(rid: str, method: str = "GET", size: int = 0, **options: object) -> Cl
 
 #: httpx.HTTPTransport: the bytes after A's response (a whole forged one) became B's response.
 FORGED_AFTER_A_RESPONSE = [
-    [_case("ex-forged-a", body_size=0, extra="forged")],
-    [_case("ex-forged-b", body_size=0)],
+    [case("ex-forged-a", body_size=0, extra="forged")],
+    [case("ex-forged-b", body_size=0)],
 ]
 #: HTTP11Transport before 1626415: the upstream answered A after its head; the rest of A's
 #: body was never sent but the connection was reused, so B's request became A's body.
 EARLY_ANSWER_DESYNC = [
-    [_case("ex-early-a", "POST", 10, parts=2, pause=0.02, body_size=0, early=0)],
-    [_case("ex-early-b")],
+    [case("ex-early-a", "POST", 10, parts=2, pause=0.02, body_size=0, early=0)],
+    [case("ex-early-b")],
 ]
 #: HTTP11Transport under uvloop: the upstream answered and closed while a chunked body was
-#: still streaming; the last write went to a closed transport (RuntimeError, a 500).
+#: still streaming; the last write went to a closed transport (RuntimeError, a 500). Fixed
+#: in 66f0b59.
 CLOSED_MID_UPLOAD = [
-    [_case("ex-closed-a", "POST", 10, chunked=True, pause=0.02, early=0, version="1.0")],
+    [case("ex-closed-a", "POST", 10, chunked=True, pause=0.02, early=0, version="1.0")],
 ]
 KNOWN = (FORGED_AFTER_A_RESPONSE, EARLY_ANSWER_DESYNC, CLOSED_MID_UPLOAD)
 

@@ -41,17 +41,7 @@ def upstream() -> Iterator[ScriptedUpstream]:
     server.close()
 
 
-UVLOOP_WRITE_AFTER_CLOSE = pytest.mark.xfail(
-    strict=True,
-    reason="HTTP11Transport writes the chunked terminator after the upstream closed (uvloop "
-    "raises RuntimeError, not an httpx error; the router answers 500): CLOSED_MID_UPLOAD in "
-    "tests/invariant.py; fixed by canary_mw/forward/connection.py (in progress)",
-)
-
-
-@pytest.fixture(
-    scope="module", params=["asyncio", pytest.param("uvloop", marks=UVLOOP_WRITE_AFTER_CLOSE)]
-)
+@pytest.fixture(scope="module", params=["asyncio", "uvloop"])
 def loop(request: pytest.FixtureRequest) -> Iterator[asyncio.AbstractEventLoop]:
     """Both event loops the routers run on: uvicorn picks uvloop when it is installed, and
     its transports differ (a write after the peer closed raises instead of being dropped)."""
