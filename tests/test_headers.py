@@ -1,0 +1,101 @@
+"""canary_mw.forward.headers: what the upstream request carries, by table."""
+
+from __future__ import annotations
+
+import pytest
+
+from canary_mw.forward.headers import CLIENT_FACT_HEADERS, request_headers
+
+PEER = b"198.51.100.20"
+
+# Every header the security note names, as the red team sent them (finding 12) and more.
+NAMED = [
+    b"Forwarded", b"X-Forwarded-For", b"X-Forwarded-Proto", b"X-Forwarded-Host",
+    b"X-Forwarded-Port", b"X-Forwarded-Prefix", b"X-Real-IP", b"True-Client-IP",
+    b"X-Client-IP", b"CF-Connecting-IP", b"X-Cluster-Client-IP", b"Fastly-Client-IP",
+    b"X-Original-URL", b"X-Rewrite-URL",
+]  # fmt: skip
+
+
+def build(
+    raw: list[tuple[bytes, bytes]], *, trusted: bool, client: bytes | None = PEER
+) -> list[tuple[bytes, bytes]]:
+    return request_headers(
+        raw, client=client, scheme=b"http", host=None, default_host=b"canary:8000",
+        trusted_peer=trusted, extra=[(b"x-canary-forwarded", b"1")],
+    )  # fmt: skip
+
+
+def values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [value for key, value in headers if key.lower() == name]
+
+
+def test_the_documented_list_holds_every_named_header() -> None:
+    assert {name.lower() for name in NAMED} <= CLIENT_FACT_HEADERS
+
+
+@pytest.mark.parametrize("name", NAMED, ids=lambda name: name.decode())
+@pytest.mark.parametrize("twin", [False, True], ids=["as named", "underscore twin"])
+def test_an_untrusted_peers_forwarding_headers_are_removed(name: bytes, twin: bool) -> None:
+    sent = name.replace(b"-", b"_") if twin else name
+    headers = build([(b"Host", b"app.test"), (sent, b"10.1.2.3"), (b"X-Other", b"kept")],
+                    trusted=False)  # fmt: skip
+    assert not any(value == b"10.1.2.3" for _, value in headers), headers
+    assert values(headers, b"x-forwarded-for") == [PEER]
+    assert values(headers, b"x-forwarded-proto") == [b"http"]
+    assert values(headers, b"x-forwarded-host") == [b"app.test"]
+    assert values(headers, b"x-other") == [b"kept"]
+    assert headers[0] == (b"host", b"app.test")
+
+
+def test_a_trusted_proxys_headers_are_passed_on_and_extended() -> None:
+    sent = [
+        (b"Host", b"app.internal"),
+        (b"X-Forwarded-For", b"203.0.113.7"),
+        (b"X-Forwarded-For", b"10.0.0.2"),  # a second line: one list, in order
+        (b"Forwarded", b"for=203.0.113.7;proto=https"),
+        (b"X-Forwarded-Proto", b"https"),
+        (b"X-Forwarded-Host", b"shop.example"),
+        (b"X-Forwarded-Prefix", b"/shop"),
+        (b"X-Real-IP", b"203.0.113.7"),
+        (b"X_Forwarded_For", b"10.1.2.3"),  # a twin is removed from anyone
+        (b"x_real_ip", b"10.1.2.3"),
+    ]
+    headers = build(sent, trusted=True)
+    assert values(headers, b"x-forwarded-for") == [b"203.0.113.7, 10.0.0.2, " + PEER]
+    assert values(headers, b"forwarded") == [b"for=203.0.113.7;proto=https, for=" + PEER]
+    assert values(headers, b"x-forwarded-proto") == [b"https"]
+    assert values(headers, b"x-forwarded-host") == [b"shop.example"]
+    assert values(headers, b"x-forwarded-prefix") == [b"/shop"]
+    assert values(headers, b"x-real-ip") == [b"203.0.113.7"]
+    assert not any(value == b"10.1.2.3" for _, value in headers), headers
+
+
+@pytest.mark.parametrize(
+    ("client", "expected"),
+    [(b"2001:db8::9", b'for="[2001:db8::9]"'), (b"192.0.2.1", b"for=192.0.2.1")],
+)
+def test_our_forwarded_element_quotes_ipv6(client: bytes, expected: bytes) -> None:
+    headers = build([(b"Forwarded", b"for=203.0.113.7")], trusted=True, client=client)
+    assert values(headers, b"forwarded") == [b"for=203.0.113.7, " + expected]
+
+
+def test_no_forwarded_header_is_made_up() -> None:
+    assert values(build([], trusted=True), b"forwarded") == []
+
+
+@pytest.mark.parametrize("trusted", [False, True])
+def test_exactly_one_of_each_header_we_write(trusted: bool) -> None:
+    sent = [(b"Host", b"a"), (b"X-Forwarded-For", b"1.1.1.1"), (b"x-forwarded-for", b"2.2.2.2"),
+            (b"X-Forwarded-Proto", b"https"), (b"x-forwarded-proto", b"http"),
+            (b"X-Forwarded-Host", b"x"), (b"x-forwarded-host", b"y")]  # fmt: skip
+    headers = build(sent, trusted=trusted)
+    names = [name.lower() for name, _ in headers]
+    for name in (b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"):
+        assert names.count(name) == 1, (name, headers)
+    assert values(headers, b"x-forwarded-for")[0].endswith(PEER)
+
+
+def test_no_peer_address_no_invented_one() -> None:
+    headers = build([(b"Host", b"app.test")], trusted=False, client=None)
+    assert values(headers, b"x-forwarded-for") == []
