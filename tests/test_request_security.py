@@ -202,6 +202,52 @@ def test_a_trusted_proxys_forwarding_headers_are_passed_on(
     assert "x_forwarded_for" not in _names(received)
 
 
+# -- finding 7: a client behind a trusted proxy chooses no address ------------------------
+OFFICE_TO_CANARY = [{"id": "office", "when": {"ip": ["10.0.0.0/8"]}, "target": "canary"}]
+
+
+@pytest.fixture(scope="module")
+def office_router(parser: str, headers_canary: AppServer) -> Iterator[AppServer]:
+    """Clients in 10.0.0.0/8 go to the canary; 127.0.0.5 is a trusted proxy (defaults
+    otherwise: every client-address header kind is read)."""
+    command = uvicorn_command("tests.apps:make_router_app", "--http", parser, factory=True)
+    server = start_router(
+        "memory://", canary_url=headers_canary.url, default_rules=OFFICE_TO_CANARY,
+        trusted_proxies=[TRUSTED_PROXY], command=command,
+    )  # fmt: skip
+    yield server
+    server.cleanup()
+
+
+PROXIED = {
+    # what a proxy that writes only X-Forwarded-For (ALB, nginx defaults) passes on
+    "XFF proxy, client adds Forwarded": ["X-Forwarded-For: 203.0.113.7", "Forwarded: for=10.1.2.3"],
+    "XFF proxy, client adds quoted FOR=": [
+        "X-Forwarded-For: 203.0.113.7", 'Forwarded: FOR="10.1.2.3:80"'],
+    "XFF proxy, client adds mapped IPv6": [
+        "X-Forwarded-For: 203.0.113.7", 'Forwarded: for="[::ffff:10.1.2.3]:80"'],
+    "XFF proxy, client adds X-Real-IP": ["X-Forwarded-For: 203.0.113.7", "X-Real-IP: 10.1.2.3"],
+    # an X-Real-IP proxy passes the client's own X-Forwarded-For
+    "X-Real-IP proxy, client adds XFF": ["X-Real-IP: 203.0.113.7", "X-Forwarded-For: 10.1.2.3"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(PROXIED))
+def test_a_client_behind_a_trusted_proxy_cannot_choose_its_address(
+    office_router: AppServer, case: str
+) -> None:
+    lines = ["GET /page HTTP/1.1", "Host: app.test", "Connection: close", *PROXIED[case]]
+    request = ("\r\n".join(lines) + "\r\n\r\n").encode()
+    status, body = exchange(office_router.port, request, source=TRUSTED_PROXY)
+    assert (status, body) == (200, b"This is version 1\n")  # stable: unknown, not 10.1.2.3
+    # control: the proxy's own header naming an office address does reach the canary
+    lines = [*lines[:3], "X-Forwarded-For: 10.1.2.3"]
+    status, body = exchange(office_router.port, ("\r\n".join(lines) + "\r\n\r\n").encode(),
+                            source=TRUSTED_PROXY)  # fmt: skip
+    assert status == 200
+    assert _values(json.loads(body), "x-forwarded-for") == [f"10.1.2.3, {TRUSTED_PROXY}"]
+
+
 # -- finding 12: Host ---------------------------------------------------------------------
 def _host_request(target: str, *hosts: str) -> bytes:
     lines = [f"GET {target} HTTP/1.1", *(f"Host: {host}" for host in hosts), "Connection: close"]
