@@ -29,6 +29,7 @@ EXAMPLES = ROOT / "examples"
 BIN = Path(sys.executable).parent
 # The README's programs, from this virtualenv (the same ones `pip install` puts on the PATH).
 PROGRAMS = {
+    "python3": [sys.executable],
     "uvicorn": [sys.executable, "-m", "uvicorn"],
     "gunicorn": [sys.executable, "-m", "gunicorn"],
     "flask": [sys.executable, "-m", "flask"],
@@ -187,3 +188,63 @@ def test_examples_have_their_own_extra() -> None:
         assert "CANARY_STORE" not in (EXAMPLES / example / "app.py").read_text().replace(
             "CANARY_MW_STORE", ""
         )
+
+
+# -- the README's quick starts: files that run as written and show a switch ------------------
+QUICK_STARTS = ["quickstart_fastapi", "quickstart_flask"]
+
+
+def quick_start(name: str) -> tuple[str, list[str]]:
+    """(the code after the docstring, the command lines in the docstring)."""
+    text = (EXAMPLES / f"{name}.py").read_text()
+    end = text.index('"""\n', 3)
+    commands = [line for line in text[3:end].splitlines()[1:] if line.strip()]
+    return text[end + 4 :].strip(), commands
+
+
+@pytest.mark.parametrize("name", QUICK_STARTS)
+def test_readme_shows_the_quick_start_files(name: str) -> None:
+    readme = (ROOT / "README.md").read_text()
+    code, commands = quick_start(name)
+    assert f"```python\n{code}\n```" in readme
+    assert "```bash\n" + "\n".join(commands) + "\n```" in readme
+
+
+@pytest.mark.parametrize("name", QUICK_STARTS)
+def test_quick_start_runs_as_written(name: str, redis: RedisServer) -> None:
+    _, commands = quick_start(name)
+    ports = {"8001": str(free_port()), "8000": str(free_port())}
+    started = []
+    checked = 0
+    try:
+        with client_from("127.0.0.1") as client:
+            for line in commands:
+                if line.startswith("export CANARY_MW_STORE="):
+                    continue  # the private Redis stands in for "a Redis you may write to"
+                if line.rstrip().split("#")[0].rstrip().endswith("&"):
+                    code = line.split("#")[0]
+                    port = next(
+                        free for doc, free in ports.items() if re.search(rf"\b{doc}\b", code)
+                    )
+                    env, command = server_command(code, ports)
+                    server = AppServer(command, env={**env, "CANARY_MW_STORE": redis.url,
+                                                     "CANARY_URL": f"http://127.0.0.1:{ports['8001']}"},
+                                       port=int(port))  # fmt: skip
+                    started.append(server)
+                    server.start()
+                elif line.startswith("canary-mw "):
+                    canary_mw(redis.url, *shlex.split(line.split("#")[0])[1:])
+                elif line.startswith("curl "):
+                    (expected,) = re.findall(r"X-Canary-Version: (\w+)", line)
+                    url = f"http://127.0.0.1:{ports['8000']}/"
+
+                    def served_by(url: str = url) -> str:
+                        return client.get(url).headers["x-canary-version"]
+
+                    wait_until(lambda: served_by() == expected, timeout=1, what=line)  # noqa: B023
+                    checked += 1
+        assert checked == 3  # stable, the switch to the canary, and back
+    finally:
+        redis_cli(redis.port, "DEL", "canary:set:ips", "canary:config")
+        for server in started:
+            server.cleanup()
