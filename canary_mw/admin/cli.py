@@ -382,7 +382,8 @@ def upstream_remove(ctx: Context, name: str, host: str | None) -> None:
 @pass_context
 def admin(ctx: Context, host: str, port: int, token: str | None, token_file: TextIO | None,
           insecure_no_auth: bool) -> None:  # fmt: skip
-    """Serve the admin HTTP API (OpenAPI document at /openapi.json)."""
+    """Serve the admin HTTP API; prints where it listens, whether a token is required and
+    where the OpenAPI document is (/openapi.json; request bodies: docs/admin-api.md)."""
     if token_file is not None:
         token = token_file.read().strip()
     loopback = host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
@@ -426,7 +427,8 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
 @click.option("--port", default=8000, show_default=True, help="Port of the stable app + router.")
 @click.option("--canary-port", default=8001, show_default=True, help="Port of the canary app.")
 def demo(host: str, port: int, canary_port: int) -> None:
-    """Run the two-version demo: stable and canary apps, a router, and Redis."""
+    """Run the two-version demo: stable and canary apps, a router, and Redis (the one in
+    CANARY_MW_STORE or REDIS_URL, else a private redis-server, else the memory store)."""
     raise SystemExit(run_demo(host=host, port=port, canary_port=canary_port))
 
 
