@@ -284,8 +284,8 @@ async def _first_chunk(
 ) -> tuple[bytes, AsyncIterator[bytes] | None]:
     """The first body chunk, and the rest of the stream (None when the first chunk is the
     whole body). Most canary responses are small with a Content-Length: they are sent in one
-    message, without a pump task and a disconnect watcher. The stream is read to its end
-    either way, so the connection can be reused (closing a response early costs it)."""
+    message, without a pump task and a second disconnect watcher. The stream is read to its
+    end either way, so the connection can be reused (closing a response early costs it)."""
     chunks = response.stream.__aiter__()  # type: ignore[union-attr]
     try:
         first: bytes = await chunks.__anext__()
