@@ -137,8 +137,8 @@ class RequestFacts:
     @property
     def authority_conflict(self) -> bool:
         """True when the request names two authorities (two Host lines, or an absolute-form
-        target naming another than Host): the router refuses it with 400 rather than route by
-        one and forward the other."""
+        target naming another than Host) or its target is neither a path, a URL nor ``*``:
+        the router refuses it with 400 rather than route by one and forward the other."""
         raise NotImplementedError
 
     def _peer(self) -> str | None:
@@ -224,10 +224,11 @@ class ASGIFacts(RequestFacts):
             if len(self.raw_headers()) == len(pairs):  # no name repeats: the common case
                 return False
             return sum(1 for name, _ in pairs if name == b"host") > 1
-        hosts = [value for name, value in pairs if name == b"host"]
-        if len(hosts) > 1:
+        authority = _absolute_form_authority(target)
+        if authority is None:  # neither a path nor a URL (``@127.0.0.1:6379/``): no target
             return True
-        return _absolute_form_authority(target) != (hosts[0].lower() if hosts else None)
+        hosts = [value for name, value in pairs if name == b"host"]
+        return len(hosts) > 1 or authority != (hosts[0].lower() if hosts else None)
 
     def header(self, name: str) -> str | None:
         value = self.raw_headers().get(_header_key(name))
@@ -288,7 +289,9 @@ class WSGIFacts(RequestFacts):
         if not target or target[:1] == "/" or target == "*":
             return False
         authority = _absolute_form_authority(target.encode("latin-1"))
-        return authority != (host.lower().encode("latin-1") if host is not None else None)
+        return authority is None or authority != (
+            host.lower().encode("latin-1") if host is not None else None
+        )
 
     def _peer(self) -> str | None:
         peer: str | None = self._environ.get("REMOTE_ADDR")

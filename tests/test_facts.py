@@ -173,7 +173,9 @@ def test_lazy_parsing_touches_only_what_is_asked() -> None:
         (b"http://app.test:1/p", [b"app.test"], True),
         (b"http://user@app.test/p", [b"app.test"], True),
         (b"http://app.test/p", [], True),
-        (b"@127.0.0.1:6379/internal", [b"app.test"], True),  # not a path: nothing to agree
+        (b"@127.0.0.1:6379/internal", [b"app.test"], True),  # neither a path nor a URL
+        (b"@127.0.0.1:6379/internal", [], True),
+        (b"127.0.0.1:6379", [b"127.0.0.1:6379"], True),
     ],
 )
 def test_authority_conflict(target: bytes, hosts: list[bytes], conflict: bool) -> None:
