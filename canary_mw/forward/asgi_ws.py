@@ -69,8 +69,9 @@ def upstream_ws_url(upstream: Upstream, path: bytes, query: bytes) -> str:
 
     Scheme and authority come from the configured upstream; the client's path and query are
     percent-encoded down to URL characters, so nothing in them can end the path early (a
-    ``#`` or ``?``) or be read as an authority. Raises ValueError if the result would name
-    another endpoint than the upstream (it cannot; this is the check that it cannot)."""
+    ``#`` or ``?``) or be read as an authority. The result is parsed again and compared with
+    the upstream, a check that does not rely on the encoding being right; ValueError if it
+    names another endpoint or the target is not a path."""
     if path[:1] != b"/":
         raise ValueError("only an origin-form target (/path) is forwarded")
     secure = upstream.url.scheme == "https"
@@ -139,7 +140,8 @@ async def proxy_websocket(
             raise ValueError("only an origin-form target (/path) is forwarded")
         url = upstream_ws_url(upstream, path, scope.get("query_string", b""))
     except ValueError as exc:
-        logger.warning("canary_mw: WebSocket refused: %s", exc)
+        # A client's mistake (or probe), like a 400: not worth a warning per request.
+        logger.debug("canary_mw: WebSocket refused: %s", exc)
         await send({"type": "websocket.close", "code": POLICY_VIOLATION})
         return
     client = scope.get("client")
