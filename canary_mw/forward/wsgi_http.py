@@ -24,7 +24,11 @@ READ_SIZE = 64 * 1024
 
 def environ_headers(environ: Environ) -> RawHeaders:
     """The request headers as raw pairs. WSGI folds names to ``HTTP_X_FOO``; we send them back
-    as ``x-foo`` (HTTP names are case-insensitive; underscores cannot be told from dashes)."""
+    as ``x-foo`` (HTTP names are case-insensitive; underscores cannot be told from dashes).
+
+    So an underscore twin (``X_Forwarded_For``) is only kept apart by the server: gunicorn and
+    waitress drop names with ``_``; werkzeug's development server joins a twin into the real
+    header, where the trusted-proxy rules then see it as part of that header."""
     headers: RawHeaders = []
     for key, value in environ.items():
         if key.startswith("HTTP_"):
