@@ -86,8 +86,10 @@ async def test_asgi_counters_match_exactly() -> None:
 def test_wsgi_counters_match_exactly() -> None:
     fake_upstreams()
     registry = CollectorRegistry()
+    # respx fakes the upstreams inside httpx's own blocking transport, so the router gets it.
     router = CanaryWSGI(wsgi_stable, upstreams=UPSTREAMS, default_rules=RULES, fallback=True,
-                        metrics=Metrics(registry=registry))  # fmt: skip
+                        metrics=Metrics(registry=registry),
+                        transport=httpx.HTTPTransport())  # fmt: skip
     client = Client(router)
     for headers, method, count in MIX:
         for _ in range(count):

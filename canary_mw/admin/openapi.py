@@ -26,13 +26,17 @@ def _ok(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 _ERRORS = {
     "401": {"description": "Missing bearer token", "content": {_JSON: {"schema": _ref("Error")}}},
-    "403": {"description": "Wrong token (or a non-loopback client without auth)",
+    "403": {"description": "Wrong token; without auth, a Host or Origin that is not loopback",
             "content": {_JSON: {"schema": _ref("Error")}}},
     "503": {"description": "The store is unavailable", "content": {_JSON: {"schema": _ref("Error")}}},
 }  # fmt: skip
 _WRITE_ERRORS = {
     **_ERRORS,
+    "400": {"description": "The body is not JSON, or is nested too deeply",
+            "content": {_JSON: {"schema": _ref("Error")}}},
     "413": {"description": "Request body too large", "content": {_JSON: {"schema": _ref("Error")}}},
+    "415": {"description": "The body is not Content-Type: application/json",
+            "content": {_JSON: {"schema": _ref("Error")}}},
     "422": {"description": "Invalid body: the field is named in detail[].loc",
             "content": {_JSON: {"schema": _ref("ValidationError")}}},
 }  # fmt: skip
