@@ -62,6 +62,7 @@ class Script:
     close. ``hang_up``: close after a keep-alive response without saying so. ``cut``: close
     after this many bytes of the response (taken modulo its length). ``extra``: ``junk`` or
     ``forged`` (a whole response tagged with no request's id) right after the response.
+    ``raw``: write these bytes, whatever they are, and close (for fuzzing).
     ``body_anyway``: a HEAD, 204 or 304 answer carries its body all the same. ``drip``: write
     in pieces of this many bytes with a short pause between them (0: one write).
     """
@@ -82,6 +83,7 @@ class Script:
     extra: str = ""
     body_anyway: bool = False
     drip: int = 0
+    raw: bytes | None = None  # these bytes instead of a response, then close (fuzzing)
 
     def __repr__(self) -> str:  # only what differs from a plain answer: failures read short
         changed = [
@@ -146,6 +148,8 @@ def _chunked(body: bytes, script: Script) -> bytes:
 
 def render(script: Script, rid: str, method: str) -> Rendered:
     """The bytes the upstream writes for request ``rid`` and what a client should get."""
+    if script.raw is not None:
+        return Rendered(script.raw, True, Produced(0, None))
     status, version = script.status, script.version
     framing = "length" if version == "1.0" and script.framing == "chunked" else script.framing
     bodiless = method == "HEAD" or status in _NO_BODY_STATUS
