@@ -1,7 +1,7 @@
 """The README's Flask quick start, as a file that runs as written (from the project root):
 
 export CANARY_MW_STORE=redis://127.0.0.1:6379/0  # a Redis you may write to: examples/README.md
-python3 -m http.server 8001 --bind 127.0.0.1 &  # a stand-in for the new version: any app on 8001 will do
+python3 -m http.server 8001 --bind 127.0.0.1 &  # stands in for the new version
 gunicorn -w 2 -b 127.0.0.1:8000 examples.quickstart_flask:app &
 curl -i http://127.0.0.1:8000/  # served by this app, X-Canary-Version: stable
 canary-mw ip add 127.0.0.1  # you, to the canary
