@@ -48,6 +48,7 @@ __all__ = [
     "MAX_REASON_BYTES",
     "MAX_STALL_BYTES",
     "Exchange",
+    "RetryableError",
     "may_retry",
 ]
 
@@ -77,11 +78,11 @@ class Exchange:
     """One request and its response on one connection (see the module docstring)."""
 
     __slots__ = (
-        "_after_head", "_body_bytes", "_chunked_response", "_crlf_run", "_head_buf",
-        "_head_seen", "_interim", "_length", "_parser", "_sent", "_stall", "buffered",
-        "chunks", "complete", "has_body", "head", "head_done", "head_only", "headers",
-        "keep_alive", "method", "reason", "received", "request_done", "status", "trailing",
-        "until_eof",
+        "_after_head", "_body_bytes", "_chunked_response", "_coding", "_crlf_run", "_head_buf",
+        "_head_seen", "_interim", "_length", "_length_given", "_parser", "_sent", "_stall",
+        "buffered", "chunks", "complete", "has_body", "head", "head_done", "head_only",
+        "headers", "keep_alive", "method", "reason", "received", "request_done", "status",
+        "trailing", "until_eof",
     )  # fmt: skip
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]]):
@@ -120,6 +121,8 @@ class Exchange:
         self._stall = 0  # bytes fed since body last came
         self._crlf_run = 0  # CR/LF bytes at the end of what was fed
         self._chunked_response = False
+        self._coding: bytes | None = None  # the last Transfer-Encoding header's value
+        self._length_given = False
         self.received = 0  # any byte of a response: from then on, never sent again
         self.status = 0
         self.reason = b""
@@ -213,31 +216,54 @@ class Exchange:
     def _feed_head(self, data: bytes) -> None:
         # The head is held here until its blank line, so llhttp never receives half a header
         # line (it would grow it with ``+=`` on every read) and the limit counts raw bytes.
+        # A head that arrives in one read (the usual case) is never copied.
         buf = self._head_buf
-        scanned = len(buf)
-        buf += data
-        while not self.head_done:
-            end = buf.find(_HEAD_END, max(0, scanned - 3))
-            seen = self._head_seen + (len(buf) if end < 0 else end + 4)
-            if seen > MAX_HEAD_BYTES:
-                raise httpx.RemoteProtocolError("the upstream's response head is too large")
+        if buf:
+            start = len(buf) - 3  # the blank line may straddle the two reads
+            buf += data
+            end = buf.find(_HEAD_END, max(0, start))
             if end < 0:
+                self._check_head_size(len(buf))
                 return
-            self._head_seen = seen
-            head, rest = bytes(buf[: end + 4]), bytes(buf[end + 4 :])
+            data = bytes(buf)
             buf.clear()
+        else:
+            end = data.find(_HEAD_END)
+        while True:
+            if end < 0:
+                self._check_head_size(len(data))
+                buf += data
+                return
+            self._check_head_size(end + 4)
+            self._head_seen += end + 4
+            if data[9:10] != b"1":  # not an interim (1xx) head: one parse for head and body
+                self._after_head += len(data) - end - 4
+                self._note_crlf(data)
+                self._parse(data)
+                if not self.head_done:  # "HTTP/1.1 " was not where the status code is
+                    raise httpx.RemoteProtocolError("invalid response: no final status")
+                if self.complete:
+                    self._check_tail()
+                return
+            if end + 4 == len(data):
+                head, rest = data, b""
+            else:
+                head, rest = data[: end + 4], data[end + 4 :]
             self._parse(head)  # on_headers_complete: a final head, or an interim one
-            if not self.head_done:
-                buf += rest
-                scanned = 0
-                continue
-            if rest:
-                self._after_head += len(rest)
-                self._note_crlf(rest)
-                self._parse(rest)
-            if self.complete:
-                self._check_tail()
-            return
+            if self.head_done:
+                break
+            data = rest
+            end = data.find(_HEAD_END)
+        if rest:
+            self._after_head += len(rest)
+            self._note_crlf(rest)
+            self._parse(rest)
+        if self.complete:
+            self._check_tail()
+
+    def _check_head_size(self, pending: int) -> None:
+        if self._head_seen + pending > MAX_HEAD_BYTES:
+            raise httpx.RemoteProtocolError("the upstream's response head is too large")
 
     def _parse(self, data: bytes) -> None:
         if self.complete:
@@ -291,6 +317,11 @@ class Exchange:
         if len(self.headers) >= MAX_HEADERS:
             raise httpx.RemoteProtocolError("the upstream sent too many response headers")
         self.headers.append((name, value))
+        size = len(name)  # framing headers noted as they come: no second pass
+        if size == 14 and name.lower() == b"content-length":
+            self._length_given = True
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self._coding = value
 
     def on_headers_complete(self) -> None:
         if self.head_done:
@@ -300,6 +331,7 @@ class Exchange:
             raise httpx.RemoteProtocolError("the upstream switched protocols unasked")
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
             self.headers, self.reason = [], b""
+            self._coding, self._length_given = None, False
             self._interim = True
             return
         self.status = status
@@ -312,14 +344,16 @@ class Exchange:
             return
         if status in (204, 304):
             return
-        framing = [value for name, value in self.headers if name.lower() == b"transfer-encoding"]
-        if framing:
-            self._chunked_response = framing[-1].rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        if self._coding is not None:  # llhttp: chunked only when it is the last coding
+            self._chunked_response = self._coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             self.until_eof = not self._chunked_response
         else:
-            self.until_eof = not any(name.lower() == b"content-length" for name, _ in self.headers)
+            self.until_eof = not self._length_given
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:  # after the head of a HEAD response: bytes that belong to none
+            self.trailing = True
+            return
         self._body_bytes += len(body)
         self.chunks.append(body)
         self.buffered += len(body)
@@ -340,6 +374,15 @@ def may_retry(method: str, exchange: Exchange, *, reused: bool) -> bool:
     closed while idle, nothing of a response came, the method is idempotent, and there was
     no body (a body streamed from the client cannot be replayed)."""
     return reused and not exchange.received and method in IDEMPOTENT and not exchange.has_body
+
+
+class RetryableError(Exception):
+    """Raised by a driver when ``may_retry`` allowed sending the failed request again; its
+    pool does so once, on a new connection, and raises ``error`` if that fails too."""
+
+    def __init__(self, error: httpx.HTTPError):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _check_head(lines: list[bytes], names: list[bytes]) -> None:
