@@ -333,55 +333,74 @@ def test_wsgi_never_routes_by_one_host_and_forwards_another(
 
 
 # -- finding 5: one request with 100,000 repeated headers ---------------------------------
-def test_100k_repeated_headers_do_not_hold_the_event_loop(headers_canary: AppServer) -> None:
-    """Under httptools (no limit on the head), one request with 100,000 ``X-A`` lines. The
-    bound is relative to uvicorn itself serving the same request to the bare stable app, in
-    the same run: linear work is a small multiple of it, the quadratic join was ~300x."""
-    big = (
-        b"GET /page HTTP/1.1\r\nHost: app.test\r\n" + b"X-A: 12345678\r\n" * 100_000
-        + b"Connection: close\r\n\r\n"
-    )  # fmt: skip
-    small = b"GET /page HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
-    httptools = ("--http", "httptools")
-    bare = AppServer(uvicorn_command("tests.security_apps:make_bare_app", *httptools,
-                                     factory=True)).start()  # fmt: skip
-    router = start_router(
+HTTPTOOLS = ("--http", "httptools")  # no limit on the head: the whole request reaches the app
+
+
+@pytest.fixture
+def bare_stable() -> Iterator[AppServer]:
+    command = uvicorn_command("tests.security_apps:make_bare_app", *HTTPTOOLS, factory=True)
+    server = AppServer(command).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
+def header_rule_router(headers_canary: AppServer) -> Iterator[AppServer]:
+    """Rules, an override and trusted proxies that all read headers, as routers do."""
+    server = start_router(
         "memory://",
         canary_url=headers_canary.url,
         default_rules=[{"id": "h", "when": {"header": "X-Canary", "one_of": ["yes"]}}],
         force_header="X-Canary-Force",
         trusted_proxies=[TRUSTED_PROXY],
-        command=uvicorn_command("tests.apps:make_router_app", *httptools, factory=True),
+        command=uvicorn_command("tests.apps:make_router_app", *HTTPTOOLS, factory=True),
     )
-    try:
+    yield server
+    server.cleanup()
+
+
+def test_100k_repeated_headers_do_not_hold_the_event_loop(
+    bare_stable: AppServer, header_rule_router: AppServer
+) -> None:
+    """Under httptools, one request with 100,000 ``X-A`` lines. The bound is relative to
+    uvicorn itself serving the same request to the bare stable app, in the same run: linear
+    work is a small multiple of it (about 2x here), the quadratic join was ~300x."""
+    big = (
+        b"GET /page HTTP/1.1\r\nHost: app.test\r\n" + b"X-A: 12345678\r\n" * 100_000
+        + b"Connection: close\r\n\r\n"
+    )  # fmt: skip
+    small = b"GET /page HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    bare, router = bare_stable, header_rule_router
+
+    def bare_run() -> float:
         started = time.perf_counter()
         assert exchange(bare.port, big)[0] == 200
-        baseline = time.perf_counter() - started
+        return time.perf_counter() - started
 
-        sent = threading.Event()
-        big_reply: dict[str, float] = {}
+    sent = threading.Event()
+    big_reply: dict[str, float] = {}
 
-        def send_big() -> None:
-            with socket.create_connection(("127.0.0.1", router.port)) as sock:
-                sock.settimeout(60)
-                sock.sendall(big)
-                sent.set()
-                reply = sock.recv(65536)  # the status line comes first
-                big_reply["at"] = time.perf_counter()
-                big_reply["ok"] = float(reply.startswith(b"HTTP/1.1 200"))
+    def send_big() -> None:
+        with socket.create_connection(("127.0.0.1", router.port)) as sock:
+            sock.settimeout(60)
+            sock.sendall(big)
+            sent.set()
+            reply = sock.recv(65536)  # the status line comes first
+            big_reply["at"] = time.perf_counter()
+            big_reply["ok"] = float(reply.startswith(b"HTTP/1.1 200"))
 
-        started = time.perf_counter()
-        sender = threading.Thread(target=send_big)
-        sender.start()
-        assert sent.wait(30)
-        status, _ = exchange(router.port, small)  # stable, while the big one is in the router
-        small_latency = time.perf_counter() - started
-        sender.join(60)
-        assert status == 200
-        assert big_reply["ok"]
-        bound = 10 * baseline + 0.5
-        assert small_latency < bound, (small_latency, baseline)
-        assert big_reply["at"] - started < bound, (big_reply["at"] - started, baseline)
-    finally:
-        bare.cleanup()
-        router.cleanup()
+    before = bare_run()
+    started = time.perf_counter()
+    sender = threading.Thread(target=send_big)
+    sender.start()
+    assert sent.wait(30)
+    status, _ = exchange(router.port, small)  # stable, while the big one is in the router
+    small_latency = time.perf_counter() - started
+    sender.join(60)
+    assert status == 200
+    assert big_reply["ok"]
+    # The slower of a bare run before and after: a busy machine slows both sides.
+    baseline = max(before, bare_run())
+    bound = 10 * baseline + 0.5
+    assert small_latency < bound, (small_latency, baseline)
+    assert big_reply["at"] - started < bound, (big_reply["at"] - started, baseline)
