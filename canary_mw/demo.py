@@ -207,6 +207,8 @@ def _instructions(url: str, canary_port: int, host: str, redis: _Redis | None) -
             f"  curl --cookie canary_user=alice {url}   # a VIP user, by cookie, after:",
             f"  {cli} SADD canary:set:users alice",
             f"  {cli} HSET canary:config mode off       # the kill switch",
+            "  or with canary-mw (validated, recorded in canary-mw history), e.g.",
+            f"  CANARY_MW_STORE={redis.url} canary-mw ip add 127.0.0.1",
         ]
     lines += [
         "  or type here: ip add 127.0.0.1 | ip remove 127.0.0.1 | user add alice | mode off",

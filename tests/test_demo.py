@@ -79,6 +79,15 @@ def test_demo_with_a_private_redis_server() -> None:
             printed_command(demo.text(), "SREM canary:set:ips"), check=True, capture_output=True
         )
         wait_until(lambda: demo.answer() == "This is version 1\n", timeout=1, what="version 1")
+        # The printed canary-mw line, as a shell runs it (VAR=value command).
+        line = next(line for line in demo.text().splitlines() if "canary-mw ip add" in line)
+        assignment, *command = shlex.split(line)
+        name, _, value = assignment.partition("=")
+        assert name == "CANARY_MW_STORE"
+        executable = str(Path(sys.executable).with_name(command[0]))
+        subprocess.run([executable, *command[1:]], check=True, capture_output=True,
+                       env={**os.environ, name: value})  # fmt: skip
+        wait_until(lambda: demo.answer() == "This is version 2\n", timeout=1, what="canary-mw")
     finally:
         code = demo.interrupt()
     assert code == 0
