@@ -214,10 +214,9 @@ class ASGIFacts(RequestFacts):
 
     @property
     def authority_conflict(self) -> bool:
-        """True when the request names its authority twice and the router could read one and
-        forward the other: more than one Host line (RFC 9112 §3.2 makes that a 400), or an
-        absolute-form target (``GET http://a/ HTTP/1.1``, passed on by uvicorn's h11 parser)
-        whose authority is not the Host header's."""
+        """More than one Host line (RFC 9112 §3.2 makes that a 400), an absolute-form target
+        (``GET http://a/ HTTP/1.1``, passed on by uvicorn's h11 parser) whose authority is not
+        the Host header's, or a target that is neither (``@127.0.0.1:6379/``, also h11's)."""
         pairs = self._scope.get("headers", ())
         target: bytes = self._scope.get("raw_path") or b"/"
         if target[:1] == b"/" or target == b"*":

@@ -132,17 +132,18 @@ class ForwarderBase:
         return headers, length
 
 
-#: The reply to a request that names its authority twice (RequestFacts.authority_conflict).
-_AMBIGUOUS_AUTHORITY = b"Bad Request: the request names more than one host\n"
+#: The reply to a request that names its authority twice, or has no usable target
+#: (RequestFacts.authority_conflict).
+_AMBIGUOUS_AUTHORITY = b"Bad Request: two Host headers, or a request target that is not a path\n"
 
 
 async def refuse_ambiguous_authority(
     scope: MutableMapping[str, Any], receive: Callable[[], Any], send: Callable[[Any], Any]
 ) -> None:
-    """ASGI app for a request with two Host lines or an absolute-form target naming another
-    host than Host: 400 (RFC 9112 §3.2), or for a WebSocket a close before accept (the client
-    sees 403). Routing by one authority and forwarding the other is how a client would
-    reach a host the rules never chose."""
+    """ASGI app for a request with two Host lines, an absolute-form target naming another
+    host than Host, or a target that is not a path: 400 (RFC 9112 §3.2), or for a WebSocket
+    a close before accept (the client sees 403). Routing by one authority and forwarding the
+    other is how a client would reach a host the rules never chose."""
     if scope["type"] == "websocket":
         if (await receive())["type"] == "websocket.connect":
             await send({"type": "websocket.close", "code": 1008})
