@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canary_mw.forward.headers import CLIENT_FACT_HEADERS, request_headers
 
@@ -99,3 +101,32 @@ def test_exactly_one_of_each_header_we_write(trusted: bool) -> None:
 def test_no_peer_address_no_invented_one() -> None:
     headers = build([(b"Host", b"app.test")], trusted=False, client=None)
     assert values(headers, b"x-forwarded-for") == []
+
+
+_NAMES = st.sampled_from(
+    [name.decode() for name in sorted(CLIENT_FACT_HEADERS)]
+    + ["host", "cookie", "x-other", "connection", "te", "content-length", "x-a"]
+).flatmap(
+    lambda name: st.sampled_from(
+        [name, name.upper(), name.replace("-", "_"), name.title().replace("-", "_")]
+    )
+)
+_VALUES = st.sampled_from(["10.1.2.3", "for=10.1.2.3", "https", "evil.test", "x-other", ""])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_NAMES, _VALUES), max_size=12))
+def test_whatever_an_untrusted_peer_sends(sent: list[tuple[str, str]]) -> None:
+    """One Host first, one X-Forwarded-For that is exactly our peer, and none of the listed
+    headers (or a twin) but the ones we write, for any mix of names, cases and twins."""
+    raw = [(name.encode(), value.encode()) for name, value in sent]
+    headers = build(raw, trusted=False)
+    names = [name.lower() for name, _ in headers]
+    assert names[0] == b"host"
+    assert names.count(b"host") == 1
+    assert values(headers, b"x-forwarded-for") == [PEER]
+    ours = {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"}
+    for name in names:
+        assert name.replace(b"_", b"-") not in CLIENT_FACT_HEADERS or name in ours, headers
+    for name in ours:
+        assert names.count(name) <= 1
