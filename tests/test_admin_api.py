@@ -202,3 +202,16 @@ async def test_openapi_is_served_valid_and_complete(api: httpx.AsyncClient) -> N
 
     tested = {template(method, path) for method, path, _, _ in ENDPOINTS}
     assert tested == routes  # every route is in the endpoint table above
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "named"),
+    [({"token": "short"}, "token="), ({"tokens": {"bob": "short"}}, "tokens['bob']")],
+    ids=["token", "tokens"],
+)
+def test_a_short_token_is_named_as_the_caller_passed_it(
+    kwargs: dict[str, object], named: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        admin_app("memory://", **kwargs)  # type: ignore[arg-type]
+    assert str(info.value).startswith(f"{named} must be a string of at least 16 characters")

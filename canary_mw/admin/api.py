@@ -365,7 +365,12 @@ def admin_app(
         named["api"] = token
     for name, secret in named.items():
         if not isinstance(secret, str) or len(secret) < 16:
-            raise ConfigurationError(f"token {name!r} must be a string of at least 16 characters")
+            # Say which argument held it: "api" is only the name the history records for token=.
+            where = "token=" if token is not None and secret is token else f"tokens[{name!r}]"
+            raise ConfigurationError(
+                f"{where} must be a string of at least 16 characters; make one with "
+                "`openssl rand -hex 24`"
+            )
     if not named and not allow_unauthenticated:
         raise ConfigurationError(
             "the admin API needs a token (token=... or CANARY_MW_ADMIN_TOKEN); to run it "
