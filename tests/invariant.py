@@ -29,6 +29,7 @@ __all__ = [
     "judge",
     "known_examples",
     "register",
+    "scripts",
     "settings_for",
     "verdict",
     "waves",
@@ -38,13 +39,13 @@ METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE")
 T = TypeVar("T")
 QUIET = 5.0  # seconds the upstream gets to finish reading what was sent
 _ids = itertools.count()
-_run = os.getpid()  # ids stay unique when several runs share an upstream's log
 
 
 def settings_for(max_examples: int) -> settings:
     """CI settings: derandomized (the same examples every run, so a strict xfail cannot
     pass by luck), no example database (nothing carried between runs), no deadline (one
-    example waits on sockets). HYPOTHESIS_EXAMPLES_SCALE=10 runs ten times as many, for a local hunt."""
+    example waits on sockets), no "explain" phase (it reruns a failure many more times).
+    HYPOTHESIS_EXAMPLES_SCALE=10 runs ten times as many examples, for a local hunt."""
     scale = float(os.environ.get("HYPOTHESIS_EXAMPLES_SCALE", "1"))
     return settings(
         max_examples=max(1, int(max_examples * scale)),
@@ -52,7 +53,7 @@ def settings_for(max_examples: int) -> settings:
         derandomize=True,
         database=None,
         print_blob=False,
-        phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.shrink],
+        phases=[Phase.explicit, Phase.generate, Phase.shrink],
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
     )
 
@@ -225,7 +226,7 @@ def clients(draw: st.DrawFn) -> Client:
     if method not in ("GET", "HEAD"):
         size = draw(st.sampled_from([0, 1, 10, 1000, 20_000, 200_000]))
     return Client(
-        rid=f"p{_run}x{next(_ids)}",
+        rid=f"q{next(_ids)}",
         method=method,
         body_size=size,
         chunked=draw(st.booleans()),
