@@ -21,6 +21,13 @@ def stable(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 
 GOOD = {"canary_url": "http://canary.internal:8000"}
+
+
+def faked(**options: Any) -> dict[str, Any]:
+    """respx fakes upstreams inside httpx's own blocking transport; the default is ours."""
+    return {**GOOD, "transport": httpx.HTTPTransport(), **options}
+
+
 OFFICE = [{"id": "office", "when": {"ip": ["203.0.113.0/24"]}}]
 
 
@@ -47,7 +54,7 @@ def test_wraps_only_callables() -> None:
 @respx.mock
 def test_proxyfix_outside_routes_on_the_client_address() -> None:
     respx.get("http://canary.internal:8000/").respond(200, text="canary")
-    router = CanaryWSGI(stable, **GOOD, default_rules=OFFICE)
+    router = CanaryWSGI(stable, **faked(default_rules=OFFICE))
     outside = Client(ProxyFix(router, x_for=1))
     environ = {"REMOTE_ADDR": "10.0.0.1"}
     response = outside.get("/", headers={"X-Forwarded-For": "203.0.113.5"}, environ_base=environ)
@@ -58,12 +65,12 @@ def test_proxyfix_outside_routes_on_the_client_address() -> None:
 @respx.mock
 def test_proxyfix_inside_sees_only_the_proxy() -> None:
     respx.get("http://canary.internal:8000/").respond(200, text="canary")
-    router = CanaryWSGI(ProxyFix(stable, x_for=1), **GOOD, default_rules=OFFICE)
+    router = CanaryWSGI(ProxyFix(stable, x_for=1), **faked(default_rules=OFFICE))
     inside = Client(router)
     environ = {"REMOTE_ADDR": "10.0.0.1"}
     response = inside.get("/", headers={"X-Forwarded-For": "203.0.113.5"}, environ_base=environ)
     assert response.text == "stable no-match"  # routed on 10.0.0.1: the documented pitfall
-    trusted = CanaryWSGI(stable, **GOOD, default_rules=OFFICE, trusted_proxies=["10.0.0.0/8"])
+    trusted = CanaryWSGI(stable, **faked(default_rules=OFFICE, trusted_proxies=["10.0.0.0/8"]))
     response = Client(trusted).get(
         "/", headers={"X-Forwarded-For": "203.0.113.5"}, environ_base=environ
     )
@@ -75,7 +82,7 @@ def test_proxyfix_inside_sees_only_the_proxy() -> None:
 @respx.mock
 def test_loop_guard_and_tag() -> None:
     canary = respx.get("http://canary.internal:8000/").respond(200, text="canary")
-    router = CanaryWSGI(stable, **GOOD, default_rules=[{"id": "all", "when": {"method": "GET"}}])
+    router = CanaryWSGI(stable, **faked(default_rules=[{"id": "all", "when": {"method": "GET"}}]))
     client = Client(router)
     forwarded = client.get("/")
     assert (forwarded.text, forwarded.headers["X-Canary-Version"]) == ("canary", "canary")
