@@ -93,3 +93,16 @@ def test_loop_guard_and_tag() -> None:
     assert "X-Canary-Version" not in looped.headers
     router.close()
     router.close()  # twice is fine
+
+
+@respx.mock
+def test_a_failed_upstream_is_logged_with_the_path_as_text(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    respx.route(host="canary.internal").mock(side_effect=httpx.ConnectError("refused"))
+    router = CanaryWSGI(stable, **faked(default_rules=[{"id": "all", "when": {"method": "GET"}}]))
+    with caplog.at_level("WARNING", logger="canary_mw.forward"):
+        response = Client(router).get("/shop/cart?x=1")
+    assert response.status_code == 502
+    assert "failed before responding to GET /shop/cart?x=1: ConnectError" in caplog.text
+    router.close()

@@ -113,9 +113,10 @@ class ForwarderBase:
         serve the request instead: fallback is on, the method is idempotent, the upstream
         never got the request, and nothing of the body was read."""
         self._report(upstream.name, error_kind(exc))
+        target = request.url.raw_path.decode("latin-1")  # as sent, not as b'...'
         logger.warning(
             "canary_mw: upstream %r failed before responding to %s %s: %s: %s",
-            upstream.name, request.method, request.url.raw_path, type(exc).__name__, exc,
+            upstream.name, request.method, target, type(exc).__name__, exc,
         )  # fmt: skip
         if fallback and not body_read and is_unreachable(exc) and request.method in IDEMPOTENT:
             return None
