@@ -549,6 +549,25 @@ def test_refused_is_a_connect_error(driver) -> None:
         driver.send(f"http://127.0.0.1:{port}/")
 
 
+def test_a_connection_never_accepted_is_a_connect_timeout(driver) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)  # never accepts: once its queue is full, SYNs go unanswered
+        fillers = []
+        try:
+            for _ in range(4):
+                filler = socket.socket()
+                filler.setblocking(False)
+                filler.connect_ex(listener.getsockname())
+                fillers.append(filler)
+            url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+            with pytest.raises(httpx.ConnectTimeout):
+                driver.send(url, timeouts={**TIMEOUTS, "connect": 0.2})
+        finally:
+            for filler in fillers:
+                filler.close()
+
+
 def test_no_answer_is_a_read_timeout(upstream, driver) -> None:
     server = upstream(lambda conn, srv: (read_head(conn, bytearray()), conn.recv(1)))
     with pytest.raises(httpx.ReadTimeout):

@@ -236,7 +236,7 @@ class Exchange:
                 return
             self._check_head_size(end + 4)
             self._head_seen += end + 4
-            if data[9:10] != b"1":  # not an interim (1xx) head: one parse for head and body
+            if data[9:10] != b"1" and data[:5] == b"HTTP/":  # final: head and body in one parse
                 self._after_head += len(data) - end - 4
                 self._note_crlf(data)
                 self._parse(data)
