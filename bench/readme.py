@@ -1,8 +1,8 @@
-"""Write the README's performance figures from the latest benchmark run.
+"""Write the documentation's benchmark page from the latest benchmark run.
 
-    python bench/run.py          # writes bench/results/latest.json
-    python bench/readme.py       # rewrites the block between the markers in README.md,
-                                 # and copies the full report to docs/benchmark.md (+ .png)
+    python bench/run.py          # writes bench/results/latest.json (and latest.md, .png)
+    python bench/readme.py       # rewrites docs/benchmark.md: the summary, then every row
+                                 # (and copies the chart to docs/benchmark.png)
 
 The figures come from one run on one machine, with the command and the machine named, so
 anyone can see where they came from and run it again.
@@ -19,7 +19,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
-#: (row name in the benchmark, what the README calls it)
+#: (row name in the benchmark, what the summary calls it)
 ROWS = [
     ("bare ASGI app", "bare ASGI app (uvicorn)"),
     ("pure ASGI middleware, no-op (floor)", "pure ASGI middleware, no-op"),
@@ -54,8 +54,8 @@ def block(summary: dict[str, Any], command: str, machine: str) -> str:
     lines = [
         f"Measured with `{command}` on {machine}; one run, so compare ratios, not absolute",
         "numbers (the machine is shared). `x bare` is the median over runs taken in turns with",
-        "the bare app; req/s at 10 and 50 concurrent connections. Every row, and a chart:",
-        "[docs/benchmark.md](docs/benchmark.md).",
+        "the bare app; req/s at 10 and 50 concurrent connections. Every row, and a chart,",
+        "follow the summary; [Performance](performance.md) says how to read them.",
         "",
         "| setup | req/s c10 | req/s c50 | x bare c10 | x bare c50 | CPU µs/req c10 |",
         "|---|---:|---:|---:|---:|---:|",
@@ -87,22 +87,34 @@ def main() -> int:
     header = (results / "latest.md").read_text().split("\n\n", 2)[1]  # "Machine: ..., Command: ..."
     machine = header.split("Machine: ", 1)[1].split(". Command:", 1)[0]
     command = header.split("Command: `", 1)[1].split("`", 1)[0]
-    readme = ROOT / "README.md"
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} ... {END} block", file=sys.stderr)
-        return 1
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{block(summary, command, machine)}\n{END}{tail}")
-    docs = ROOT / "docs"
     report = (results / "latest.md").read_text()
-    if (results / "latest.png").exists():
+    docs = ROOT / "docs"
+    chart = (results / "latest.png").exists()
+    if chart:
         shutil.copy(results / "latest.png", docs / "benchmark.png")
-        report += "\n![req/s at 50 connections](benchmark.png)\n"
-    (docs / "benchmark.md").write_text(report)
-    print(f"README.md: performance figures from {latest}")
+    page = ROOT / "docs" / "benchmark.md"
+    page.write_text(benchmark_page(block(summary, command, machine), report, chart=chart))
+    print(f"{page.relative_to(ROOT)}: performance figures from {latest}")
     return 0
+
+
+def benchmark_page(summary: str, report: str, *, chart: bool) -> str:
+    """The generated page: the summary tables, then the full report without its title."""
+    body = report.split("\n", 1)[1].lstrip("\n") if report.startswith("# ") else report
+    return "\n".join([
+        "# Benchmark",
+        "",
+        "<!-- Written by `python bench/readme.py` from bench/results/latest.json;",
+        "     edit bench/readme.py or bench/report.py, not this page. -->",
+        "",
+        BEGIN,
+        summary,
+        END,
+        "",
+        body.rstrip("\n"),
+        *(["", "![req/s at 50 connections](benchmark.png)"] if chart else []),
+        "",
+    ])  # fmt: skip
 
 
 if __name__ == "__main__":

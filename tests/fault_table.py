@@ -1,7 +1,7 @@
-"""Write the README's fault table from the suite's results.
+"""Write the documentation's fault table (docs/faults.md) from the suite's results.
 
-pytest -m fault            # or the whole suite; writes .fault-results.json
-python -m tests.fault_table   # rewrites the table between the markers in README.md
+pytest                        # the fault tests write .fault-results.json
+python -m tests.fault_table   # rewrites the table between the markers in docs/faults.md
 """
 
 from __future__ import annotations
@@ -74,16 +74,16 @@ def main() -> int:
         print(f"no results at {RESULTS}: run pytest first", file=sys.stderr)
         return 1
     rows = json.loads(RESULTS.read_text())
-    readme = ROOT / "README.md"
-    text = readme.read_text()
+    page = ROOT / "docs" / "faults.md"
+    text = page.read_text()
     if BEGIN not in text or END not in text:
-        print(f"README.md has no {BEGIN} ... {END} block", file=sys.stderr)
+        print(f"docs/faults.md has no {BEGIN} ... {END} block", file=sys.stderr)
         return 1
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{table(rows)}\n{END}{tail}")
+    page.write_text(f"{head}{BEGIN}\n{table(rows)}\n{END}{tail}")
     failed = sum(row["outcome"] == "FAIL" for row in rows)
-    print(f"{len(rows)} cases, {failed} failed, written to {readme}")
+    print(f"{len(rows)} cases, {failed} failed, written to {page}")
     return 0
 
 

@@ -211,11 +211,12 @@ def test_exit_status_rule(
     assert (store.get_config().version, len(store.history(10))) == (1, 1)
 
 
-def test_readme_states_the_exit_status_rule() -> None:
-    readme = " ".join((Path(__file__).resolve().parent.parent / "README.md").read_text().split())
-    assert "**1** a value was refused" in readme
-    assert "**2** the command line is malformed" in readme
-    assert "exit status 1, nothing written" not in readme  # the old, one-code rule
+def test_docs_state_the_exit_status_rule() -> None:
+    page = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    text = " ".join(page.read_text().split())
+    assert "**1** a value was refused" in text
+    assert "**2** the command line is malformed" in text
+    assert "exit status 1, nothing written" not in text  # the old, one-code rule
     help_text = run("--help").stdout
     assert "1 a value was refused" in help_text
     assert "2 the command line is malformed" in help_text
@@ -291,21 +292,21 @@ def test_status_flags_an_invalid_ip_list(
     assert "a router started since has none, so conditions on it are unknown" in result.stdout
 
 
-# -- the admin server, as the README starts and calls it --------------------------------
-def readme_admin_block() -> str:
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+# -- the admin server, as docs/admin-api.md starts and calls it ---------------------------
+def docs_admin_block() -> str:
+    page = (Path(__file__).resolve().parent.parent / "docs" / "admin-api.md").read_text()
     (block,) = [
-        b for b in re.findall(r"```bash\n(.*?)```", readme, re.DOTALL) if "canary-mw admin" in b
+        b for b in re.findall(r"```bash\n(.*?)```", page, re.DOTALL) if "canary-mw admin" in b
     ]
     return block
 
 
-def test_readme_admin_snippet_works_as_written(url: str, store: Store, tmp_path: Path) -> None:
+def test_docs_admin_snippet_works_as_written(url: str, store: Store, tmp_path: Path) -> None:
     port = str(free_port())
-    block = readme_admin_block().replace("8080", port).replace("0.0.0.0", "127.0.0.1")
+    block = docs_admin_block().replace("8080", port).replace("0.0.0.0", "127.0.0.1")
     lines = block.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("canary-mw admin"))
-    # The README's lines, plus what a person does by eye: wait until the banner is printed
+    # The page's lines, plus what a person does by eye: wait until the banner is printed
     # (bounded), and stop the server at the end.
     banner = tmp_path / "banner.txt"
     lines[start] = lines[start].replace(" &", f" > {banner} &", 1)

@@ -208,6 +208,8 @@ def test_readme_shows_the_quick_start_files(name: str) -> None:
     code, commands = quick_start(name)
     assert f"```python\n{code}\n```" in readme
     assert "```bash\n" + "\n".join(commands) + "\n```" in readme
+    # The documentation site's home page shows the same file through a snippet include.
+    assert f'--8<-- "examples/{name}.py"' in (ROOT / "docs" / "index.md").read_text()
 
 
 @pytest.mark.parametrize("name", QUICK_STARTS)
