@@ -71,7 +71,7 @@ def checked_body_limit(size: object) -> int | None:
 
 
 def make_async_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    """The default transport for forwarding: ours (see pool.py, bench/ and the README)."""
+    """The default transport for forwarding: ours (see pool.py, bench/ and docs/forwarding.md)."""
     from .pool import HTTP11Transport  # noqa: PLC0415 - imports httptools only when used
 
     return HTTP11Transport(limits)

@@ -1,7 +1,7 @@
 """Other engines under the httpx API: swap them in with ``CanaryRouter(transport=...)``.
 
 The router speaks httpx (what users and respx know); the transport is what moves bytes.
-``bench/run.py`` measures httpx's own transport against these two; the README says which
+``bench/run.py`` measures httpx's own transport against these two; docs/forwarding.md says which
 is the default and why. Both need an optional extra: ``canary-mw[aiohttp]`` or
 ``canary-mw[httpx2]``. Both map their errors to httpx's, so 502/503/504 and fallback work
 the same whatever moves the bytes.
