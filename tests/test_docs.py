@@ -328,3 +328,62 @@ def test_readme_stays_short_and_links_every_page() -> None:
         assert page.name in nav, f"{page.name} is not in mkdocs.yml's nav"
         if page.name not in ("index.md", "benchmark.md", "faults.md", "security.md"):
             assert f"(docs/{page.name}" in readme, f"the README does not link {page.name}"
+
+
+# -- the generated pages: each written by its one documented command ------------------------
+def test_fault_table_command_writes_the_faults_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests import fault_table
+
+    (tmp_path / "docs").mkdir()
+    page = tmp_path / "docs" / "faults.md"
+    page.write_text((DOCS / "faults.md").read_text())
+    results = tmp_path / "results.json"
+    row = {"test": "t", "area": "Redis", "case": "a case", "template": "a case",
+           "expected": "0 failed", "outcome": "pass", "observed": "12 requests"}  # fmt: skip
+    results.write_text(json.dumps([row]))
+    monkeypatch.setattr(fault_table, "ROOT", tmp_path)
+    monkeypatch.setattr(fault_table, "RESULTS", results)
+    assert "pytest -m fault && python -m tests.fault_table" in page.read_text()
+    assert fault_table.main() == 0
+    text = page.read_text()
+    table = text.split(fault_table.BEGIN)[1].split(fault_table.END)[0]
+    assert table.strip().splitlines()[2:] == ["| Redis | a case | 0 failed | pass (12 requests) |"]
+    assert (
+        text.split(fault_table.BEGIN)[0]
+        == (DOCS / "faults.md").read_text().split(fault_table.BEGIN)[0]
+    )  # the page's own text is kept
+
+
+def test_benchmark_command_writes_the_benchmark_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bench import readme
+
+    results = tmp_path / "bench" / "results"
+    results.mkdir(parents=True)
+    (tmp_path / "docs").mkdir()
+    row = {"name": "bare ASGI app", "connections": 10, "rps": 12345.0, "ratio_to_bare": 1.0,
+           "cpu_us": 75.0}  # fmt: skip
+    target = {"target": "a target", "measured": "1.00x", "met": True}
+    (results / "latest.json").write_text(json.dumps({"rows": [row], "targets": [target]}))
+    (results / "latest.md").write_text(
+        "# canary_mw benchmark\n\nMachine: a box. Command: `python bench/run.py`. More.\n\n"
+        "## ASGI\n\n| every | row |\n"
+    )
+    monkeypatch.setattr(readme, "ROOT", tmp_path)
+    assert (
+        "python bench/readme.py       # rewrites docs/benchmark.md"
+        in (DOCS / "performance.md").read_text()
+    )
+    assert readme.main() == 0
+    text = (tmp_path / "docs" / "benchmark.md").read_text()
+    assert text.startswith("# Benchmark\n")
+    assert "| bare ASGI app (uvicorn) | 12,345 | - | 1.00x | - | 75 |" in text
+    assert "| a target | 1.00x | yes |" in text
+    assert text.count("# canary_mw benchmark") == 0
+    assert text.rstrip().endswith("| every | row |")
+    # The page in the repository has the same shape: written by this command, not by hand.
+    committed = (DOCS / "benchmark.md").read_text()
+    assert committed.split(readme.BEGIN)[0] == text.split(readme.BEGIN)[0]
