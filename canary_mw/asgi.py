@@ -10,17 +10,15 @@ from typing import Any
 
 import httpx
 
-from ._aio import wait_event
 from .clientip import DEFAULT_CLIENT_IP_HEADERS
 from .decision import STABLE, Decision
 from .engine import AsyncEngine
-from .errors import StoreError
 from .facts import ASGIFacts
 from .forward.asgi_http import AsyncHTTPForwarder, Outcome, Replayable
 from .forward.asgi_ws import proxy_websocket
 from .forward.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, make_async_transport
 from .forward.common import refuse_ambiguous_authority
-from .health import HealthCheck
+from .health import AsyncChecker, HealthCheck
 from .metrics import Metrics
 from .router import RouterBase
 from .rules import DEFAULT_RULES, RuleSet
@@ -103,8 +101,10 @@ class CanaryRouter(RouterBase):
         self._default_transport: httpx.AsyncBaseTransport | None = None
         self._transport_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._health_task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._checker = None if self.health is None else AsyncChecker(
+            self.health, self._backends, self._share_health, headers=[self._loop_guard],
+            after_round=self._after_round,
+        )  # fmt: skip
         self._closed = False
 
     # -- the ASGI interface ------------------------------------------------------------
@@ -142,9 +142,8 @@ class CanaryRouter(RouterBase):
     ) -> None:
         """A decision for an upstream: forward, or serve stable when it cannot take it."""
         started = time.perf_counter()
-        ejected_here = self.health.local_ejections if self.health else frozenset()
         decision, upstream = self.targets.resolve(
-            decision, self.engine.snapshot, facts.host, ejected_here
+            decision, self.engine.snapshot, facts.host, self._ejected()
         )
         scope[DECISION_KEY] = decision
         if upstream is not None:
@@ -212,9 +211,8 @@ class CanaryRouter(RouterBase):
             decision = await self.engine.resolve(facts, decision)
         upstream = None
         if decision.target != STABLE:
-            ejected_here = self.health.local_ejections if self.health else frozenset()
             decision, upstream = self.targets.resolve(
-                decision, self.engine.snapshot, facts.host, ejected_here
+                decision, self.engine.snapshot, facts.host, self._ejected()
             )
         scope[DECISION_KEY] = decision
         if upstream is None:
@@ -252,45 +250,13 @@ class CanaryRouter(RouterBase):
         loop = asyncio.get_running_loop()
         if self._loop is not loop:
             self._loop = loop
-            self._stop = asyncio.Event()
-            if self.health is not None:
-                self._health_task = loop.create_task(self._health_loop(), name="canary_mw-health")
+            if self._checker is not None:
+                self._checker.start()
         loaded: bool = await self.engine.start(wait=wait)
         return loaded
 
-    async def _health_loop(self) -> None:
-        assert self.health is not None
-        monitor, policy, stop = self.health, self.health.policy, self._stop
-        async with httpx.AsyncClient(
-            timeout=policy.timeout, trust_env=False, follow_redirects=False
-        ) as client:
-            while not stop.is_set():
-                snapshot = self.engine.snapshot
-                names = self.targets.names(snapshot)
-                checks = {n: u for n in names if (u := self.targets.default(n, snapshot))}
-                results = await asyncio.gather(
-                    *(self._check(client, upstream.target(policy.path.encode(), b""))
-                      for upstream in checks.values())
-                )  # fmt: skip
-                for name, (ok, reason) in zip(checks, results, strict=True):
-                    monitor.check_result(name, ok, reason, name in snapshot.ejected)
-                    if self.metrics:
-                        ejected = name in snapshot.ejected or name in monitor.local_ejections
-                        self.metrics.set_ejected(name, ejected)
-                monitor.forget(names)
-                for name, state in monitor.take_pending().items():
-                    try:
-                        await self.store.set_health(name, state)
-                    except StoreError as exc:
-                        logger.warning("canary_mw: could not share health of %r: %s", name, exc)
-                await wait_event(stop, policy.interval)
-
-    async def _check(self, client: httpx.AsyncClient, url: httpx.URL) -> tuple[bool, str]:
-        try:
-            response = await client.get(url, headers=[self._loop_guard])
-        except httpx.HTTPError as exc:
-            return False, f"{type(exc).__name__}: {exc}"
-        return response.status_code < 500, f"HTTP {response.status_code}"
+    async def _share_health(self, records: Mapping[str, str], lapsed: Sequence[str]) -> None:
+        await self.store.set_health(records, lapsed=lapsed)
 
     # -- resources ---------------------------------------------------------------------
     def transport(self) -> httpx.AsyncBaseTransport:
@@ -307,10 +273,8 @@ class CanaryRouter(RouterBase):
     async def aclose(self) -> None:
         """Stop background tasks and close the client (and the store, if built from a URL).
         Safe to call more than once."""
-        self._stop.set()
-        task, self._health_task = self._health_task, None
-        if task is not None:
-            await asyncio.wait((task,), timeout=5)
+        if self._checker is not None:
+            await self._checker.stop()
         await self.engine.aclose()
         self._loop = None
         transport, self._default_transport = self._default_transport, None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import httpx
@@ -13,10 +14,11 @@ from .decision import Decision
 from .errors import ConfigurationError
 from .facts import RequestFacts
 from .forward.client import checked_body_limit, checked_limits, checked_timeout
-from .health import HealthMonitor
+from .health import BackendHealth, Backends
 from .metrics import Metrics
 from .options import RouterOptions, engine_for, metrics_for, store_for
 from .targets import Targets
+from .upstreams import Upstream
 
 __all__ = ["RouterBase", "decision_log"]
 
@@ -60,7 +62,7 @@ class RouterBase:
         if self.metrics is not None:
             self.metrics.watch(self.engine)
         self.targets = Targets(self.options.upstreams, self.options.tag_header)
-        self.health = HealthMonitor(self.options.health) if self.options.health else None
+        self.health = BackendHealth(self.options.health) if self.options.health else None
         self._loop_guard = (self.options.loop_header, b"1")
 
     def _forwarding_policy(self) -> dict[str, Any]:
@@ -95,9 +97,30 @@ class RouterBase:
                        "canary_rule": decision.rule_id, "canary_status": status},
             )  # fmt: skip
 
-    def _upstream_report(self, upstream: str, error: str | None) -> None:
-        """How a forwarded request went: feeds error metrics and passive health."""
+    def _upstream_report(self, upstream: Upstream, error: str | None) -> None:
+        """How a forwarded request went: feeds error metrics (by upstream name) and passive
+        health (by the backend URL the request went to)."""
         if error is not None and self.metrics:
-            self.metrics.upstream_error(upstream, error)
+            self.metrics.upstream_error(upstream.name, error)
         if self.health is not None:
-            self.health.request_result(upstream, refused=error == "refused")
+            self.health.request_result(upstream.key, refused=error == "refused")
+
+    # -- health -----------------------------------------------------------------------
+    def _ejected(self) -> AbstractSet[str]:
+        """Backend URLs out of service: the store's, and this instance's own."""
+        shared = self.engine.snapshot.ejected
+        return shared if self.health is None else self.health.ejected(shared)
+
+    def _backends(self) -> Backends:
+        """What the next check round works on (every backend URL, the store's records)."""
+        assert self.options.health is not None
+        snapshot = self.engine.snapshot
+        path = self.options.health.path.encode()
+        checks = {key: up.target(path, b"") for key, up in self.targets.backends(snapshot).items()}
+        return Backends(checks, snapshot.health, snapshot.health_lapsed)
+
+    def _after_round(self, health: BackendHealth) -> None:
+        if self.metrics is not None:
+            ejected = self._ejected()
+            for url in health.states():
+                self.metrics.set_ejected(url, url in ejected)

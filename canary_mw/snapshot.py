@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .conditions import IPListRef
+from .health.state import SharedState
 from .ipmatch import IPMatcher
 from .rules import DEFAULT_RULES, Rule, RuleSet
 from .upstreams import UpstreamRoute
@@ -34,8 +35,11 @@ class Snapshot:
     loaded: bool = False
     #: Upstream URLs set in the store (``upstream set``), overriding the code's.
     upstreams: Mapping[str, UpstreamRoute] = field(default_factory=dict)
-    #: Upstream names marked unhealthy in the store: their traffic goes to stable.
+    #: Backend URLs (Upstream.key) the store marks ejected: their traffic goes to stable.
     ejected: frozenset[str] = frozenset()
+    #: The store's valid health records by backend URL, and the fields that have lapsed.
+    health: Mapping[str, SharedState] = field(default_factory=dict)
+    health_lapsed: frozenset[str] = frozenset()
     rules: tuple[Rule, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

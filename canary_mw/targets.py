@@ -17,7 +17,8 @@ logger = logging.getLogger("canary_mw")
 
 class Targets:
     """Resolves targets against the code's upstreams, the store's overrides (per name, per
-    host) and the shared health state; builds each target's response tag once."""
+    host) and the health of the backend URL each resolves to; builds each target's response
+    tag once."""
 
     def __init__(self, upstreams: Mapping[str, Upstream], tag_header: bytes | None):
         self.upstreams = dict(upstreams)
@@ -44,19 +45,33 @@ class Targets:
             return route.default
         return self.upstreams.get(name)
 
+    def backends(self, snapshot: Snapshot) -> dict[str, Upstream]:
+        """Every backend URL an upstream name can resolve to (per host included), by key:
+        the ones the store names, and the code's for names the store does not route for
+        every host."""
+        found: dict[str, Upstream] = {}
+        for name in sorted(self.names(snapshot)):
+            route = snapshot.upstreams.get(name)
+            candidates = route.all() if route is not None else []
+            if route is None or route.default is None:
+                candidates += [self.upstreams[name]] if name in self.upstreams else []
+            for upstream in candidates:
+                found.setdefault(upstream.key, upstream)
+        return found
+
     def resolve(
         self,
         decision: Decision,
         snapshot: Snapshot,
         host: str,
-        ejected_here: AbstractSet[str] = frozenset(),
+        ejected: AbstractSet[str] = frozenset(),
     ) -> tuple[Decision, Upstream | None]:
-        """The decision to record and the upstream to forward to (None: serve stable)."""
+        """The decision to record and the upstream to forward to (None: serve stable).
+        ``ejected``: backend URLs out of service (Upstream.key); only a request whose own
+        backend is among them is served by stable."""
         target = decision.target
         if target == STABLE:
             return decision, None
-        if target in snapshot.ejected or target in ejected_here:
-            return Decision(STABLE, "ejected", decision.rule_id), None
         route = snapshot.upstreams.get(target)
         upstream = route.pick(host) if route is not None else None
         if upstream is None:
@@ -70,4 +85,6 @@ class Targets:
                     decision.rule_id, target, sorted(self.names(snapshot)),
                 )  # fmt: skip
             return Decision(STABLE, "no-upstream", decision.rule_id), None
+        if upstream.key in ejected:
+            return Decision(STABLE, "ejected", decision.rule_id), None
         return decision, upstream

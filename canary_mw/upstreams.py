@@ -56,6 +56,9 @@ class Upstream:
     host_header: bytes  # the upstream's own host[:port], for preserve_host=False
     ws_base: str  # ws:// or wss:// equivalent, for WebSockets
     prefix: bytes  # the URL's path without its trailing slash, put before every request path
+    #: The backend's identity for health: scheme, host[:port] and prefix, spelled the same
+    #: whichever name or host it is configured under (``http://canary:8000``).
+    key: str = ""
 
     def target(self, raw_path: bytes, query: bytes) -> httpx.URL:
         """The upstream URL for a request: the raw path and query kept byte for byte, but
@@ -90,7 +93,8 @@ def _parse(name: str, url: object) -> Upstream:
     ws_scheme = "wss" if parsed.scheme == "https" else "ws"
     prefix = parsed.raw_path.rstrip(b"/")
     ws_base = f"{ws_scheme}://{netloc}{prefix.decode('ascii')}"
-    return Upstream(name, parsed, netloc.encode("ascii"), ws_base, prefix)
+    key = f"{parsed.scheme}://{netloc}{prefix.decode('ascii')}"
+    return Upstream(name, parsed, netloc.encode("ascii"), ws_base, prefix, key)
 
 
 def parse_upstreams(
@@ -122,6 +126,10 @@ class UpstreamRoute:
 
     def pick(self, host: str) -> Upstream | None:
         return self.hosts.get(host, self.default)
+
+    def all(self) -> list[Upstream]:
+        """Every upstream this name can resolve to: the default, then each host's."""
+        return ([self.default] if self.default is not None else []) + list(self.hosts.values())
 
 
 def parse_upstream_document(document: object) -> dict[str, UpstreamRoute]:

@@ -14,12 +14,12 @@ import httpx
 from .clientip import DEFAULT_CLIENT_IP_HEADERS
 from .decision import STABLE, Decision
 from .engine import Engine
-from .errors import ConfigurationError, StoreError
+from .errors import ConfigurationError
 from .facts import WSGIFacts
 from .forward.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, make_sync_transport
 from .forward.common import ambiguous_authority_reply
 from .forward.wsgi_http import SyncHTTPForwarder
-from .health import HealthCheck
+from .health import BlockingChecker, HealthCheck
 from .metrics import Metrics
 from .router import RouterBase, decision_log
 from .rules import DEFAULT_RULES, RuleSet
@@ -124,7 +124,10 @@ class CanaryWSGI(RouterBase):
         self._transport_pid = 0
         self._pid = 0
         self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._checker = None if self.health is None else BlockingChecker(
+            self.health, self._backends, self._share_health, headers=[self._loop_guard],
+            after_round=self._after_round,
+        )  # fmt: skip
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._pid != os.getpid():
@@ -141,9 +144,8 @@ class CanaryWSGI(RouterBase):
         decision = self.engine.decide(facts)
         upstream = None
         if decision.target != STABLE:
-            ejected_here = self.health.local_ejections if self.health else frozenset()
             decision, upstream = self.targets.resolve(
-                decision, self.engine.snapshot, facts.host, ejected_here
+                decision, self.engine.snapshot, facts.host, self._ejected()
             )
         environ[DECISION_ENVIRON_KEY] = decision
         status = [0]
@@ -187,44 +189,13 @@ class CanaryWSGI(RouterBase):
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            self._stop = threading.Event()
-            if self.health is not None:
-                threading.Thread(
-                    target=self._health_loop, name="canary_mw-health", daemon=True
-                ).start()
+            if self._checker is not None:
+                # A forked worker inherits no thread: each process checks for itself.
+                self._checker.start()
         self.engine.start(wait=self.engine.first_load_wait)
 
-    def _health_loop(self) -> None:
-        assert self.health is not None
-        monitor, policy, stop = self.health, self.health.policy, self._stop
-        with httpx.Client(
-            timeout=policy.timeout, trust_env=False, follow_redirects=False
-        ) as client:
-            while not stop.is_set():
-                snapshot = self.engine.snapshot
-                names = self.targets.names(snapshot)
-                for name in names:
-                    upstream = self.targets.default(name, snapshot)
-                    if upstream is None:
-                        continue
-                    try:
-                        response = client.get(
-                            upstream.target(policy.path.encode(), b""), headers=[self._loop_guard]
-                        )
-                        ok, reason = response.status_code < 500, f"HTTP {response.status_code}"
-                    except httpx.HTTPError as exc:
-                        ok, reason = False, f"{type(exc).__name__}: {exc}"
-                    monitor.check_result(name, ok, reason, name in snapshot.ejected)
-                    if self.metrics:
-                        ejected = name in snapshot.ejected or name in monitor.local_ejections
-                        self.metrics.set_ejected(name, ejected)
-                monitor.forget(names)
-                for name, state in monitor.take_pending().items():
-                    try:
-                        self.store.set_health(name, state)
-                    except StoreError as exc:
-                        logger.warning("canary_mw: could not share health of %r: %s", name, exc)
-                stop.wait(policy.interval)
+    def _share_health(self, records: Mapping[str, str], lapsed: Sequence[str]) -> None:
+        self.store.set_health(records, lapsed=lapsed)
 
     def transport(self) -> httpx.BaseTransport:
         """The forwarding transport: yours if you passed one, else this process's own (a
@@ -241,7 +212,8 @@ class CanaryWSGI(RouterBase):
     def close(self) -> None:
         """Stop the background threads and close the client (and the store, if built from a
         URL). Safe to call more than once."""
-        self._stop.set()
+        if self._checker is not None:
+            self._checker.stop()
         self.engine.close()
         self._pid = 0
         transport, self._default_transport = self._default_transport, None

@@ -111,14 +111,14 @@ def test_a_dead_canary_is_ejected_and_comes_back(redis_srv: RedisServer) -> None
                     break
             assert failures == 0
             assert any(label.startswith("ejected") for label in served), served
-            # Shared with every instance at the health loop's next tick:
-            wait_until(lambda: '"healthy":false' in store.health().get("canary", ""),
+            # Shared with every instance (keyed by the backend URL):
+            wait_until(lambda: '"healthy":false' in store.health().get(canary.url, ""),
                        timeout=1, what="the ejection in the store")  # fmt: skip
 
             canary.start()  # same port: the canary is back
             wait_until(lambda: client.get(f"{router.url}/").headers["x-canary-version"] == "canary",
                        timeout=3, what="the canary back in service")  # fmt: skip
-            assert '"healthy":true' in store.health()["canary"]
+            assert '"healthy":true' in store.health()[canary.url]
     finally:
         store.close()
         router.cleanup()

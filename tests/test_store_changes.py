@@ -115,11 +115,13 @@ async def test_rollback(store: Flavoured) -> None:
 
 
 async def test_health_traffic_and_set_sizes(store: Flavoured) -> None:
-    await store.set_health("canary", '{"healthy": false}')
+    a, b = "http://a:8000", "http://b:8000"
+    await store.set_health({a: '{"healthy": false}', b: '{"healthy": true}'})
+    await store.set_health({b: '{"healthy": false}'}, lapsed=[a])  # one write, one delete
     await store.add_traffic({"stable": 3, "canary": 1})
     await store.add_traffic({"stable": 2})
     await store.add_members("users", ["a", "b"])
-    assert await store.health() == {"canary": '{"healthy": false}'}
+    assert await store.health() == {b: '{"healthy": false}'}
     assert await store.traffic() == {"stable": "5", "canary": "1"}
     assert await store.set_sizes(["users", "ips"]) == {"users": 2, "ips": 0}
 

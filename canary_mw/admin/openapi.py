@@ -171,7 +171,9 @@ OPENAPI: dict[str, Any] = {
                 "rules_source": {"enum": ["store", "defaults"]},
                 "rules_problem": {"type": ["string", "null"]},
                 "rules": {"type": "array", "items": _ref("RuleSummary")},
-                "upstreams": {"type": "object"}, "health": {"type": "object"},
+                "upstreams": {"type": "object"},
+                "health": {"type": "object", "description": "per backend URL (every URL the store's upstreams resolve to, and every URL a router reported on)",
+                           "additionalProperties": _ref("BackendHealth")},
                 "ip_lists": {"type": "array", "items": {"type": "object", "properties": {
                     "key": {"type": "string"}, "db": {"type": "integer"},
                     "entries": {"type": "integer"}, "problem": {"type": ["string", "null"]}}}},
@@ -181,6 +183,13 @@ OPENAPI: dict[str, Any] = {
                              "items": {"type": "object", "properties": {
                                  "what": {"type": "string"}, "problem": {"type": "string"},
                                  "in_force": {"type": "string"}, "fix": {"type": "string"}}}}}},
+            "BackendHealth": {"type": "object", "required": ["state", "routes"], "properties": {
+                "state": {"enum": ["healthy", "ejected", "lapsed", "not checked", "unreadable"], "description": "lapsed: no router renewed the record (it is ignored)"},
+                "routes": {"type": "array", "items": {"type": "string"}, "description": "upstream names (name@host for a per-host URL) in the store that resolve to this URL"},
+                "healthy": {"type": "boolean"}, "since": {"type": "number"},
+                "until": {"type": ["number", "null"], "description": "the record is ignored after this time (null: never, a record written by hand)"},
+                "reason": {"type": "string"}, "by": {"type": "string", "description": "host:pid of the router that wrote it"},
+                "raw": {"type": "string", "description": "an unreadable record as stored"}}},
             "Error": {"type": "object", "properties": {"detail": {"type": "string"}}},
             "ValidationError": {"type": "object", "properties": {"detail": {
                 "type": "array", "items": {"type": "object", "properties": {

@@ -12,6 +12,7 @@ from ..rules import DEFAULT_RULES, RuleSet, parse_rules
 from ..snapshot import MODES
 from ..stores import AuditEntry, Change, Store
 from ..upstreams import parse_upstream_document
+from .backends import health_lines, health_view
 
 __all__ = ["admin_banner", "change_line", "history_lines", "status_data", "status_lines"]
 
@@ -190,17 +191,14 @@ def status_data(store: Store) -> dict[str, Any]:
     sets = {"ips", "users"} | (set(ruleset.ip_sets) if ruleset else set())
     for rule in ruleset.rules if ruleset else ():
         _collect_sets(rule.spec["when"], sets)
-    health: dict[str, Any] = {}
+    raw_health: Mapping[bytes, bytes] = {}
     if isinstance(state.health, Exception):
         problems.append(_problem(f"{store.prefix}health", str(state.health),
-                                 "routers keep the health they last read",
+                                 "routers keep the health they last read until it lapses",
                                  f"redis-cli DEL {store.prefix}health"))  # fmt: skip
     else:
-        for upstream, value in state.health.items():
-            try:
-                health[_text(upstream)] = json.loads(value)
-            except ValueError:
-                health[_text(upstream)] = {"raw": _text(value)}
+        raw_health = state.health
+    health = health_view(raw_health, upstreams)
     traffic: dict[str, int] = {}
     try:
         traffic = {name: int(value) for name, value in store.traffic().items()}
@@ -274,12 +272,7 @@ def status_lines(data: Mapping[str, Any]) -> list[str]:
             lines.append(f"    host {host}: {url}")
     if not data["upstreams"]:
         lines.append("  (none)")
-    lines.append("health")
-    for name, state in sorted(data["health"].items()):
-        status = "healthy" if state.get("healthy", True) else "EJECTED"
-        lines.append(f"  {name}: {status} ({state.get('reason', '')}, by {state.get('by', '?')})")
-    if not data["health"]:
-        lines.append("  (no checks reported)")
+    lines += health_lines(data["health"])
     for item in data["ip_lists"]:
         state = "INVALID (see problems)" if item["problem"] else f"{item['entries']} entries"
         lines.append(f"ip list  {item['key']} (db {item['db']}): {state}")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from ..conditions import IPListRef
 from ..errors import ConfigurationError, RuleError
+from ..health.state import SharedState, read_shared
 from ..ipmatch import EMPTY_MATCHER, IPMatcher, IPNetwork, parse_network
 from ..rules import RuleSet, parse_rules
 from ..snapshot import MODES, Mode, Snapshot
@@ -89,7 +91,9 @@ class SnapshotBuilder:
             logger.warning("canary_mw: %s in the store is valid again", what)
 
     # -- building ----------------------------------------------------------------------
-    def update(self, state: StoreState) -> Snapshot:
+    def update(self, state: StoreState, now: float | None = None) -> Snapshot:
+        """The snapshot for one read; ``now`` (wall clock) decides which health records have
+        lapsed."""
         previous = self.current
         mode, ruleset, version = previous.mode, previous.ruleset, previous.version
         upstreams = previous.upstreams
@@ -108,10 +112,15 @@ class SnapshotBuilder:
             ruleset = self._rules(config.get(b"rules"), ruleset)
             version = self._version(config.get(b"version"), version)
             upstreams = self._upstreams(config.get(b"upstreams"), upstreams)
-        ejected = self._ejected(state.health, previous.ejected)
+        health, lapsed = self._health(state.health, previous, time.time() if now is None else now)
+        ejected = frozenset(url for url, record in health.items() if not record.healthy)
+        if ejected == previous.ejected:
+            ejected = previous.ejected  # the same object: routers cache what they derive from it
         ip_sets = _refreshed(ruleset.ip_sets, state.ip_sets, previous.ip_sets, self._ip_set)
         ip_lists = _refreshed(ruleset.ip_lists, state.ip_lists, previous.ip_lists, self._ip_list)
-        self.current = Snapshot(mode, ruleset, ip_sets, ip_lists, version, True, upstreams, ejected)
+        self.current = Snapshot(
+            mode, ruleset, ip_sets, ip_lists, version, True, upstreams, ejected, health, lapsed
+        )
         return self.current
 
     def _upstreams(
@@ -136,22 +145,16 @@ class SnapshotBuilder:
         self._resolved("upstreams")
         return routes
 
-    def _ejected(
-        self, health: Mapping[bytes, bytes] | Exception, previous: frozenset[str]
-    ) -> frozenset[str]:
-        if isinstance(health, Exception):
-            self._problem("health", str(health))
-            return previous
+    def _health(
+        self, raw: Mapping[bytes, bytes] | Exception, previous: Snapshot, now: float
+    ) -> tuple[Mapping[str, SharedState], frozenset[str]]:
+        """Valid health records by backend URL (unreadable ones eject nothing)."""
+        if isinstance(raw, Exception):
+            self._problem("health", str(raw), "the health last read, until it lapses")
+            kept = {url: record for url, record in previous.health.items() if record.until > now}
+            return kept, previous.health_lapsed | (previous.health.keys() - kept.keys())
         self._resolved("health")
-        down = set()
-        for name, raw in health.items():
-            try:
-                healthy = json.loads(raw).get("healthy", True)
-            except (ValueError, AttributeError):
-                continue  # unreadable health is no reason to stop sending traffic
-            if healthy is False:
-                down.add(_text(name))
-        return frozenset(down)
+        return read_shared(raw, now)
 
     def _mode(self, raw: bytes | None, previous: Mode) -> Mode:
         if raw is None:

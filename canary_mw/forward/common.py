@@ -112,7 +112,7 @@ class ForwarderBase:
         """The reply for a failure before the upstream answered, or None when stable may
         serve the request instead: fallback is on, the method is idempotent, the upstream
         never got the request, and nothing of the body was read."""
-        self._report(upstream.name, error_kind(exc))
+        self._report(upstream, error_kind(exc))
         target = request.url.raw_path.decode("latin-1")  # as sent, not as b'...'
         logger.warning(
             "canary_mw: upstream %r failed before responding to %s %s: %s: %s",
@@ -127,7 +127,7 @@ class ForwarderBase:
     ) -> tuple[RawHeaders, int | None]:
         """The upstream answered: its headers to pass on (hop-by-hop removed, our tag added)
         and the body length it declared (None: unknown, or not a single valid number)."""
-        self._report(upstream.name, None)
+        self._report(upstream, None)
         headers, length = response_headers(response.headers.raw, drop=self._response_drop)
         headers.extend(tag)
         return headers, length

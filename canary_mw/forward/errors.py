@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpx
+
+if TYPE_CHECKING:
+    from ..upstreams import Upstream
 
 __all__ = [
     "PAYLOAD_TOO_LARGE",
@@ -17,8 +21,9 @@ __all__ = [
     "is_unreachable",
 ]
 
-#: ``report(upstream, error_kind or None)``: how each forwarded request went.
-Report = Callable[[str, "str | None"], None]
+#: ``report(upstream, error_kind or None)``: how each forwarded request went (the Upstream
+#: itself: metrics count by its name, health by its backend URL).
+Report = Callable[["Upstream", "str | None"], None]
 
 
 class BodyTooLargeError(Exception):

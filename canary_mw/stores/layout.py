@@ -10,7 +10,9 @@ key (default prefix)       type   meaning
                                   (JSON), ``version`` (bumped by every change)
 ``canary:set:<name>``      set    members of a named set (IPs/CIDRs, user ids, ...)
 ``canary:audit``           stream one entry per change: time, actor, action, before, after
-``canary:health``          hash   upstream name → JSON health state shared by all instances
+``canary:health``          hash   backend URL → JSON health record shared by all instances:
+                                  ``healthy``, ``since``, ``until`` (ignored after it; writers
+                                  renew it), ``reason``, ``by`` (see docs/health.md)
 ``canary:traffic``         hash   target → requests served, summed over all instances
 ``canary:changes``         chan   pub/sub channel: one message per change made by canary_mw
 ``<ip>`` (any db)          str    classic OpenResty layout: value equal to the key → canary
@@ -211,12 +213,17 @@ class Layout:
     def history(self, count: int) -> list[Command]:
         return [(None, ("XREVRANGE", self.audit, "+", "-", "COUNT", count))]
 
-    def set_health(self, name: str, state: str) -> list[Command]:
-        message = json.dumps({"what": "health", "name": name}, separators=(",", ":"))
-        return [
-            (None, ("HSET", self.health, name, state)),
-            (None, ("PUBLISH", self.channel, message)),
-        ]
+    def set_health(self, records: Mapping[str, str], lapsed: Sequence[str] = ()) -> list[Command]:
+        """Write health records (backend URL → JSON) in one round trip, delete fields that
+        have lapsed, and announce it so every router re-reads at once."""
+        message = json.dumps({"what": "health", "name": None}, separators=(",", ":"))
+        pairs = [item for url, record in sorted(records.items()) for item in (url, record)]
+        commands: list[Command] = []
+        if pairs:
+            commands.append((None, ("HSET", self.health, *pairs)))
+        if lapsed:
+            commands.append((None, ("HDEL", self.health, *lapsed)))
+        return [*commands, (None, ("PUBLISH", self.channel, message))]
 
     def add_traffic(self, counts: Mapping[str, int]) -> list[Command]:
         return [(None, ("HINCRBY", self.traffic, target, n)) for target, n in counts.items()]

@@ -177,8 +177,10 @@ class Store(_Plans):
         numbered ``dbs``) ahead of the first request that needs them."""
         self._executor.warm(dbs)
 
-    def set_health(self, name: str, state: str) -> None:
-        self._run(self._plain(self.layout.set_health(name, state)))
+    def set_health(self, records: Mapping[str, str], *, lapsed: Sequence[str] = ()) -> None:
+        """Write backend health records (URL → JSON, see canary_mw.health) and delete the
+        ``lapsed`` fields; every router re-reads them at once."""
+        self._run(self._plain(self.layout.set_health(records, lapsed)))
 
     def add_traffic(self, counts: Mapping[str, int]) -> None:
         if counts:
@@ -315,8 +317,8 @@ class AsyncStore(_Plans):
     async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
         await self._executor.warm(dbs)
 
-    async def set_health(self, name: str, state: str) -> None:
-        await self._run(self._plain(self.layout.set_health(name, state)))
+    async def set_health(self, records: Mapping[str, str], *, lapsed: Sequence[str] = ()) -> None:
+        await self._run(self._plain(self.layout.set_health(records, lapsed)))
 
     async def add_traffic(self, counts: Mapping[str, int]) -> None:
         if counts:
