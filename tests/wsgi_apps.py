@@ -11,6 +11,7 @@ from typing import Any
 from flask import Flask, request
 
 from canary_mw import DECISION_ENVIRON_KEY, CanaryWSGI
+from canary_mw.health import HealthCheck
 
 
 def with_worker_pid(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterable[bytes]]:
@@ -27,6 +28,8 @@ def with_worker_pid(app: Callable[..., Iterable[bytes]]) -> Callable[..., Iterab
 
 def make_app() -> Any:
     options = json.loads(os.environ["CANARY_TEST_OPTIONS"])
+    if "health" in options:
+        options["health"] = HealthCheck(**options["health"])
     flask_app = Flask(__name__)
 
     @flask_app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE"])
