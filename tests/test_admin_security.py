@@ -175,3 +175,21 @@ async def test_with_a_token_bodies_must_be_declared_json(authed: httpx.AsyncClie
     )
     assert accepted.status_code == 200, accepted.text
     assert (await authed.get("/mode")).json()["mode"] == "off"
+
+
+@pytest.mark.anyio
+async def test_tokens_never_reach_the_log_or_an_answer(
+    authed: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "wrong-token-that-is-long-enough"
+    with caplog.at_level("DEBUG"):
+        good = await authed.put("/mode", json={"mode": "off"})
+        bad = await authed.put(
+            "/mode", json={"mode": "all"}, headers={"Authorization": f"Bearer {wrong}"}
+        )
+    assert (good.status_code, bad.status_code) == (200, 403)
+    assert caplog.records, "the writes were logged (else this test checks nothing)"
+    for secret in (TOKEN, wrong):
+        assert secret not in caplog.text
+        assert secret not in good.text + bad.text
+    assert (await authed.get("/mode")).json()["mode"] == "off"
