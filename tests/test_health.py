@@ -405,3 +405,6 @@ def test_status_shows_every_url_with_its_routes_and_state() -> None:
     lines = "\n".join(health_lines(view))
     assert f"{A}  EJECTED  (canary@a.example): 2 checks failed: refused" in lines
     assert f"{B}  healthy  (canary@b.example): HTTP 200" in lines
+    assert "http://code-only:9000  lapsed  (not in the store's upstreams)" in lines
+    assert "canary-default" not in lines  # listed under upstreams; nothing to add here
+    assert health_lines(health_view({}, upstreams, now=NOW)) == ["health", "  (no checks reported)"]

@@ -71,14 +71,18 @@ def _when(epoch: float) -> str:
 
 
 def health_lines(view: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    lines = ["health (per backend URL, as the routers that check it last shared it)"]
+    """One line per backend URL a router has reported on (the upstreams section above lists
+    every URL; one nobody checks has nothing to add)."""
+    lines = ["health"]
     for url, entry in view.items():
         state = entry["state"]
+        if state == "not checked":
+            continue
         routes = ", ".join(entry["routes"]) or "not in the store's upstreams"
         line = f"  {url}  {state.upper() if state == 'ejected' else state}  ({routes})"
         if "reason" in entry:
             line += f": {entry['reason']}, since {_when(entry['since'])}, by {entry['by']}"
         lines.append(line)
-    if not view:
-        lines.append("  (no backend URL in the store, and no checks reported)")
+    if len(lines) == 1:
+        lines.append("  (no checks reported)")
     return lines
