@@ -138,6 +138,8 @@ SHARE = [
      record(False, NOW + TTL * 0.4), None),
     ("a record written by hand never lapses: nothing", EJECTED_SHARED,
      record(False, math.inf), None),
+    ("...nor is it overwritten, even by a change of ours", replace(HEALTHY_SHARED, shared=False),
+     record(False, math.inf), None),
 ]  # fmt: skip
 
 

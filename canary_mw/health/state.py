@@ -161,9 +161,10 @@ def to_share(
     """The record to write for this backend, or None: a verdict change of ours, a verdict
     the store has no valid record of, or a renewal of the store's agreeing record in the
     second half of its life. A verdict that differs from another instance's record without
-    a change of ours is kept to ourselves (see the module docstring)."""
-    if state.healthy is None:
-        return None
+    a change of ours is kept to ourselves (see the module docstring), and a record without
+    an expiry (an operator's) is never overwritten."""
+    if state.healthy is None or (record is not None and record.until == math.inf):
+        return None  # (a record without an expiry was written by hand: the operator's call)
     until = now + policy.ttl
     if not state.shared or record is None:
         return SharedState(state.healthy, state.since, until, state.reason, by)
