@@ -26,7 +26,8 @@ from collections import deque
 
 import httpx
 
-from .connection import HTTP11Connection, RetryableError
+from .connection import HTTP11Connection
+from .http11 import RetryableError
 
 __all__ = ["HTTP11Transport"]
 
