@@ -142,8 +142,9 @@ class CanaryRouter(RouterBase):
     ) -> None:
         """A decision for an upstream: forward, or serve stable when it cannot take it."""
         started = time.perf_counter()
+        snapshot = self.engine.snapshot
         decision, upstream = self.targets.resolve(
-            decision, self.engine.snapshot, facts.host, self._ejected()
+            decision, snapshot, facts.host, self._ejected(snapshot)
         )
         scope[DECISION_KEY] = decision
         if upstream is not None:
@@ -211,8 +212,9 @@ class CanaryRouter(RouterBase):
             decision = await self.engine.resolve(facts, decision)
         upstream = None
         if decision.target != STABLE:
+            snapshot = self.engine.snapshot
             decision, upstream = self.targets.resolve(
-                decision, self.engine.snapshot, facts.host, self._ejected()
+                decision, snapshot, facts.host, self._ejected(snapshot)
             )
         scope[DECISION_KEY] = decision
         if upstream is None:

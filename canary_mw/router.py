@@ -17,6 +17,7 @@ from .forward.client import checked_body_limit, checked_limits, checked_timeout
 from .health import BackendHealth, Backends
 from .metrics import Metrics
 from .options import RouterOptions, engine_for, metrics_for, store_for
+from .snapshot import Snapshot
 from .targets import Targets
 from .upstreams import Upstream
 
@@ -106,10 +107,13 @@ class RouterBase:
             self.health.request_result(upstream.key, refused=error == "refused")
 
     # -- health -----------------------------------------------------------------------
-    def _ejected(self) -> AbstractSet[str]:
-        """Backend URLs out of service: the store's, and this instance's own."""
-        shared = self.engine.snapshot.ejected
-        return shared if self.health is None else self.health.ejected(shared)
+    def _ejected(self, snapshot: Snapshot) -> AbstractSet[str]:
+        """Backend URLs out of service: the store's, and this instance's own (per canary
+        decision, so the common case, nothing ejected here, is attribute reads only)."""
+        health = self.health
+        if health is None or not health.local:
+            return snapshot.ejected
+        return health.ejected(snapshot.ejected)
 
     def _backends(self) -> Backends:
         """What the next check round works on (every backend URL, the store's records)."""
@@ -121,6 +125,6 @@ class RouterBase:
 
     def _after_round(self, health: BackendHealth) -> None:
         if self.metrics is not None:
-            ejected = self._ejected()
+            ejected = self._ejected(self.engine.snapshot)
             for url in health.states():
                 self.metrics.set_ejected(url, url in ejected)

@@ -38,13 +38,6 @@ class Targets:
         """Every upstream name known to the code or the store."""
         return set(self.upstreams) | set(snapshot.upstreams)
 
-    def default(self, name: str, snapshot: Snapshot) -> Upstream | None:
-        """Where ``name`` points for requests without a host-specific route."""
-        route = snapshot.upstreams.get(name)
-        if route is not None and route.default is not None:
-            return route.default
-        return self.upstreams.get(name)
-
     def backends(self, snapshot: Snapshot) -> dict[str, Upstream]:
         """Every backend URL an upstream name can resolve to (per host included), by key:
         the ones the store names, and the code's for names the store does not route for

@@ -144,8 +144,9 @@ class CanaryWSGI(RouterBase):
         decision = self.engine.decide(facts)
         upstream = None
         if decision.target != STABLE:
+            snapshot = self.engine.snapshot
             decision, upstream = self.targets.resolve(
-                decision, self.engine.snapshot, facts.host, self._ejected()
+                decision, snapshot, facts.host, self._ejected(snapshot)
             )
         environ[DECISION_ENVIRON_KEY] = decision
         status = [0]

@@ -49,8 +49,9 @@ class BackendHealth:
         self._by = by or INSTANCE
         self._states: dict[str, BackendState] = {}
         self._lock = threading.Lock()
-        #: URLs this instance's own verdict ejects (replaced whole, never mutated).
-        self._local: frozenset[str] = frozenset()
+        #: URLs this instance's own verdict ejects (replaced whole, never mutated; read it,
+        #: do not assign it).
+        self.local: frozenset[str] = frozenset()
         self._merged: tuple[AbstractSet[str], frozenset[str], AbstractSet[str]] = (
             frozenset(), frozenset(), frozenset()
         )  # fmt: skip
@@ -62,7 +63,7 @@ class BackendHealth:
     def ejected(self, shared: AbstractSet[str]) -> AbstractSet[str]:
         """Backend URLs out of service here: the store's ejections (``shared``) and this
         instance's own, which hold before the store confirms them and while it cannot."""
-        local = self._local
+        local = self.local
         if not local:
             return shared
         seen_shared, seen_local, merged = self._merged
@@ -146,5 +147,5 @@ class BackendHealth:
     def _refresh_local(self, now: float) -> None:
         """Called with the lock held; drops ejections that have lapsed."""
         local = frozenset(url for url, state in self._states.items() if is_ejected(state, now))
-        if local != self._local:
-            self._local = local
+        if local != self.local:
+            self.local = local
