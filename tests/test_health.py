@@ -15,6 +15,7 @@ import pytest
 from canary_mw.admin.backends import health_lines, health_view
 from canary_mw.decision import CANARY, STABLE, Decision
 from canary_mw.engine.builder import SnapshotBuilder
+from canary_mw.errors import StoreError
 from canary_mw.health import (
     AsyncChecker,
     BackendHealth,
@@ -410,3 +411,26 @@ def test_status_shows_every_url_with_its_routes_and_state() -> None:
     assert "http://code-only:9000  lapsed  (not in the store's upstreams)" in lines
     assert "canary-default" not in lines  # listed under upstreams; nothing to add here
     assert health_lines(health_view({}, upstreams, now=NOW)) == ["health", "  (no checks reported)"]
+
+
+def test_a_store_outage_is_logged_once_and_the_verdict_written_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    health = BackendHealth(POLICY, clock=Clock(), by="me:1")
+    health.checked([(A, False, "x")])  # one more failure in the round ejects A
+    outage = [True, True, False]
+
+    def share(records: object, lapsed: object) -> None:
+        if outage.pop(0):
+            raise StoreError("Redis is down")
+
+    checker = BlockingChecker(health, backends, share)
+    with httpx.Client(transport=httpx.MockTransport(mock_backend),
+                      headers={"x-canary-forwarded": "1"}) as client:  # fmt: skip
+        for _ in range(3):
+            checker.run_round(client)
+    messages = [r.getMessage() for r in caplog.records if r.name == "canary_mw.health"]
+    assert sum("cannot share backend health" in m for m in messages) == 1, messages
+    assert sum("shared again" in m for m in messages) == 1, messages
+    assert health.states()[A].shared is True
+    assert outage == []  # every round tried: the verdict was kept until the store took it

@@ -44,8 +44,25 @@ def _client_options(
     }  # fmt: skip
 
 
-def _share_failed(exc: StoreError) -> None:
-    logger.warning("canary_mw: could not share backend health (kept here, retried): %s", exc)
+class _ShareLog:
+    """Says once that health cannot be shared, and once that it can again: a round runs
+    every ``interval``, and a Redis outage is already reported by the engine."""
+
+    def __init__(self) -> None:
+        self.failing = False
+
+    def failed(self, exc: StoreError) -> None:
+        if not self.failing:
+            self.failing = True
+            logger.warning(
+                "canary_mw: cannot share backend health (kept in this router, retried every "
+                "round): %s", exc,
+            )  # fmt: skip
+
+    def ok(self) -> None:
+        if self.failing:
+            self.failing = False
+            logger.warning("canary_mw: backend health is shared again")
 
 
 class BlockingChecker:
@@ -65,6 +82,7 @@ class BlockingChecker:
         self._share = share
         self._headers = headers
         self._after_round = after_round
+        self._log = _ShareLog()
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -103,9 +121,10 @@ class BlockingChecker:
                     try:
                         self._share(step.records, step.lapsed)
                     except StoreError as exc:
-                        _share_failed(exc)
+                        self._log.failed(exc)
                         step = plan.send(False)
                     else:
+                        self._log.ok()
                         step = plan.send(True)
         except StopIteration as done:
             if self._after_round is not None:
@@ -137,6 +156,7 @@ class AsyncChecker:
         self._share = share
         self._headers = headers
         self._after_round = after_round
+        self._log = _ShareLog()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -182,9 +202,10 @@ class AsyncChecker:
                     try:
                         await self._share(step.records, step.lapsed)
                     except StoreError as exc:
-                        _share_failed(exc)
+                        self._log.failed(exc)
                         step = plan.send(False)
                     else:
+                        self._log.ok()
                         step = plan.send(True)
         except StopIteration as done:
             if self._after_round is not None:
