@@ -73,6 +73,7 @@ class Client:
     parts: int  # pieces the body is streamed in
     pause: float  # seconds between pieces, and after the last (the upstream may answer meanwhile)
     script: Script
+    abandon: int | None = None  # the client leaves once it has read this many body bytes
 
     @property
     def user(self) -> str:
@@ -94,7 +95,7 @@ class Client:
         body = f"{self.body_size}B {'chunked' if self.chunked else 'length'} in {self.parts}"
         return (
             f"Client({self.rid} {self.method}, {body}{f' paused {self.pause}s' if self.pause else ''}, "
-            f"{self.script!r})"
+            f"{self.script!r}{'' if self.abandon is None else f', leaves after {self.abandon}B'})"
         )
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # hypothesis's printer
@@ -114,6 +115,7 @@ class Outcome:
     status: int = 0
     ids: tuple[bytes, ...] = ()
     body: bytes = b""
+    abandoned: bool = False  # the client left before the end of the body
 
 
 def judge(client: Client, outcome: Outcome, *, error_statuses: tuple[int, ...] = ()) -> str | None:
@@ -128,6 +130,10 @@ def judge(client: Client, outcome: Outcome, *, error_statuses: tuple[int, ...] =
     got = f"{outcome.status} {outcome.ids} {outcome.body[:60]!r} ({len(outcome.body)} bytes)"
     if outcome.ids != own:
         return f"{client.rid} received a response for {outcome.ids}: {got}"
+    if outcome.abandoned:  # what it read before leaving must be the start of its own body
+        if produced.body is not None and not produced.body.startswith(outcome.body):
+            return f"{client.rid} read {got} before leaving, not the start of its own body"
+        return None
     if produced.body is None:
         return f"{client.rid} received a response the upstream never completed: {got}"
     if outcome.status != produced.status or outcome.body != produced.body:
@@ -233,6 +239,7 @@ def clients(draw: st.DrawFn) -> Client:
         parts=draw(st.integers(1, 6)),
         pause=draw(st.sampled_from([0.0, 0.0, 0.001, 0.001, 0.02])),
         script=draw(scripts()),
+        abandon=draw(st.sampled_from([None, None, None, None, 0, 1, 50, 5000])),
     )
 
 

@@ -196,6 +196,8 @@ def render(script: Script, rid: str, method: str) -> Rendered:
             produced_body = None
         elif framing == "eof" and not bodiless:
             produced_body = body[: cut - sent_head]
+        elif framing == "length" and not bodiless and cut - sent_head >= declared:
+            pass  # only bytes past the declared length were cut: the response is whole
         elif not bodiless:
             produced_body = None
         return Rendered(response[:cut], True, Produced(status, produced_body))

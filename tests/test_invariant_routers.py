@@ -140,7 +140,7 @@ def exchange(port: int, client: Client) -> Outcome:
             if client.chunked
             else ("content-length", str(client.body_size))
         )
-    status, ids, body = 0, (), bytearray()
+    status, ids, body, abandoned = 0, (), bytearray(), False
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=CLIENT_TIMEOUT) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -155,6 +155,9 @@ def exchange(port: int, client: Client) -> Outcome:
                     time.sleep(client.pause)
             sock.sendall(wire + connection.send(h11.EndOfMessage()))
             while True:
+                if status and client.abandon is not None and len(body) >= client.abandon:
+                    abandoned = True  # the client leaves: closing with unread bytes resets
+                    break
                 event = connection.next_event()
                 if event is h11.NEED_DATA:
                     connection.receive_data(sock.recv(65536))
@@ -169,7 +172,7 @@ def exchange(port: int, client: Client) -> Outcome:
         return Outcome(error=f"{type(exc).__name__}: {exc}")
     if not status:
         return Outcome(error="the router closed the connection unanswered")
-    return Outcome(status=status, ids=ids, body=bytes(body))
+    return Outcome(status=status, ids=ids, body=bytes(body), abandoned=abandoned)
 
 
 @settings_for(300)

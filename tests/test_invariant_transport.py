@@ -108,9 +108,9 @@ def request_for(client: Client, upstream: ScriptedUpstream, stream: object) -> h
     )
 
 
-def outcome_of(response: httpx.Response, body: bytes) -> Outcome:
+def outcome_of(response: httpx.Response, body: bytes, *, abandoned: bool = False) -> Outcome:
     ids = tuple(value for name, value in response.headers.raw if name.lower() == b"x-req-id")
-    return Outcome(status=response.status_code, ids=ids, body=body)
+    return Outcome(status=response.status_code, ids=ids, body=body, abandoned=abandoned)
 
 
 def failure(exc: BaseException) -> Outcome:
@@ -125,31 +125,43 @@ def failure(exc: BaseException) -> Outcome:
 async def exchange_async(
     transport: httpx.AsyncBaseTransport, client: Client, upstream: ScriptedUpstream
 ) -> Outcome:
+    body = bytearray()
     try:
         response = await transport.handle_async_request(
             request_for(client, upstream, AsyncBody(client))
         )
         try:
-            body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+            chunks = response.stream.__aiter__()  # type: ignore[union-attr]
+            while client.abandon is None or len(body) < client.abandon:
+                try:
+                    body += await chunks.__anext__()
+                except StopAsyncIteration:
+                    return outcome_of(response, bytes(body))
         finally:
             await response.aclose()
     except Exception as exc:
         return failure(exc)
-    return outcome_of(response, body)
+    return outcome_of(response, bytes(body), abandoned=True)
 
 
 def exchange_sync(
     transport: httpx.BaseTransport, client: Client, upstream: ScriptedUpstream
 ) -> Outcome:
+    body = bytearray()
     try:
         response = transport.handle_request(request_for(client, upstream, SyncBody(client)))
         try:
-            body = b"".join(response.stream)  # type: ignore[union-attr]
+            chunks = iter(response.stream)  # type: ignore[arg-type]
+            while client.abandon is None or len(body) < client.abandon:
+                try:
+                    body += next(chunks)
+                except StopIteration:
+                    return outcome_of(response, bytes(body))
         finally:
             response.close()
     except Exception as exc:
         return failure(exc)
-    return outcome_of(response, body)
+    return outcome_of(response, bytes(body), abandoned=True)
 
 
 # -- the async driver ------------------------------------------------------------------------
