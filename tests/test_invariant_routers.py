@@ -5,8 +5,9 @@ threaded worker each send every request to the canary, which is the scripted ups
 (tests/scripted_upstream.py) running in this test process. Generated waves of clients
 (tests/invariant.py) connect to the router, one connection and one user each, and send
 their requests through h11 (so what comes back is parsed strictly). Every client must get
-the router's own 502/503/504, a broken connection, or exactly the response the upstream
-produced for its id; the upstream must never see one client's bytes in another's request.
+the router's own 502/503/504 (or a 500: see ROUTER_ERRORS), a broken connection, or exactly
+the response the upstream produced for its id; the upstream must never see one client's
+bytes in another's request.
 
 One upstream and one router process per module parameter, shared by every example: the
 router's pool carries connections from one example to the next, as in production.
@@ -23,11 +24,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import h11
-import httpx
 import pytest
 from hypothesis import given
 
-from canary_mw.forward.client import DEFAULT_LIMITS, make_sync_transport
 from tests.invariant import (
     Client,
     Outcome,
@@ -88,19 +87,7 @@ def upstream() -> Iterator[ScriptedUpstream]:
     server.close()
 
 
-SYNC_IS_HTTPX = isinstance(make_sync_transport(DEFAULT_LIMITS), httpx.HTTPTransport)
-HTTPX_BLOCKING = pytest.mark.xfail(
-    SYNC_IS_HTTPX,
-    strict=True,
-    reason="CanaryWSGI forwards through httpx.HTTPTransport in this tree, which hands one user "
-    "the bytes left after another's response (FORGED_AFTER_A_RESPONSE in tests/invariant.py); "
-    "inert once make_sync_transport returns HTTP11SyncTransport",
-)
-ROUTERS = [
-    "uvicorn-h11",
-    "uvicorn-httptools",
-    pytest.param("gunicorn-gthread", marks=HTTPX_BLOCKING),
-]
+ROUTERS = ["uvicorn-h11", "uvicorn-httptools", "gunicorn-gthread"]
 
 
 @pytest.fixture(scope="module", params=ROUTERS)

@@ -15,7 +15,6 @@ Locally, more examples: ``HYPOTHESIS_EXAMPLES_SCALE=10 pytest tests/test_invaria
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +24,7 @@ import pytest
 from hypothesis import given
 
 from canary_mw.forward.pool import HTTP11Transport
+from canary_mw.forward.sync_pool import HTTP11SyncTransport
 from tests.invariant import Client, Outcome, known_examples, register, settings_for, verdict, waves
 from tests.scripted_upstream import ScriptedUpstream
 
@@ -195,25 +195,11 @@ def httpx_transport() -> httpx.BaseTransport:
 
 
 def sync_pool_transport() -> httpx.BaseTransport:
-    from canary_mw.forward.sync_pool import HTTP11SyncTransport  # type: ignore[import-not-found]
-
-    transport: httpx.BaseTransport = HTTP11SyncTransport(LIMITS)
-    return transport
+    return HTTP11SyncTransport(LIMITS)
 
 
-SYNC_POOL_MISSING = importlib.util.find_spec("canary_mw.forward.sync_pool") is None
 BLOCKING = [
-    pytest.param(
-        sync_pool_transport,
-        id="HTTP11SyncTransport",
-        marks=pytest.mark.xfail(
-            SYNC_POOL_MISSING,
-            strict=True,
-            raises=ImportError,
-            reason="canary_mw.forward.sync_pool (the blocking driver) is not in this tree yet; "
-            "remove this mark once it is committed",
-        ),
-    ),
+    pytest.param(sync_pool_transport, id="HTTP11SyncTransport"),
     pytest.param(
         httpx_transport,
         id="httpx.HTTPTransport",
@@ -234,8 +220,6 @@ def test_blocking_transport_keeps_every_exchange_apart(
     upstream: ScriptedUpstream,
     threads: ThreadPoolExecutor,
 ) -> None:
-    make_transport().close()  # fails here, before hypothesis, when the driver is missing
-
     @settings_for(300)
     @given(plan=waves())
     @known_examples
