@@ -129,3 +129,33 @@ def test_a_dead_backend_sends_only_its_own_hosts_traffic_to_stable(
         router.cleanup()
         for server in restarted:
             server.cleanup()
+
+
+def test_a_router_without_checks_follows_the_verdict_shared_through_redis(
+    redis_srv: RedisServer, backends: tuple[AppServer, AppServer]
+) -> None:
+    """The checking router's verdict reaches another instance through the store alone."""
+    a, b = backends
+    url = f"{redis_srv.url}?prefix=shared{free_port()}:"
+    store = store_from_url(url)
+    store.set_upstream("canary", a.url, host="a.example")
+    store.set_upstream("canary", b.url, host="b.example")
+    store.set_mode("all")
+    checking = start_router(url, canary_url=b.url, fallback=True, health=HEALTH)
+    following = start_router(url, canary_url=b.url, fallback=True)  # no health= at all
+    restarted: list[AppServer] = []
+    try:
+        with httpx.Client(timeout=10) as client:
+            wait_until(lambda: served(client, following, "a.example") == "a",
+                       timeout=5, what="a served through the following router")  # fmt: skip
+            kill(a)
+            wait_until(lambda: served(client, following, "a.example") == "stable:ejected",
+                       timeout=5, what="the checking router's ejection followed")  # fmt: skip
+            assert served(client, following, "b.example") == "b"
+            restarted.append(backend("a", port=a.port))
+            wait_until(lambda: served(client, following, "a.example") == "a",
+                       timeout=5, what="the restoration followed")  # fmt: skip
+    finally:
+        store.close()
+        for server in (checking, following, *restarted):
+            server.cleanup()
