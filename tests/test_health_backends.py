@@ -109,6 +109,10 @@ def test_a_dead_backend_sends_only_its_own_hosts_traffic_to_stable(
             wait_until(lambda: '"healthy":false' in store.health().get(a.url, ""),
                        timeout=2, what="a's ejection in the store")  # fmt: skip
             assert '"healthy":false' not in store.health().get(b.url, "")
+            # Once ejected, a POST (never retried or sent to stable on a failure) is no
+            # longer a 502: it goes to stable before anything is sent.
+            posted = client.post(f"{router.url}/page", headers={"Host": "a.example"}, content=b"x")
+            assert (posted.status_code, posted.headers["x-canary-version"]) == (200, "stable")
 
             status = cli(url, "status")
             assert f"{a.url}  EJECTED  (canary@a.example)" in status, status
