@@ -54,7 +54,7 @@ class CanaryRouter(RouterBase):
     Stable requests go straight to ``app`` (no extra hop, no Redis round trip once the
     snapshot is loaded). Canary requests are forwarded with httpx and streamed back; canary
     WebSockets are proxied. Every response carries ``X-Canary-Version: <target>`` unless
-    ``tag_header=None``. See the README for every option.
+    ``tag_header=None``. Every option: docs/configuration.md.
     """
 
     def __init__(

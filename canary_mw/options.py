@@ -19,7 +19,7 @@ from .upstreams import Upstream, parse_upstreams
 
 __all__ = ["ENGINE_OPTIONS", "RouterOptions", "engine_for", "metrics_for", "store_for"]
 
-#: Engine settings that engine_options may change (see the README's engine options).
+#: Engine settings that engine_options may change (docs/configuration.md, engine options).
 ENGINE_OPTIONS = frozenset(
     {"poll_interval", "cache_ttl", "cache_stale", "cache_size", "breaker_threshold",
      "breaker_reset", "first_load_wait"}

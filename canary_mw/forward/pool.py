@@ -3,7 +3,7 @@
 Why not httpx's own transport: its pool (httpcore) checks every pooled connection on every
 request and goes through anyio for each read and write; behind uvicorn it forwarded about
 400 requests per second on the benchmark machine, where this one forwards several times
-more (``python bench/run.py --only asgi transports``; figures in the README). It is still
+more (``python bench/run.py --only asgi transports``; figures in docs/benchmark.md). It is still
 an ``httpx.AsyncBaseTransport``: requests and responses are httpx's, errors are httpx's,
 and any other transport (httpx's, ``AiohttpTransport``, ``respx.MockTransport``) can be
 passed as ``CanaryRouter(transport=...)`` instead.
