@@ -13,6 +13,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 import httpx
 
@@ -37,52 +38,58 @@ _NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 
 def _client_options(
     health: BackendHealth, headers: Sequence[tuple[bytes, bytes]]
-) -> dict[str, object]:
+) -> dict[str, Any]:
     return {
         "timeout": health.policy.timeout, "trust_env": False, "follow_redirects": False,
         "limits": _NO_KEEPALIVE, "headers": list(headers),
     }  # fmt: skip
 
 
-class _ShareLog:
-    """Says once that health cannot be shared, and once that it can again: a round runs
-    every ``interval``, and a Redis outage is already reported by the engine."""
-
-    def __init__(self) -> None:
-        self.failing = False
-
-    def failed(self, exc: StoreError) -> None:
-        if not self.failing:
-            self.failing = True
-            logger.warning(
-                "canary_mw: cannot share backend health (kept in this router, retried every "
-                "round): %s", exc,
-            )  # fmt: skip
-
-    def ok(self) -> None:
-        if self.failing:
-            self.failing = False
-            logger.warning("canary_mw: backend health is shared again")
-
-
-class BlockingChecker:
-    """The check loop in a daemon thread (one per process)."""
+class _Runner:
+    """What both runners share: their inputs, and how a round begins, writes and ends."""
 
     def __init__(
         self,
         health: BackendHealth,
         backends: Callable[[], Backends],
-        share: SyncShare,
         *,
         headers: Sequence[tuple[bytes, bytes]] = (),
         after_round: AfterRound | None = None,
     ):
         self.health = health
         self._backends = backends
-        self._share = share
-        self._headers = headers
+        self._client_options = _client_options(health, headers)
         self._after_round = after_round
-        self._log = _ShareLog()
+        # Said once when the store cannot take records, once when it can again: a round
+        # runs every interval, and a Redis outage is already reported by the engine.
+        self._share_failing = False
+
+    def _plan(self) -> Plan:
+        return check_round(self.health, self._backends())
+
+    def _written(self, error: StoreError | None) -> bool:
+        """What the plan is told about a write (False: kept here, tried again next round)."""
+        if error is not None and not self._share_failing:
+            logger.warning("canary_mw: cannot share backend health (kept in this router, "
+                           "retried every round): %s", error)  # fmt: skip
+        elif error is None and self._share_failing:
+            logger.warning("canary_mw: backend health is shared again")
+        self._share_failing = error is not None
+        return error is None
+
+    def _done(self, done: StopIteration) -> dict[str, SharedState]:
+        if self._after_round is not None:
+            self._after_round(self.health)
+        return done.value  # type: ignore[no-any-return]
+
+
+class BlockingChecker(_Runner):
+    """The check loop in a daemon thread (one per process)."""
+
+    def __init__(self, health: BackendHealth, backends: Callable[[], Backends], share: SyncShare,
+                 **options: Any):  # fmt: skip
+        super().__init__(health, backends, **options)
+        self._share = share
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -101,7 +108,7 @@ class BlockingChecker:
             thread.join(timeout)
 
     def _run(self) -> None:
-        with httpx.Client(**_client_options(self.health, self._headers)) as client:  # type: ignore[arg-type]
+        with httpx.Client(**self._client_options) as client:
             while not self._stopped.is_set():
                 try:
                     self.run_round(client)
@@ -111,25 +118,20 @@ class BlockingChecker:
                 self._wake.clear()
 
     def run_round(self, client: httpx.Client) -> dict[str, SharedState]:
-        plan: Plan = check_round(self.health, self._backends())
+        plan, error = self._plan(), None
         try:
             step = next(plan)
             while True:
                 if isinstance(step, Probe):
                     step = plan.send([self._check(client, url) for url in step.urls])
-                else:
-                    try:
-                        self._share(step.records, step.lapsed)
-                    except StoreError as exc:
-                        self._log.failed(exc)
-                        step = plan.send(False)
-                    else:
-                        self._log.ok()
-                        step = plan.send(True)
+                    continue
+                try:
+                    self._share(step.records, step.lapsed)
+                except StoreError as exc:
+                    error = exc
+                step = plan.send(self._written(error))
         except StopIteration as done:
-            if self._after_round is not None:
-                self._after_round(self.health)
-            return done.value  # type: ignore[no-any-return]
+            return self._done(done)
 
     @staticmethod
     def _check(client: httpx.Client, url: httpx.URL) -> tuple[bool, str]:
@@ -139,24 +141,13 @@ class BlockingChecker:
             return failure(exc)
 
 
-class AsyncChecker:
+class AsyncChecker(_Runner):
     """The check loop as a task on the router's event loop."""
 
-    def __init__(
-        self,
-        health: BackendHealth,
-        backends: Callable[[], Backends],
-        share: AsyncShare,
-        *,
-        headers: Sequence[tuple[bytes, bytes]] = (),
-        after_round: AfterRound | None = None,
-    ):
-        self.health = health
-        self._backends = backends
+    def __init__(self, health: BackendHealth, backends: Callable[[], Backends], share: AsyncShare,
+                 **options: Any):  # fmt: skip
+        super().__init__(health, backends, **options)
         self._share = share
-        self._headers = headers
-        self._after_round = after_round
-        self._log = _ShareLog()
         self._wake = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -181,7 +172,7 @@ class AsyncChecker:
             task.cancel()
 
     async def _run(self) -> None:
-        async with httpx.AsyncClient(**_client_options(self.health, self._headers)) as client:  # type: ignore[arg-type]
+        async with httpx.AsyncClient(**self._client_options) as client:
             while not self._stopped.is_set():
                 try:
                     await self.run_round(client)
@@ -191,26 +182,21 @@ class AsyncChecker:
                 self._wake.clear()
 
     async def run_round(self, client: httpx.AsyncClient) -> dict[str, SharedState]:
-        plan: Plan = check_round(self.health, self._backends())
+        plan, error = self._plan(), None
         try:
             step = next(plan)
             while True:
                 if isinstance(step, Probe):
                     results = await asyncio.gather(*(self._check(client, u) for u in step.urls))
                     step = plan.send(list(results))
-                else:
-                    try:
-                        await self._share(step.records, step.lapsed)
-                    except StoreError as exc:
-                        self._log.failed(exc)
-                        step = plan.send(False)
-                    else:
-                        self._log.ok()
-                        step = plan.send(True)
+                    continue
+                try:
+                    await self._share(step.records, step.lapsed)
+                except StoreError as exc:
+                    error = exc
+                step = plan.send(self._written(error))
         except StopIteration as done:
-            if self._after_round is not None:
-                self._after_round(self.health)
-            return done.value  # type: ignore[no-any-return]
+            return self._done(done)
 
     @staticmethod
     async def _check(client: httpx.AsyncClient, url: httpx.URL) -> tuple[bool, str]:
