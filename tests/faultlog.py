@@ -1,9 +1,9 @@
 """Records the outcome of every test marked ``@pytest.mark.fault(area, case, expected)``.
 
-The fault and hostile-input suite (issue 7) is also the source of the README's results table:
+The fault and hostile-input suite (issue 7) is also the source of the fault table in docs/faults.md:
 each marked test adds one row (area, case, expected outcome, passed or failed, and what it
 measured when it says so through the ``observed`` fixture). ``python -m tests.fault_table``
-turns the file written here into the README table.
+turns the file written here into that table.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ _rows: dict[str, dict[str, Any]] = {}
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "fault(area, case, expected): a fault/hostile-input case for the README table"
+        "markers", "fault(area, case, expected): a fault/hostile-input case for docs/faults.md"
     )
 
 
