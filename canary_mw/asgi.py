@@ -257,8 +257,10 @@ class CanaryRouter(RouterBase):
         loaded: bool = await self.engine.start(wait=wait)
         return loaded
 
-    async def _share_health(self, records: Mapping[str, str], lapsed: Sequence[str]) -> None:
-        await self.store.set_health(records, lapsed=lapsed)
+    async def _share_health(
+        self, records: Mapping[str, str], lapsed: Sequence[str], announce: bool
+    ) -> None:
+        await self.store.set_health(records, lapsed=lapsed, announce=announce)
 
     # -- resources ---------------------------------------------------------------------
     def transport(self) -> httpx.AsyncBaseTransport:

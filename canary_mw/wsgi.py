@@ -195,8 +195,10 @@ class CanaryWSGI(RouterBase):
                 self._checker.start()
         self.engine.start(wait=self.engine.first_load_wait)
 
-    def _share_health(self, records: Mapping[str, str], lapsed: Sequence[str]) -> None:
-        self.store.set_health(records, lapsed=lapsed)
+    def _share_health(
+        self, records: Mapping[str, str], lapsed: Sequence[str], announce: bool
+    ) -> None:
+        self.store.set_health(records, lapsed=lapsed, announce=announce)
 
     def transport(self) -> httpx.BaseTransport:
         """The forwarding transport: yours if you passed one, else this process's own (a

@@ -271,6 +271,26 @@ def test_a_write_the_store_refused_is_retried_next_round() -> None:
     assert A in share.records
 
 
+def test_renewals_alone_are_written_without_an_announcement() -> None:
+    """An announcement makes every router re-read and empty its membership cache: only a
+    verdict that changes is worth that."""
+    clock = Clock()
+    health = BackendHealth(POLICY, clock=clock, by="me:1")
+    health.checked([(A, False, "x"), (A, False, "x")])
+    health.shared_ok({A: record(False, clock.now + TTL)})
+    old = {A: record(False, clock.now + TTL * 0.4)}  # agreeing, past half its life
+    plan = check_round(health, Backends({A: httpx.URL(A)}, old))
+    next(plan)
+    share = plan.send([(False, "x")])
+    assert isinstance(share, Share)
+    assert (list(share.records), share.announce) == ([A], False)
+    plan = check_round(health, Backends({A: httpx.URL(A)}, {}))  # no record: a new one
+    next(plan)
+    share = plan.send([(False, "x")])
+    assert isinstance(share, Share)
+    assert share.announce is True
+
+
 def test_a_round_with_nothing_to_share_writes_nothing() -> None:
     clock = Clock()
     health = BackendHealth(POLICY, clock=clock, by="me:1")
@@ -295,7 +315,7 @@ def test_the_blocking_runner_drives_the_plan() -> None:
     writes: list[tuple[dict[str, str], list[str]]] = []
     rounds: list[BackendHealth] = []
     checker = BlockingChecker(
-        health, backends, lambda records, lapsed: writes.append((dict(records), list(lapsed))),
+        health, backends, lambda records, lapsed, _: writes.append((dict(records), list(lapsed))),
         headers=[(b"x-canary-forwarded", b"1")], after_round=rounds.append,
     )  # fmt: skip
     with httpx.Client(transport=httpx.MockTransport(mock_backend),
@@ -313,7 +333,7 @@ async def test_the_async_runner_drives_the_same_plan() -> None:
     health = BackendHealth(POLICY, clock=Clock(), by="me:1")
     writes: list[dict[str, str]] = []
 
-    async def share(records: object, lapsed: object) -> None:
+    async def share(records: object, lapsed: object, announce: bool) -> None:
         writes.append(dict(records))  # type: ignore[call-overload]
 
     checker = AsyncChecker(health, backends, share)
@@ -390,6 +410,11 @@ def test_one_write_holds_every_record_and_deletes_the_lapsed() -> None:
     ]
 
 
+def test_a_write_without_announcement_publishes_nothing() -> None:
+    commands = Layout("p:").set_health({A: "a"}, announce=False)
+    assert [args for _, args in commands] == [("HSET", "p:health", A, "a")]
+
+
 def test_status_shows_every_url_with_its_routes_and_state() -> None:
     upstreams = {"canary": {"url": "http://canary-default:8000/",
                             "hosts": {"a.example": A, "b.example": B}}}  # fmt: skip
@@ -420,7 +445,7 @@ def test_a_store_outage_is_logged_once_and_the_verdict_written_when_it_ends(
     health.checked([(A, False, "x")])  # one more failure in the round ejects A
     outage = [True, True, False]
 
-    def share(records: object, lapsed: object) -> None:
+    def share(records: object, lapsed: object, announce: bool) -> None:
         if outage.pop(0):
             raise StoreError("Redis is down")
 

@@ -38,10 +38,13 @@ class Probe:
 @dataclass(frozen=True, slots=True)
 class Share:
     """Write ``records`` (URL → JSON) and delete the ``lapsed`` fields; send back whether the
-    store took them."""
+    store took them. ``announce``: a verdict changes, so every router should re-read now;
+    renewals alone are not announced, since each announcement also empties every router's
+    membership cache."""
 
     records: Mapping[str, str]
     lapsed: tuple[str, ...]
+    announce: bool = True
 
 
 Plan = Generator[Probe | Share, Any, dict[str, SharedState]]
@@ -58,7 +61,12 @@ def check_round(health: BackendHealth, backends: Backends) -> Plan:
     if not records:
         return {}
     lapsed = tuple(sorted(backends.lapsed - records.keys()))
-    written = yield Share({url: record.encode() for url, record in records.items()}, lapsed)
+    announce = any(
+        (stored := backends.shared.get(url)) is None or stored.healthy != record.healthy
+        for url, record in records.items()
+    )
+    encoded = {url: record.encode() for url, record in records.items()}
+    written = yield Share(encoded, lapsed, announce)
     if not written:
         return {}
     health.shared_ok(records)

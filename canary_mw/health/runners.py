@@ -27,9 +27,10 @@ __all__ = ["AsyncChecker", "BlockingChecker"]
 
 logger = logging.getLogger("canary_mw.health")
 
-#: ``share(records, lapsed)``: write records (URL → JSON), delete lapsed fields.
-SyncShare = Callable[[Mapping[str, str], Sequence[str]], None]
-AsyncShare = Callable[[Mapping[str, str], Sequence[str]], Awaitable[None]]
+#: ``share(records, lapsed, announce)``: write records (URL → JSON), delete lapsed fields,
+#: announce the change when asked (see loop.Share).
+SyncShare = Callable[[Mapping[str, str], Sequence[str], bool], None]
+AsyncShare = Callable[[Mapping[str, str], Sequence[str], bool], Awaitable[None]]
 #: Called after each round (metrics): the table is current then.
 AfterRound = Callable[[BackendHealth], None]
 
@@ -126,7 +127,7 @@ class BlockingChecker(_Runner):
                     step = plan.send([self._check(client, url) for url in step.urls])
                     continue
                 try:
-                    self._share(step.records, step.lapsed)
+                    self._share(step.records, step.lapsed, step.announce)
                 except StoreError as exc:
                     error = exc
                 step = plan.send(self._written(error))
@@ -191,7 +192,7 @@ class AsyncChecker(_Runner):
                     step = plan.send(list(results))
                     continue
                 try:
-                    await self._share(step.records, step.lapsed)
+                    await self._share(step.records, step.lapsed, step.announce)
                 except StoreError as exc:
                     error = exc
                 step = plan.send(self._written(error))

@@ -213,9 +213,11 @@ class Layout:
     def history(self, count: int) -> list[Command]:
         return [(None, ("XREVRANGE", self.audit, "+", "-", "COUNT", count))]
 
-    def set_health(self, records: Mapping[str, str], lapsed: Sequence[str] = ()) -> list[Command]:
+    def set_health(
+        self, records: Mapping[str, str], lapsed: Sequence[str] = (), announce: bool = True
+    ) -> list[Command]:
         """Write health records (backend URL → JSON) in one round trip, delete fields that
-        have lapsed, and announce it so every router re-reads at once."""
+        have lapsed, and (``announce``) tell every router to re-read at once."""
         message = json.dumps({"what": "health", "name": None}, separators=(",", ":"))
         pairs = [item for url, record in sorted(records.items()) for item in (url, record)]
         commands: list[Command] = []
@@ -223,7 +225,9 @@ class Layout:
             commands.append((None, ("HSET", self.health, *pairs)))
         if lapsed:
             commands.append((None, ("HDEL", self.health, *lapsed)))
-        return [*commands, (None, ("PUBLISH", self.channel, message))]
+        if announce:
+            commands.append((None, ("PUBLISH", self.channel, message)))
+        return commands
 
     def add_traffic(self, counts: Mapping[str, int]) -> list[Command]:
         return [(None, ("HINCRBY", self.traffic, target, n)) for target, n in counts.items()]

@@ -177,10 +177,13 @@ class Store(_Plans):
         numbered ``dbs``) ahead of the first request that needs them."""
         self._executor.warm(dbs)
 
-    def set_health(self, records: Mapping[str, str], *, lapsed: Sequence[str] = ()) -> None:
+    def set_health(
+        self, records: Mapping[str, str], *, lapsed: Sequence[str] = (), announce: bool = True
+    ) -> None:
         """Write backend health records (URL → JSON, see canary_mw.health) and delete the
-        ``lapsed`` fields; every router re-reads them at once."""
-        self._run(self._plain(self.layout.set_health(records, lapsed)))
+        ``lapsed`` fields; ``announce``: every router re-reads them at once (else at its next
+        poll)."""
+        self._run(self._plain(self.layout.set_health(records, lapsed, announce)))
 
     def add_traffic(self, counts: Mapping[str, int]) -> None:
         if counts:
@@ -317,8 +320,10 @@ class AsyncStore(_Plans):
     async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
         await self._executor.warm(dbs)
 
-    async def set_health(self, records: Mapping[str, str], *, lapsed: Sequence[str] = ()) -> None:
-        await self._run(self._plain(self.layout.set_health(records, lapsed)))
+    async def set_health(
+        self, records: Mapping[str, str], *, lapsed: Sequence[str] = (), announce: bool = True
+    ) -> None:
+        await self._run(self._plain(self.layout.set_health(records, lapsed, announce)))
 
     async def add_traffic(self, counts: Mapping[str, int]) -> None:
         if counts:
