@@ -155,7 +155,7 @@ class Metrics:
         breaker.add_metric([], sum(e.breaker.is_open for e in engines))
         yield breaker
         ejected = GaugeMetricFamily(
-            f"{ns}_upstream_ejected", "1 while an upstream is ejected as unhealthy",
+            f"{ns}_upstream_ejected", "1 while a backend URL is ejected as unhealthy",
             labels=["upstream"],
         )  # fmt: skip
         for upstream, is_ejected in sorted(self._ejected.items()):
