@@ -116,10 +116,16 @@ class Rendered:
     produced: Produced
 
 
+#: Body filler shaped to be misread: parsers skip CR and LF before a response, so a client
+#: that takes the rest of someone's body for the next response lands, from most offsets,
+#: on a whole response tagged with no request's id (an error would hide the leak).
+BAIT = b"\r\n" * 24 + b"HTTP/1.1 200 OK\r\nx-req-id: forged\r\ncontent-length: 0\r\n\r\n"
+
+
 def response_body(rid: str, size: int) -> bytes:
-    """The body the upstream means to send for ``rid``: the id first, then filler."""
+    """The body the upstream means to send for ``rid``: the id first, then BAIT."""
     marker = f"id={rid};".encode()
-    return (marker + b"." * size)[:size]
+    return (marker + BAIT * (size // len(BAIT) + 1))[:size]
 
 
 def _chunked(body: bytes, script: Script) -> bytes:
