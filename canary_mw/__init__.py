@@ -2,8 +2,10 @@
 
 from .asgi import DECISION_KEY, CanaryRouter
 from .clientip import ClientIPResolver
+from .config import CanaryConfig
 from .decide import NO_OVERRIDES, Overrides, decide
 from .decision import CANARY, STABLE, Decision
+from .engine import EngineSettings
 from .errors import CanaryError, ConfigurationError, RuleError, StoreError, UpstreamError
 from .facts import ASGIFacts, RequestFacts, WSGIFacts
 from .rules import DEFAULT_RULES, Rule, RuleSet, openresty_rules, parse_rules
@@ -21,12 +23,14 @@ __all__ = [
     "NO_OVERRIDES",
     "STABLE",
     "ASGIFacts",
+    "CanaryConfig",
     "CanaryError",
     "CanaryRouter",
     "CanaryWSGI",
     "ClientIPResolver",
     "ConfigurationError",
     "Decision",
+    "EngineSettings",
     "Overrides",
     "RequestFacts",
     "Rule",

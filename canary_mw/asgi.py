@@ -5,24 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-import httpx
-
-from .clientip import DEFAULT_CLIENT_IP_HEADERS
+from .config import ASYNC, CanaryConfig
 from .decision import STABLE, Decision
 from .engine import AsyncEngine
 from .facts import ASGIFacts
 from .forward.asgi_http import AsyncHTTPForwarder, Outcome, Replayable
 from .forward.asgi_ws import proxy_websocket
-from .forward.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, make_async_transport
 from .forward.common import refuse_ambiguous_authority
-from .health import AsyncChecker, HealthCheck
-from .metrics import Metrics
-from .router import RouterBase
-from .rules import DEFAULT_RULES, RuleSet
-from .stores import DEFAULT_LOOKUP_TIMEOUT, AsyncStore, async_store_from_url
+from .health import AsyncChecker
+from .router import Router
+from .stores import AsyncStore
 
 __all__ = ["DECISION_KEY", "CanaryRouter"]
 
@@ -40,7 +35,7 @@ DECISION_KEY = "canary_mw.decision"
 STARTUP_WAIT = 2.0
 
 
-class CanaryRouter(RouterBase):
+class CanaryRouter(Router):
     """Route each request to the wrapped (stable) app or forward it to a canary upstream.
 
     >>> app = FastAPI()
@@ -54,57 +49,22 @@ class CanaryRouter(RouterBase):
     Stable requests go straight to ``app`` (no extra hop, no Redis round trip once the
     snapshot is loaded). Canary requests are forwarded with httpx and streamed back; canary
     WebSockets are proxied. Every response carries ``X-Canary-Version: <target>`` unless
-    ``tag_header=None``. Every option: docs/configuration.md.
+    ``tag_header=None``. The keyword options are :class:`~canary_mw.CanaryConfig`'s fields
+    (docs/configuration.md); ``config=CanaryConfig(...)`` passes them as one object instead.
     """
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        store: str | AsyncStore = "memory://",
-        canary_url: str | None = None,
-        upstreams: Mapping[str, str] | None = None,
-        trusted_proxies: Sequence[str] = (),
-        client_ip_headers: Sequence[str] = DEFAULT_CLIENT_IP_HEADERS,
-        force_header: str | None = None,
-        force_cookie: str | None = None,
-        default_rules: RuleSet | Mapping[str, Any] | Sequence[Any] | str = DEFAULT_RULES,
-        tag_header: str | None = "X-Canary-Version",
-        fallback: bool = False,
-        preserve_host: bool = True,
-        timeout: float | httpx.Timeout | Mapping[str, float | None] = DEFAULT_TIMEOUT,
-        limits: httpx.Limits = DEFAULT_LIMITS,
-        max_body_size: int | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
-        loop_header: str = "X-Canary-Forwarded",
-        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
-        health: HealthCheck | None = None,
-        metrics: bool | Metrics = True,
-        engine_options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.app = app
-        self._configure(
-            store=store, store_kind=AsyncStore,
-            store_from_url=lambda url: async_store_from_url(url, lookup_timeout=lookup_timeout),
-            engine_kind=AsyncEngine, transport=transport, transport_kind=httpx.AsyncBaseTransport,
-            timeout=timeout, limits=limits, max_body_size=max_body_size, metrics=metrics,
-            engine_options=engine_options,
-            canary_url=canary_url, upstreams=upstreams, trusted_proxies=trusted_proxies,
-            client_ip_headers=client_ip_headers, force_header=force_header,
-            force_cookie=force_cookie, default_rules=default_rules, tag_header=tag_header,
-            loop_header=loop_header, fallback=fallback, preserve_host=preserve_host,
-            health=health,
-        )  # fmt: skip
-        self._forwarder = AsyncHTTPForwarder(self.transport, **self._forwarding_policy())
-        self._stable_tag = self.targets.tag(STABLE)
+    app: ASGIApp
+    store: AsyncStore
+    engine: AsyncEngine
+    _forwarder: AsyncHTTPForwarder
+    _checker: AsyncChecker | None
+
+    def __init__(self, app: ASGIApp, config: CanaryConfig | None = None, **options: Any) -> None:
+        super().__init__(app, config, options, ASYNC)
+        self._loop_header = self.config.loop
+        self._stable_tag = self._targets.tag(STABLE)
         self._wrap_stable = bool(self._stable_tag) or self.metrics is not None
-        self._default_transport: httpx.AsyncBaseTransport | None = None
-        self._transport_loop: asyncio.AbstractEventLoop | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._checker = None if self.health is None else AsyncChecker(
-            self.health, self._backends, self._share_health, headers=[self._loop_guard],
-            after_round=self._after_round,
-        )  # fmt: skip
         self._closed = False
 
     # -- the ASGI interface ------------------------------------------------------------
@@ -116,7 +76,7 @@ class CanaryRouter(RouterBase):
             await self.start(wait=self.engine.first_load_wait)
         # The hot path, written flat: every call and coroutine here is paid per request
         # (measured inside uvicorn: ~3x what the same code costs in a tight loop).
-        facts = ASGIFacts(scope, self.options.resolver)
+        facts = ASGIFacts(scope, self._resolver)
         if facts.authority_conflict:  # two Hosts: never route by one and forward the other
             await refuse_ambiguous_authority(scope, receive, send)
             return
@@ -124,7 +84,7 @@ class CanaryRouter(RouterBase):
         if decision.pending:  # a membership answer is not cached: look it up, within budget
             decision = await self.engine.resolve(facts, decision)
         if decision.target != STABLE:
-            if self.options.loop_header in facts.raw_headers():
+            if self._loop_header in facts.raw_headers():
                 # We are the canary behind another router: serve here, never forward again.
                 await self.app(scope, receive, send)
                 return
@@ -143,22 +103,20 @@ class CanaryRouter(RouterBase):
         """A decision for an upstream: forward, or serve stable when it cannot take it."""
         started = time.perf_counter()
         snapshot = self.engine.snapshot
-        decision, upstream = self.targets.resolve(
+        decision, upstream = self._targets.resolve(
             decision, snapshot, facts.host, self._ejected(snapshot)
         )
         scope[DECISION_KEY] = decision
         if upstream is not None:
-            if self.options.fallback:  # stable may need what the forwarder already read
+            if self.config.fallback:  # stable may need what the forwarder already read
                 receive = Replayable(receive)
             outcome, status = await self._forwarder.forward(
-                scope, receive, send, upstream, self.targets.tag(decision.target),
-                fallback=self.options.fallback,
+                scope, receive, send, upstream, self._targets.tag(decision.target),
+                fallback=self.config.fallback,
             )  # fmt: skip
             if outcome is not Outcome.FALLBACK:
                 self._record(decision, status, started, facts)
                 return
-            if self.metrics:
-                self.metrics.fallback(upstream.name)
             decision = Decision(STABLE, "fallback", decision.rule_id)
             scope[DECISION_KEY] = decision
             if isinstance(receive, Replayable):
@@ -199,11 +157,11 @@ class CanaryRouter(RouterBase):
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._loop is not asyncio.get_running_loop():
             await self.start(wait=self.engine.first_load_wait)
-        facts = ASGIFacts(scope, self.options.resolver)
+        facts = ASGIFacts(scope, self._resolver)
         if facts.authority_conflict:
             await refuse_ambiguous_authority(scope, receive, send)
             return
-        if self.options.loop_header in facts.raw_headers():
+        if self._loop_header in facts.raw_headers():
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
@@ -213,7 +171,7 @@ class CanaryRouter(RouterBase):
         upstream = None
         if decision.target != STABLE:
             snapshot = self.engine.snapshot
-            decision, upstream = self.targets.resolve(
+            decision, upstream = self._targets.resolve(
                 decision, snapshot, facts.host, self._ejected(snapshot)
             )
         scope[DECISION_KEY] = decision
@@ -221,9 +179,9 @@ class CanaryRouter(RouterBase):
             await self.app(scope, receive, send)
         else:
             await proxy_websocket(
-                scope, receive, send, upstream, self.targets.tag(decision.target),
-                open_timeout=self._timeout.connect, extra=[self._loop_guard],
-                is_trusted_peer=self.options.is_trusted_peer,
+                scope, receive, send, upstream, self._targets.tag(decision.target),
+                open_timeout=self.config.http_timeout.connect, extra=[self.config.loop_guard],
+                is_trusted_peer=self.config.is_trusted_peer,
             )  # fmt: skip
         self._record(decision, 101, started, facts)
 
@@ -257,23 +215,7 @@ class CanaryRouter(RouterBase):
         loaded: bool = await self.engine.start(wait=wait)
         return loaded
 
-    async def _share_health(
-        self, records: Mapping[str, str], lapsed: Sequence[str], announce: bool
-    ) -> None:
-        await self.store.set_health(records, lapsed=lapsed, announce=announce)
-
     # -- resources ---------------------------------------------------------------------
-    def transport(self) -> httpx.AsyncBaseTransport:
-        """The forwarding transport: yours if you passed one, else ours, created in (and
-        bound to) the running event loop."""
-        if self._transport is not None:
-            return self._transport  # type: ignore[no-any-return]
-        loop = asyncio.get_running_loop()
-        if self._default_transport is None or self._transport_loop is not loop:
-            self._default_transport = make_async_transport(self._limits)
-            self._transport_loop = loop
-        return self._default_transport
-
     async def aclose(self) -> None:
         """Stop background tasks and close the client (and the store, if built from a URL).
         Safe to call more than once."""
@@ -281,9 +223,7 @@ class CanaryRouter(RouterBase):
             await self._checker.stop()
         await self.engine.aclose()
         self._loop = None
-        transport, self._default_transport = self._default_transport, None
-        if transport is not None:
-            await transport.aclose()
-        if self._owns_store and not self._closed:
+        await self._forwarder.aclose()
+        if self._parts.owns_store and not self._closed:
             await self.store.aclose()
         self._closed = True

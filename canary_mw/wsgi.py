@@ -6,24 +6,20 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
-import httpx
-
-from .clientip import DEFAULT_CLIENT_IP_HEADERS
+from .config import BLOCKING, CanaryConfig
 from .decision import STABLE, Decision
 from .engine import Engine
 from .errors import ConfigurationError
 from .facts import WSGIFacts
-from .forward.client import DEFAULT_LIMITS, DEFAULT_TIMEOUT, make_sync_transport
 from .forward.common import ambiguous_authority_reply
 from .forward.wsgi_http import SyncHTTPForwarder
-from .health import BlockingChecker, HealthCheck
-from .metrics import Metrics
-from .router import RouterBase, decision_log
-from .rules import DEFAULT_RULES, RuleSet
-from .stores import DEFAULT_LOOKUP_TIMEOUT, Store, store_from_url
+from .health import BlockingChecker
+from .parts import decision_log
+from .router import Router
+from .stores import Store
 
 __all__ = ["DECISION_ENVIRON_KEY", "CanaryWSGI"]
 
@@ -56,7 +52,7 @@ class _Measured:
             self._done()
 
 
-class CanaryWSGI(RouterBase):
+class CanaryWSGI(Router):
     """Route each request to the wrapped (stable) WSGI app or forward it to a canary upstream.
 
     >>> app = Flask(__name__)
@@ -66,9 +62,10 @@ class CanaryWSGI(RouterBase):
     ...     canary_url="http://canary:8000",
     ... )
 
-    The blocking twin of :class:`~canary_mw.CanaryRouter`, with the same options (minus
-    WebSockets). Redis connections, background threads and the httpx client are created
-    lazily in each worker process, so it is safe under gunicorn ``--preload``.
+    The blocking twin of :class:`~canary_mw.CanaryRouter`, with the same options
+    (:class:`~canary_mw.CanaryConfig`'s fields, or ``config=``), minus WebSockets. Redis
+    connections, background threads and the httpx client are created lazily in each worker
+    process, so it is safe under gunicorn ``--preload``.
 
     Security note, behind a proxy: the client address comes from ``REMOTE_ADDR``, and proxy
     headers are only believed when ``REMOTE_ADDR`` is in ``trusted_proxies``. If you also use
@@ -77,57 +74,20 @@ class CanaryWSGI(RouterBase):
     inside, CanaryWSGI would decide on the proxy's address instead of the client's.
     """
 
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        store: str | Store = "memory://",
-        canary_url: str | None = None,
-        upstreams: Mapping[str, str] | None = None,
-        trusted_proxies: Sequence[str] = (),
-        client_ip_headers: Sequence[str] = DEFAULT_CLIENT_IP_HEADERS,
-        force_header: str | None = None,
-        force_cookie: str | None = None,
-        default_rules: RuleSet | Mapping[str, Any] | Sequence[Any] | str = DEFAULT_RULES,
-        tag_header: str | None = "X-Canary-Version",
-        fallback: bool = False,
-        preserve_host: bool = True,
-        timeout: float | httpx.Timeout | Mapping[str, float | None] = DEFAULT_TIMEOUT,
-        limits: httpx.Limits = DEFAULT_LIMITS,
-        max_body_size: int | None = None,
-        transport: httpx.BaseTransport | None = None,
-        loop_header: str = "X-Canary-Forwarded",
-        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
-        health: HealthCheck | None = None,
-        metrics: bool | Metrics = True,
-        engine_options: Mapping[str, Any] | None = None,
-    ) -> None:
+    app: WSGIApp
+    store: Store
+    engine: Engine
+    _forwarder: SyncHTTPForwarder
+    _checker: BlockingChecker | None
+
+    def __init__(self, app: WSGIApp, config: CanaryConfig | None = None, **options: Any) -> None:
         if not callable(app):
             raise ConfigurationError("CanaryWSGI wraps a WSGI callable, e.g. app.wsgi_app")
-        self.app = app
-        self._configure(
-            store=store, store_kind=Store,
-            store_from_url=lambda url: store_from_url(url, lookup_timeout=lookup_timeout),
-            engine_kind=Engine, transport=transport, transport_kind=httpx.BaseTransport,
-            timeout=timeout, limits=limits, max_body_size=max_body_size, metrics=metrics,
-            engine_options=engine_options,
-            canary_url=canary_url, upstreams=upstreams, trusted_proxies=trusted_proxies,
-            client_ip_headers=client_ip_headers, force_header=force_header,
-            force_cookie=force_cookie, default_rules=default_rules, tag_header=tag_header,
-            loop_header=loop_header, fallback=fallback, preserve_host=preserve_host,
-            health=health,
-        )  # fmt: skip
-        self._loop_key = "HTTP_" + self.options.loop_header.decode().upper().replace("-", "_")
-        self._forwarder = SyncHTTPForwarder(self.transport, **self._forwarding_policy())
-        self._stable_tag = [(k.decode(), v.decode()) for k, v in self.targets.tag(STABLE)]
-        self._default_transport: httpx.BaseTransport | None = None
-        self._transport_pid = 0
+        super().__init__(app, config, options, BLOCKING)
+        self._loop_key = "HTTP_" + self.config.loop.decode().upper().replace("-", "_")
+        self._stable_tag = [(k.decode(), v.decode()) for k, v in self._targets.tag(STABLE)]
         self._pid = 0
         self._lock = threading.Lock()
-        self._checker = None if self.health is None else BlockingChecker(
-            self.health, self._backends, self._share_health, headers=[self._loop_guard],
-            after_round=self._after_round,
-        )  # fmt: skip
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._pid != os.getpid():
@@ -136,7 +96,7 @@ class CanaryWSGI(RouterBase):
             # We are the canary behind another router: serve here, never forward again.
             return self.app(environ, start_response)
         started = time.perf_counter()
-        facts = WSGIFacts(environ, self.options.resolver)
+        facts = WSGIFacts(environ, self._resolver)
         if facts.authority_conflict:  # two Hosts: never route by one and forward the other
             status_line, headers, refusal = ambiguous_authority_reply()
             start_response(status_line, headers)
@@ -145,7 +105,7 @@ class CanaryWSGI(RouterBase):
         upstream = None
         if decision.target != STABLE:
             snapshot = self.engine.snapshot
-            decision, upstream = self.targets.resolve(
+            decision, upstream = self._targets.resolve(
                 decision, snapshot, facts.host, self._ejected(snapshot)
             )
         environ[DECISION_ENVIRON_KEY] = decision
@@ -158,12 +118,10 @@ class CanaryWSGI(RouterBase):
         body: Iterable[bytes] | None = None
         if upstream is not None:
             body = self._forwarder.forward(
-                environ, start, upstream, self.targets.tag(decision.target),
-                fallback=self.options.fallback,
+                environ, start, upstream, self._targets.tag(decision.target),
+                fallback=self.config.fallback,
             )  # fmt: skip
             if body is None:
-                if self.metrics:
-                    self.metrics.fallback(upstream.name)
                 decision = Decision(STABLE, "fallback", decision.rule_id)
                 environ[DECISION_ENVIRON_KEY] = decision
         if body is None:
@@ -195,23 +153,6 @@ class CanaryWSGI(RouterBase):
                 self._checker.start()
         self.engine.start(wait=self.engine.first_load_wait)
 
-    def _share_health(
-        self, records: Mapping[str, str], lapsed: Sequence[str], announce: bool
-    ) -> None:
-        self.store.set_health(records, lapsed=lapsed, announce=announce)
-
-    def transport(self) -> httpx.BaseTransport:
-        """The forwarding transport: yours if you passed one, else this process's own (a
-        forked worker gets a fresh one: sockets must not be shared across processes)."""
-        if self._transport is not None:
-            return self._transport  # type: ignore[no-any-return]
-        if self._default_transport is None or self._transport_pid != os.getpid():
-            with self._lock:
-                if self._default_transport is None or self._transport_pid != os.getpid():
-                    self._default_transport = make_sync_transport(self._limits)
-                    self._transport_pid = os.getpid()
-        return self._default_transport
-
     def close(self) -> None:
         """Stop the background threads and close the client (and the store, if built from a
         URL). Safe to call more than once."""
@@ -219,8 +160,6 @@ class CanaryWSGI(RouterBase):
             self._checker.stop()
         self.engine.close()
         self._pid = 0
-        transport, self._default_transport = self._default_transport, None
-        if transport is not None:
-            transport.close()
-        if self._owns_store:
+        self._forwarder.close()
+        if self._parts.owns_store:
             self.store.close()

@@ -13,8 +13,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from canary_mw import DECISION_KEY, CanaryRouter, ConfigurationError, RuleError
-from canary_mw.stores import async_store_from_url, store_from_url
+from canary_mw import (
+    DECISION_KEY,
+    CanaryConfig,
+    CanaryRouter,
+    CanaryWSGI,
+    ConfigurationError,
+    EngineSettings,
+    RuleError,
+)
+from canary_mw.stores import DEFAULT_LOOKUP_TIMEOUT, async_store_from_url, store_from_url
 
 pytestmark = pytest.mark.anyio
 
@@ -60,13 +68,47 @@ def respx_options() -> dict[str, Any]:
         ({**GOOD, "store": store_from_url("memory://")}, "store must be a URL"),
         ({**GOOD, "fallback": "yes"}, "True or False"),
         ({**GOOD, "lookup_timeout": 0}, "lookup_timeout"),
+        ({**GOOD, "lookup_timeout": 0.1, "store": async_store_from_url("memory://")},
+         r"pass it where the store is made, e.g. async_store_from_url\(url, lookup_timeout="),
+        ({**GOOD, "engine_options": 3}, "EngineSettings"),
+        ({**GOOD, "config": CanaryConfig(**GOOD)}, "not both"),
+        ({**GOOD, "canary": "http://x"}, r"unknown option\(s\) \['canary'\]"),
         ({**GOOD, "engine_options": {"poll_intervall": 1}}, "unknown engine_options"),
         ({**GOOD, "engine_options": {"poll_interval": 0}}, "poll_interval must be"),
     ],
-)
+)  # fmt: skip
 def test_invalid_configuration_is_refused_with_a_fix(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         CanaryRouter(stable, **options)
+
+
+async def test_one_config_object_serves_both_routers() -> None:
+    config = CanaryConfig(
+        **GOOD, force_header="X-Force", engine_options=EngineSettings(poll_interval=2.0)
+    )
+    router = CanaryRouter(stable, config=config)
+    blocking = CanaryWSGI(lambda environ, start: [b""], config=config)
+    assert router.config is config
+    assert blocking.config is config
+    assert router.engine.poll_interval == blocking.engine.poll_interval == 2.0
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router)) as client:
+        forced = await client.get("http://test/", headers={"X-Force": "never"})
+    assert forced.text == "stable override-header"
+    await router.aclose()
+    blocking.close()
+
+
+def test_a_config_is_frozen_and_takes_engine_options_as_a_dict() -> None:
+    config = CanaryConfig(**GOOD, engine_options={"cache_ttl": 0.25})
+    assert config.engine_settings == EngineSettings(cache_ttl=0.25)
+    with pytest.raises(AttributeError):
+        config.fallback = True  # type: ignore[misc]
+
+
+def test_lookup_timeout_goes_to_the_store_built_from_the_url() -> None:
+    router = CanaryRouter(stable, **GOOD, lookup_timeout=0.2)
+    assert router.store.lookup_timeout == 0.2
+    assert CanaryRouter(stable, **GOOD).store.lookup_timeout == DEFAULT_LOOKUP_TIMEOUT
 
 
 def test_invalid_default_rules_name_the_rule() -> None:
@@ -78,12 +120,30 @@ def test_construction_does_no_io() -> None:
     # A Redis that does not exist: building the router must neither fail nor wait.
     router = CanaryRouter(stable, store="redis://127.0.0.1:9/0", **GOOD)
     assert router.engine.snapshot.loaded is False
-    assert router._default_transport is None
+    assert router._forwarder.owns_a_transport is False
 
 
-def test_add_middleware_passes_typed_options() -> None:
+def test_add_middleware_builds_the_router_with_its_options() -> None:
+    # Starlette builds the middleware stack lazily, on the first request or lifespan: build it
+    # here, so that the router is made (and its options checked) and can be looked at.
     app = Starlette()
     app.add_middleware(CanaryRouter, **GOOD, trusted_proxies=["10.0.0.0/8"])  # type: ignore[arg-type]
+    stack = app.build_middleware_stack()
+    routers = []
+    while stack is not None:
+        if isinstance(stack, CanaryRouter):
+            routers.append(stack)
+        stack = getattr(stack, "app", None)
+    assert len(routers) == 1
+    assert routers[0].config.trusted_proxies == ["10.0.0.0/8"]
+    assert routers[0].config.is_trusted_peer("10.1.2.3")
+
+
+def test_add_middleware_refuses_a_bad_option_when_starlette_builds_it() -> None:
+    app = Starlette()
+    app.add_middleware(CanaryRouter, **GOOD, trusted_proxies=["10.0.0.1/8"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="did you mean"):
+        app.build_middleware_stack()
 
 
 async def run_lifespan(app: Any) -> list[str]:
@@ -124,10 +184,11 @@ async def test_aclose_twice_after_use() -> None:
     router = CanaryRouter(stable, **GOOD)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=router)) as client:
         assert (await client.get("http://test/")).text == "stable no-match"
-    router.transport()  # create the forwarding transport
+    router._forwarder.transport()  # create the forwarding transport
+    assert router._forwarder.owns_a_transport
     await router.aclose()
     await router.aclose()
-    assert router._default_transport is None
+    assert router._forwarder.owns_a_transport is False
 
 
 async def test_the_decision_is_in_the_scope_for_starlette_apps() -> None:

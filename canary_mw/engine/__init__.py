@@ -3,6 +3,14 @@
 from .aio import AsyncEngine
 from .breaker import CircuitBreaker
 from .cache import MembershipCache
+from .settings import ENGINE_OPTIONS, EngineSettings
 from .sync import Engine
 
-__all__ = ["AsyncEngine", "CircuitBreaker", "Engine", "MembershipCache"]
+__all__ = [
+    "ENGINE_OPTIONS",
+    "AsyncEngine",
+    "CircuitBreaker",
+    "Engine",
+    "EngineSettings",
+    "MembershipCache",
+]

@@ -6,6 +6,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Mapping
+from typing import Any
 
 from ..conditions import Probe
 from ..decide import NO_OVERRIDES, Overrides, decide
@@ -18,6 +19,7 @@ from ..stores.layout import StoreState
 from .breaker import CircuitBreaker
 from .builder import SnapshotBuilder
 from .cache import MembershipCache
+from .settings import EngineSettings
 
 __all__ = ["EngineCore"]
 
@@ -31,14 +33,6 @@ LISTEN_WAKEUP = 1.0
 TRAFFIC_FLUSH = 5.0
 #: Most stale membership answers read again in one round trip.
 REVALIDATE_BATCH = 1000
-
-
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigurationError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return float(value)
 
 
 class LayeredAnswers:
@@ -63,36 +57,29 @@ class EngineCore:
         *,
         overrides: Overrides = NO_OVERRIDES,
         default_rules: RuleSet = DEFAULT_RULES,
-        poll_interval: float = 0.5,
-        cache_ttl: float = 0.5,
-        cache_stale: float = 0.4,
-        cache_size: int = 100_000,
-        breaker_threshold: int = 3,
-        breaker_reset: float = 1.0,
-        first_load_wait: float = 0.2,
+        settings: EngineSettings | None = None,
+        **options: Any,
     ) -> None:
+        """``settings``, or its fields as keyword arguments (``poll_interval=1.0``)."""
         if not isinstance(overrides, Overrides):
             raise ConfigurationError("overrides must be an Overrides(header=..., cookie=...)")
         if not isinstance(default_rules, RuleSet):
             raise ConfigurationError("default_rules must be a RuleSet (see parse_rules)")
-        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
-            raise ConfigurationError(f"cache_size must be an integer >= 0, got {cache_size!r}")
-        if (
-            isinstance(breaker_threshold, bool)
-            or not isinstance(breaker_threshold, int)
-            or (breaker_threshold < 1)
-        ):
-            raise ConfigurationError(f"breaker_threshold must be >= 1, got {breaker_threshold!r}")
+        if settings is not None and options:
+            raise ConfigurationError(
+                f"pass settings=EngineSettings(...) or keyword options, not both: {sorted(options)}"
+            )
+        self.settings = settings = EngineSettings.coerce(
+            settings if settings is not None else options, option="engine options"
+        )
         self.overrides = overrides
-        self.poll_interval = _positive("poll_interval", poll_interval)
-        self.first_load_wait = _positive("first_load_wait", first_load_wait, allow_zero=True)
+        self.poll_interval = settings.poll_interval
+        self.first_load_wait = settings.first_load_wait
         self.cache = MembershipCache(
-            maxsize=cache_size,
-            ttl=_positive("cache_ttl", cache_ttl, allow_zero=True),
-            stale=_positive("cache_stale", cache_stale, allow_zero=True),
+            maxsize=settings.cache_size, ttl=settings.cache_ttl, stale=settings.cache_stale
         )
         self.breaker = CircuitBreaker(
-            threshold=breaker_threshold, reset_timeout=_positive("breaker_reset", breaker_reset)
+            threshold=settings.breaker_threshold, reset_timeout=settings.breaker_reset
         )
         self.builder = SnapshotBuilder(default_rules)
         #: Completed background refresh attempts (successful or not), for status and tests.

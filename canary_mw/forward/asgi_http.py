@@ -14,7 +14,8 @@ import httpx
 
 from ..errors import UpstreamError
 from ..upstreams import Upstream
-from .common import ForwarderBase
+from .client import make_async_transport
+from .common import ForwarderBase, ForwardObserver, ForwardPolicy
 from .errors import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 from .headers import RawHeaders, single_content_length
 
@@ -159,9 +160,38 @@ class AsyncHTTPForwarder(ForwarderBase):
     between, so no cookie jar at all, no auth or redirect layers, no per-request merging of
     client defaults (about a third of the forwarding cost with a Client in front)."""
 
-    def __init__(self, transport: Callable[[], httpx.AsyncBaseTransport], **policy: Any):
-        super().__init__(**policy)
-        self._transport = transport
+    def __init__(
+        self,
+        policy: ForwardPolicy,
+        observer: ForwardObserver,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ):
+        super().__init__(policy, observer)
+        self._given = transport
+        self._own: httpx.AsyncBaseTransport | None = None
+        self._own_loop: asyncio.AbstractEventLoop | None = None
+
+    def transport(self) -> httpx.AsyncBaseTransport:
+        """The transport: the one passed in, else ours, made in (and bound to) the running
+        event loop: its connections belong to that loop."""
+        if self._given is not None:
+            return self._given
+        loop = asyncio.get_running_loop()
+        if self._own is None or self._own_loop is not loop:
+            self._own = make_async_transport(self.policy.limits)
+            self._own_loop = loop
+        return self._own
+
+    @property
+    def owns_a_transport(self) -> bool:
+        """Whether a transport of ours exists (none until the first forwarded request)."""
+        return self._own is not None
+
+    async def aclose(self) -> None:
+        """Close our transport (a passed one is its owner's to close). Safe to repeat."""
+        own, self._own = self._own, None
+        if own is not None:
+            await own.aclose()
 
     async def forward(
         self,
@@ -230,7 +260,7 @@ class AsyncHTTPForwarder(ForwarderBase):
         self, request: httpx.Request, watch: asyncio.Future[None]
     ) -> httpx.Response | None:
         """The upstream's response head, or None when the client left first (``watch`` done)."""
-        answer = asyncio.ensure_future(self._transport().handle_async_request(request))
+        answer = asyncio.ensure_future(self.transport().handle_async_request(request))
         client_left = True
         try:
             await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)

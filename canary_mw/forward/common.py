@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, MutableMapping
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import httpx
 
 from ..upstreams import Upstream
-from .errors import ErrorReply, Report, classify, error_kind, is_unreachable
+from .errors import ErrorReply, classify, error_kind, is_unreachable
 from .headers import RawHeaders, request_headers, response_headers
 
-__all__ = ["IDEMPOTENT", "ForwarderBase", "ambiguous_authority_reply", "refuse_ambiguous_authority"]
+__all__ = [
+    "IDEMPOTENT",
+    "ForwardObserver",
+    "ForwardPolicy",
+    "ForwarderBase",
+    "ambiguous_authority_reply",
+    "refuse_ambiguous_authority",
+]
 
 logger = logging.getLogger("canary_mw.forward")
 
@@ -33,27 +41,42 @@ def _origin_form(path: bytes, query: bytes) -> tuple[bytes, bytes]:
     return (rest[slash:] if slash >= 0 else b"/"), query
 
 
+class ForwardObserver(Protocol):
+    """Told how each forwarded request went (the router's metrics and passive health)."""
+
+    def forwarded(self, upstream: Upstream, error: str | None) -> None:
+        """The upstream answered (``error`` None) or failed with ``error`` (errors.error_kind)."""
+
+    def fell_back(self, upstream: Upstream) -> None:
+        """The upstream could not be reached and stable serves the request instead."""
+
+
+@dataclass(frozen=True)
+class ForwardPolicy:
+    """How a forwarder treats requests and responses: the part of the configuration it needs."""
+
+    preserve_host: bool
+    is_trusted_peer: Callable[[str | None], bool]
+    #: Added to every forwarded request (the loop guard).
+    request_extra: RawHeaders
+    request_drop: frozenset[bytes]
+    response_drop: frozenset[bytes]
+    timeout: httpx.Timeout
+    limits: httpx.Limits
+    max_body_size: int | None = None
+
+
 class ForwarderBase:
-    def __init__(
-        self,
-        *,
-        preserve_host: bool,
-        is_trusted_peer: Callable[[str | None], bool],
-        request_extra: RawHeaders,
-        response_drop: frozenset[bytes],
-        request_drop: frozenset[bytes],
-        report: Report,
-        timeout: httpx.Timeout,
-        max_body_size: int | None = None,
-    ):
-        self.max_body_size = max_body_size
-        self._timeouts = {"timeout": timeout.as_dict()}
-        self._preserve_host = preserve_host
-        self._is_trusted_peer = is_trusted_peer
-        self._request_extra = request_extra
-        self._response_drop = response_drop
-        self._request_drop = request_drop
-        self._report = report
+    def __init__(self, policy: ForwardPolicy, observer: ForwardObserver):
+        self.policy = policy
+        self.max_body_size = policy.max_body_size
+        self._timeouts = {"timeout": policy.timeout.as_dict()}
+        self._preserve_host = policy.preserve_host
+        self._is_trusted_peer = policy.is_trusted_peer
+        self._request_extra = policy.request_extra
+        self._response_drop = policy.response_drop
+        self._request_drop = policy.request_drop
+        self._observer = observer
 
     def declared_too_large(self, length: int | None) -> bool:
         """A Content-Length over the limit: refuse before anything reaches the upstream."""
@@ -112,13 +135,14 @@ class ForwarderBase:
         """The reply for a failure before the upstream answered, or None when stable may
         serve the request instead: fallback is on, the method is idempotent, the upstream
         never got the request, and nothing of the body was read."""
-        self._report(upstream, error_kind(exc))
+        self._observer.forwarded(upstream, error_kind(exc))
         target = request.url.raw_path.decode("latin-1")  # as sent, not as b'...'
         logger.warning(
             "canary_mw: upstream %r failed before responding to %s %s: %s: %s",
             upstream.name, request.method, target, type(exc).__name__, exc,
         )  # fmt: skip
         if fallback and not body_read and is_unreachable(exc) and request.method in IDEMPOTENT:
+            self._observer.fell_back(upstream)
             return None
         return classify(exc)
 
@@ -127,7 +151,7 @@ class ForwarderBase:
     ) -> tuple[RawHeaders, int | None]:
         """The upstream answered: its headers to pass on (hop-by-hop removed, our tag added)
         and the body length it declared (None: unknown, or not a single valid number)."""
-        self._report(upstream, None)
+        self._observer.forwarded(upstream, None)
         headers, length = response_headers(response.headers.raw, drop=self._response_drop)
         headers.extend(tag)
         return headers, length

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import httpx
-
-if TYPE_CHECKING:
-    from ..upstreams import Upstream
 
 __all__ = [
     "PAYLOAD_TOO_LARGE",
     "BodyTooLargeError",
     "ErrorReply",
-    "Report",
     "classify",
     "error_kind",
     "is_unreachable",
 ]
-
-#: ``report(upstream, error_kind or None)``: how each forwarded request went (the Upstream
-#: itself: metrics count by its name, health by its backend URL).
-Report = Callable[["Upstream", "str | None"], None]
 
 
 class BodyTooLargeError(Exception):

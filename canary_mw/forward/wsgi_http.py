@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http import HTTPStatus
 from typing import Any
@@ -10,7 +12,8 @@ from urllib.parse import quote, urlsplit
 import httpx
 
 from ..upstreams import Upstream
-from .common import ForwarderBase
+from .client import make_sync_transport
+from .common import ForwarderBase, ForwardObserver, ForwardPolicy
 from .errors import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 from .headers import RawHeaders, single_content_length
 
@@ -124,9 +127,42 @@ def _native(headers: RawHeaders) -> list[tuple[str, str]]:
 class SyncHTTPForwarder(ForwarderBase):
     """Sends each request straight to an ``httpx.BaseTransport`` (see AsyncHTTPForwarder)."""
 
-    def __init__(self, transport: Callable[[], httpx.BaseTransport], **policy: Any):
-        super().__init__(**policy)
-        self._transport = transport
+    def __init__(
+        self,
+        policy: ForwardPolicy,
+        observer: ForwardObserver,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        super().__init__(policy, observer)
+        self._given = transport
+        self._own: httpx.BaseTransport | None = None
+        self._own_pid = 0
+        self._lock = threading.Lock()
+
+    def transport(self) -> httpx.BaseTransport:
+        """The transport: the one passed in, else this process's own (a forked worker gets a
+        fresh one: sockets must not be shared across processes)."""
+        if self._given is not None:
+            return self._given
+        own = self._own
+        if own is None or self._own_pid != os.getpid():
+            with self._lock:
+                if self._own is None or self._own_pid != os.getpid():
+                    self._own = make_sync_transport(self.policy.limits)
+                    self._own_pid = os.getpid()
+                own = self._own
+        return own
+
+    @property
+    def owns_a_transport(self) -> bool:
+        """Whether a transport of ours exists (none until the first forwarded request)."""
+        return self._own is not None
+
+    def close(self) -> None:
+        """Close our transport (a passed one is its owner's to close). Safe to repeat."""
+        own, self._own = self._own, None
+        if own is not None:
+            own.close()
 
     def forward(
         self,
@@ -154,7 +190,7 @@ class SyncHTTPForwarder(ForwarderBase):
             scheme=environ.get("wsgi.url_scheme", "http"), body=body, length=length,
         )  # fmt: skip
         try:
-            response = self._transport().handle_request(request)
+            response = self.transport().handle_request(request)
         except BodyTooLargeError:
             return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
         except httpx.HTTPError as exc:

@@ -17,7 +17,7 @@ from .memory import AsyncMemorySubscription, MemoryBackend, MemorySubscription, 
 from .redis_async import AsyncRedisExecutor
 from .redis_sync import RedisExecutor
 from .store import DEFAULT_ACTOR, DEFAULT_LOOKUP_TIMEOUT, AsyncStore, Store
-from .urls import parse_store_url
+from .urls import StoreURL, parse_store_url
 
 __all__ = [
     "DEFAULT_ACTOR",
@@ -32,6 +32,7 @@ __all__ = [
     "StoreState",
     "StoredConfig",
     "async_store_from_url",
+    "check_store_url",
     "store_from_url",
 ]
 
@@ -90,6 +91,20 @@ def _prefix(parsed: Any, prefix: str | None) -> str:
     return chosen
 
 
+def check_store_url(
+    url: str,
+    *,
+    prefix: str | None = None,
+    lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[StoreURL, str]:
+    """Validate a store URL and its options without building anything (ConfigurationError
+    says what to fix): the URL parsed, and the key prefix it gives."""
+    _check_timeouts(lookup_timeout, timeout)
+    parsed = parse_store_url(url)
+    return parsed, _prefix(parsed, prefix)
+
+
 def store_from_url(
     url: str,
     *,
@@ -103,9 +118,9 @@ def store_from_url(
     Nothing connects here: clients are created on first use, in the process that uses them.
     ``memory://NAME`` stores with the same name share data within one process.
     """
-    _check_timeouts(lookup_timeout, timeout)
-    parsed = parse_store_url(url)
-    key_prefix = _prefix(parsed, prefix)
+    parsed, key_prefix = check_store_url(
+        url, prefix=prefix, lookup_timeout=lookup_timeout, timeout=timeout
+    )
     if parsed.kind == "memory":
         executor: Any = MemoryExecutor(backend_named(parsed.memory_name))
     else:
@@ -121,9 +136,9 @@ def async_store_from_url(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> AsyncStore:
     """The asyncio twin of :func:`store_from_url`."""
-    _check_timeouts(lookup_timeout, timeout)
-    parsed = parse_store_url(url)
-    key_prefix = _prefix(parsed, prefix)
+    parsed, key_prefix = check_store_url(
+        url, prefix=prefix, lookup_timeout=lookup_timeout, timeout=timeout
+    )
     if parsed.kind == "memory":
         executor: Any = AsyncMemoryExecutor(backend_named(parsed.memory_name))
     else:
