@@ -9,62 +9,32 @@ membership probes they could not answer, so one batch of lookups can settle the 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
+from .facts import RequestFacts
 from .ipmatch import IPMatcher
+from .keys import Answers, IPKeyRef, IPListRef, Probe, SetRef
 from .regex import Regex
 from .sticky import bucket
 
-if TYPE_CHECKING:
-    from .facts import RequestFacts
-    from .snapshot import Snapshot
-
-__all__ = [
-    "MAX_MEMBER_LENGTH",
-    "Answers",
-    "IPKeyRef",
-    "IPListRef",
-    "Node",
-    "Probe",
-    "SetRef",
-]
+__all__ = ["MAX_MEMBER_LENGTH", "LoadedSets", "Node"]
 
 #: Values longer than this are never looked up in a store set (they cannot be user ids,
 #: and caching them would let one client fill the membership cache with 8 KiB cookies).
 MAX_MEMBER_LENGTH = 512
 
 
-@dataclass(frozen=True, slots=True)
-class SetRef:
-    """A store set whose members are checked one at a time (e.g. millions of user ids)."""
+class LoadedSets(Protocol):
+    """What a condition reads from a snapshot: the IP sets and lists loaded whole
+    (:class:`~canary_mw.snapshot.Snapshot` is one; the snapshot holds rules made of
+    conditions, so conditions name only this much of it)."""
 
-    name: str
+    @property
+    def ip_sets(self) -> Mapping[str, IPMatcher]: ...
 
-
-@dataclass(frozen=True, slots=True)
-class IPKeyRef:
-    """The classic OpenResty layout: a key named after the IP, whose value is that IP."""
-
-    db: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class IPListRef:
-    """The classic OpenResty white-list: a JSON list of IPs stored under one key."""
-
-    key: str
-    db: int | None = None
-
-
-Probe = tuple[SetRef | IPKeyRef, str]
-
-
-class Answers(Protocol):
-    """Membership answers the decision may use; a plain ``dict`` qualifies."""
-
-    def get(self, probe: Probe, /) -> bool | None: ...
+    @property
+    def ip_lists(self) -> Mapping[IPListRef, IPMatcher]: ...
 
 
 Pending = list[Probe] | None
@@ -75,7 +45,7 @@ class Node:
     __slots__ = ()
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         raise NotImplementedError
 
@@ -87,7 +57,7 @@ class All(Node):
         self.children = children
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         result: bool | None = True
         for child in self.children:
@@ -106,7 +76,7 @@ class Any(Node):
         self.children = children
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         result: bool | None = False
         for child in self.children:
@@ -125,7 +95,7 @@ class Not(Node):
         self.child = child
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         verdict = self.child.evaluate(facts, snapshot, answers, pending)
         return None if verdict is None else not verdict
@@ -140,7 +110,7 @@ class IPIn(Node):
         self.matcher = matcher
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         return facts.client_ip in self.matcher
 
@@ -154,7 +124,7 @@ class IPInSet(Node):
         self.name = name
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         matcher = snapshot.ip_sets.get(self.name)
         return None if matcher is None else facts.client_ip in matcher
@@ -169,7 +139,7 @@ class IPInList(Node):
         self.ref = ref
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         matcher = snapshot.ip_lists.get(self.ref)
         return None if matcher is None else facts.client_ip in matcher
@@ -192,7 +162,7 @@ class IPKey(Node):
         self.ref = ref
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         address = facts.client_ip
         if address is None:
@@ -210,7 +180,7 @@ class ValueInSet(Node):
         self.ref = ref
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         value = self.read(facts)
         if not value or len(value) > MAX_MEMBER_LENGTH:
@@ -226,7 +196,7 @@ class ValueEquals(Node):
         self.expected = expected
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         return self.read(facts) == self.expected
 
@@ -239,7 +209,7 @@ class ValueOneOf(Node):
         self.choices = choices
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         return self.read(facts) in self.choices
 
@@ -252,7 +222,7 @@ class ValueMatches(Node):
         self.pattern = pattern
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         value = self.read(facts)
         return value is not None and self.pattern.search(value)
@@ -266,7 +236,7 @@ class ValuePresent(Node):
         self.present = present
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         return (self.read(facts) is not None) is self.present
 
@@ -281,7 +251,7 @@ class Host(Node):
         self.suffixes = suffixes
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         host = facts.host
         return host in self.exact or (bool(self.suffixes) and host.endswith(self.suffixes))
@@ -294,7 +264,7 @@ class PathPrefix(Node):
         self.prefixes = prefixes
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         return facts.path.startswith(self.prefixes)
 
@@ -306,7 +276,7 @@ class PathMatches(Node):
         self.pattern = pattern
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         return self.pattern.search(facts.path)
 
@@ -318,7 +288,7 @@ class Method(Node):
         self.methods = methods
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         return facts.method in self.methods
 
@@ -334,7 +304,7 @@ class Percent(Node):
         self.threshold = threshold
 
     def evaluate(
-        self, facts: RequestFacts, snapshot: Snapshot, answers: Answers, pending: Pending
+        self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
         key = self.read(facts)
         if not key:

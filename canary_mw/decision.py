@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from .conditions import Probe
+from .keys import Probe
 
 __all__ = ["CANARY", "STABLE", "Decision", "Reason"]
 

@@ -25,6 +25,7 @@ from .decision import STABLE, Decision
 from .errors import RuleError
 from .facts import RequestFacts
 from .ipmatch import IPMatcher, parse_network
+from .keys import IPKeyRef, IPListRef, SetRef
 from .regex import Regex, RegexError
 from .sticky import threshold
 
@@ -62,7 +63,7 @@ class _Compiler:
     def __init__(self, rule_id: str):
         self.rule_id = rule_id
         self.ip_sets: set[str] = set()
-        self.ip_lists: set[c.IPListRef] = set()
+        self.ip_lists: set[IPListRef] = set()
         self.lookup_dbs: set[int | None] = set()
 
     def fail(self, path: str, message: str) -> RuleError:
@@ -167,7 +168,7 @@ class _Compiler:
         self._only(options, f"{path}.legacy_ip_key", "db")
         db = self._db(options.get("db"), f"{path}.legacy_ip_key.db")
         self.lookup_dbs.add(db)
-        return c.IPKey(c.IPKeyRef(db))
+        return c.IPKey(IPKeyRef(db))
 
     def _legacy_ip_list(self, spec: Mapping[str, Any], path: str, depth: int) -> c.Node:
         self._only(spec, path, "legacy_ip_list")
@@ -180,7 +181,7 @@ class _Compiler:
         self._only(options, where, "key", "db")
         if not options["key"]:
             raise self.fail(f"{where}.key", "the key name must not be empty")
-        ref = c.IPListRef(options["key"], self._db(options.get("db"), f"{where}.db"))
+        ref = IPListRef(options["key"], self._db(options.get("db"), f"{where}.db"))
         self.ip_lists.add(ref)
         return c.IPInList(ref)
 
@@ -211,7 +212,7 @@ class _Compiler:
             if not isinstance(arg, bool):
                 raise self.fail(where, "expected true or false")
             return c.ValuePresent(read, arg)
-        return c.ValueInSet(read, c.SetRef(self._set_name(arg, where)))
+        return c.ValueInSet(read, SetRef(self._set_name(arg, where)))
 
     def _reader(self, source: str, name: str) -> c.Reader:
         if source == "ip":
@@ -308,7 +309,7 @@ class RuleSet:
 
     rules: tuple[Rule, ...] = ()
     ip_sets: frozenset[str] = frozenset()
-    ip_lists: frozenset[c.IPListRef] = frozenset()
+    ip_lists: frozenset[IPListRef] = frozenset()
     #: Databases that request-time lookups use besides the store's own (legacy IP keys).
     lookup_dbs: frozenset[int | None] = frozenset()
 

@@ -6,9 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from .conditions import IPListRef
 from .health.state import SharedState
 from .ipmatch import IPMatcher
+from .keys import IPListRef
 from .rules import DEFAULT_RULES, Rule, RuleSet
 from .upstreams import UpstreamRoute
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from canary_mw.conditions import SetRef
 from canary_mw.engine.cache import MembershipCache
+from canary_mw.keys import SetRef
 
 VIP = (SetRef("vip"), "u1")
 OTHER = (SetRef("vip"), "u2")

@@ -9,8 +9,8 @@ import pytest
 
 from canary_mw import ASGIFacts, Overrides, Snapshot, decide, parse_rules
 from canary_mw.clientip import ClientIPResolver
-from canary_mw.conditions import IPKeyRef, IPListRef, SetRef
 from canary_mw.ipmatch import IPMatcher
+from canary_mw.keys import IPKeyRef, IPListRef, SetRef
 
 
 def scope(

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from canary_mw.conditions import IPListRef
 from canary_mw.engine.builder import SnapshotBuilder
 from canary_mw.ipmatch import parse_network
+from canary_mw.keys import IPListRef
 from canary_mw.rules import DEFAULT_RULES, parse_rules
 from canary_mw.stores.layout import StoreState
 

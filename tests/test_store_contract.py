@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from canary_mw import ConfigurationError, RuleError, StoreError
-from canary_mw.conditions import IPKeyRef, IPListRef, SetRef
+from canary_mw.keys import IPKeyRef, IPListRef, SetRef
 from canary_mw.stores import store_from_url
 from tests.contract import Flavoured, open_store, raw
 

@@ -8,11 +8,11 @@ import logging
 from typing import Any
 
 from .._aio import wait_event
-from ..conditions import Probe
 from ..decide import decide
 from ..decision import Decision
 from ..errors import StoreError
 from ..facts import RequestFacts
+from ..keys import Probe
 from ..stores.store import AsyncStore
 from .batch import LookupBatcher
 from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore, LayeredAnswers

@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 
-from ..conditions import Probe
+from ..keys import Probe
 
 __all__ = ["LookupBatcher"]
 

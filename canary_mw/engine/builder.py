@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
-from ..conditions import IPListRef
 from ..errors import ConfigurationError, RuleError
 from ..health.state import SharedState, read_shared
 from ..ipmatch import EMPTY_MATCHER, IPMatcher, IPNetwork, parse_network
+from ..keys import IPListRef
 from ..rules import RuleSet, parse_rules
 from ..snapshot import MODES, Mode, Snapshot
 from ..stores.layout import StoreState

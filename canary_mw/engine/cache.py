@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 
-from ..conditions import Probe
+from ..keys import Probe
 
 __all__ = ["MembershipCache"]
 

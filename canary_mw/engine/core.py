@@ -8,11 +8,11 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from ..conditions import Probe
 from ..decide import NO_OVERRIDES, Overrides, decide
 from ..decision import Decision
 from ..errors import ConfigurationError
 from ..facts import RequestFacts
+from ..keys import Probe
 from ..rules import DEFAULT_RULES, RuleSet
 from ..snapshot import Snapshot
 from ..stores.layout import StoreState

@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..conditions import IPKeyRef, IPListRef, Probe, SetRef
+from ..keys import IPKeyRef, IPListRef, Probe, SetRef
 from ..rules import valid_name
 
 __all__ = ["AUDIT_LENGTH", "CHANGE", "CHANGE_SCRIPT", "Command", "Layout", "StoreState"]

@@ -11,8 +11,8 @@ import socket
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
-from ..conditions import IPListRef, Probe
 from ..errors import ConfigurationError
+from ..keys import IPListRef, Probe
 from ..rules import RuleSet, parse_rules
 from . import changes as plans
 from .changes import AuditEntry, Change, Plan, StoredConfig
