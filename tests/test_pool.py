@@ -6,6 +6,7 @@ issue 11 (1: body desync, 3: repeated POST, 4: pool poisoning, 6: unbounded head
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -410,6 +411,22 @@ def test_a_response_closed_early_closes_its_connection(upstream, driver) -> None
     response = driver.open(driver.request(server.url))
     driver.close_response(response)
     assert server.closed.wait(5)
+
+
+def test_connections_are_reused_on_descriptors_above_1023(upstream, driver) -> None:
+    """select() cannot poll a descriptor above 1023: the idle check must not use it, or a
+    busy server (many descriptors) closes every idle connection instead of reusing it."""
+    server = upstream()
+    fillers = []
+    try:
+        while not fillers or fillers[-1] < 1100:
+            fillers.append(os.open(os.devnull, os.O_RDONLY))
+        for n in range(3):
+            assert driver.send(f"{server.url}/{n}")[1] == f"/{n}".encode()
+    finally:
+        for fd in fillers:
+            os.close(fd)
+    assert server.accepted == 1
 
 
 def _answer_once_then_close(conn: socket.socket, srv: Upstream) -> None:

@@ -15,13 +15,12 @@ connection a request gets.
 from __future__ import annotations
 
 import asyncio
-import select
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
-from .http11 import Exchange, RetryableError, may_retry
+from .http11 import Exchange, RetryableError, may_retry, readable_now
 
 __all__ = ["HTTP11Connection"]
 
@@ -234,14 +233,9 @@ class HTTP11Connection(asyncio.Protocol):
         poll of this socket alone, not of every pooled one."""
         if self.closed:
             return False
-        if self._fileno >= 0:
-            try:
-                readable, _, _ = select.select([self._fileno], [], [], 0)
-            except (OSError, ValueError):
-                return False
-            if readable:
-                self.close()
-                return False
+        if self._fileno >= 0 and readable_now(self._fileno):
+            self.close()
+            return False
         return True
 
     # -- state changes ---------------------------------------------------------------------

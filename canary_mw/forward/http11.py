@@ -36,6 +36,7 @@ depend on where reads end (``tests/test_http11_core.py`` splits at every byte). 
 from __future__ import annotations
 
 import re
+import select
 from collections import deque
 
 import httptools
@@ -50,6 +51,7 @@ __all__ = [
     "Exchange",
     "RetryableError",
     "may_retry",
+    "readable_now",
 ]
 
 #: Bytes of response head accepted, interim (1xx) heads included; llhttp sets no limit.
@@ -383,6 +385,19 @@ class RetryableError(Exception):
     def __init__(self, error: httpx.HTTPError):
         super().__init__(str(error))
         self.error = error
+
+
+def readable_now(fd: int) -> bool:
+    """Has the peer sent something (or closed, or failed) on this socket? One zero-timeout
+    poll; it is what both drivers ask of an idle connection before reusing it, and of one
+    they are sending a body on. ``poll``, not ``select``: select cannot take a descriptor
+    above 1023, and a busy server has those (a failed check would close every idle
+    connection)."""
+    if fd < 0:  # closed already
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _check_head(lines: list[bytes], names: list[bytes]) -> None:

@@ -17,7 +17,6 @@ Timeouts come from ``request.extensions["timeout"]`` as httpx sets them: ``conne
 from __future__ import annotations
 
 import contextlib
-import select
 import socket
 import ssl
 import threading
@@ -27,7 +26,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from .http11 import Exchange, RetryableError, may_retry
+from .http11 import Exchange, RetryableError, may_retry, readable_now
 
 __all__ = ["HTTP11SyncTransport"]
 
@@ -62,11 +61,7 @@ class _Connection:
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return False
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-        except (OSError, ValueError):
-            return False
-        return not readable
+        return not readable_now(sock.fileno())
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -344,8 +339,4 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
 
 def _answered(sock: socket.socket) -> bool:
     """Has the upstream said something (an early answer, or closed) while we send a body?"""
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return True
-    return bool(readable)
+    return readable_now(sock.fileno())
