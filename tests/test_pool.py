@@ -124,6 +124,17 @@ def test_a_head_that_could_be_split_is_never_written(upstream, driver, headers, 
     assert server.heads == []
 
 
+def test_a_head_that_cannot_be_sent_costs_no_connection(upstream, driver) -> None:
+    server = upstream()
+    driver.send(server.url + "/before")
+    request = driver.request(server.url)
+    request.headers = httpx.Headers([(b"x-a", b"1\r\nX-Injected: 1")])
+    with pytest.raises(httpx.LocalProtocolError):
+        driver.open(request)
+    assert driver.send(server.url + "/after")[1] == b"/after"
+    assert server.accepted == 1  # the idle connection was neither taken nor closed
+
+
 # -- what comes back -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("reply", "close", "status", "body"),

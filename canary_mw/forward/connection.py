@@ -143,25 +143,27 @@ class HTTP11Connection(asyncio.Protocol):
 
     # -- one exchange ----------------------------------------------------------------------
     async def exchange(
-        self, request: httpx.Request, timeouts: dict[str, float | None], release: Release
+        self,
+        request: httpx.Request,
+        exchange: Exchange,
+        timeouts: dict[str, float | None],
+        release: Release,
     ) -> httpx.Response:
-        """Send ``request``; return the response once its head is in (the body streams from
-        it). ``release`` is called exactly once, when this exchange is over. Raises
-        RetryableError when ``may_retry`` allows sending the request again."""
+        """Send ``request`` (framed by ``exchange``, new for each attempt); return the
+        response once its head is in (the body streams from it). ``release`` is called
+        exactly once, when this exchange is over. Raises RetryableError when ``may_retry``
+        allows sending the request again."""
         reused = self.exchanges > 0
         self.exchanges += 1
-        exchange: Exchange | None = None
+        self._exchange = exchange
         try:
-            exchange = self._exchange = Exchange(
-                request.method, request.url.raw_path, request.headers.raw
-            )
             state = self._state = _State(self.loop)
             await self._send(request, exchange, state, timeouts.get("write"))
             await _wait(state.head, timeouts.get("read"), httpx.ReadTimeout, "read timed out")
         except httpx.RemoteProtocolError as exc:
             self.close()
             release(self, False)
-            if exchange is not None and may_retry(request.method, exchange, reused=reused):
+            if may_retry(request.method, exchange, reused=reused):
                 raise RetryableError(exc) from None
             raise
         except BaseException:  # timeouts, a client that left (cancelled), body errors

@@ -27,7 +27,7 @@ from collections import deque
 import httpx
 
 from .connection import HTTP11Connection
-from .http11 import RetryableError
+from .http11 import Exchange, RetryableError
 
 __all__ = ["HTTP11Transport"]
 
@@ -74,14 +74,17 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
         origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        # A head that cannot be sent fails here, before it costs a connection.
+        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
         connection = await self._acquire(origin, timeouts)
         try:
-            return await connection.exchange(request, timeouts, self._release)
+            return await connection.exchange(request, exchange, timeouts, self._release)
         except RetryableError:
             pass  # closed while idle, before any answer: once more, on a fresh connection
+        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
         connection = await self._acquire(origin, timeouts, fresh=True)
         try:
-            return await connection.exchange(request, timeouts, self._release)
+            return await connection.exchange(request, exchange, timeouts, self._release)
         except RetryableError as exc:  # a fresh connection is never retried: unreachable
             raise exc.error from None
 

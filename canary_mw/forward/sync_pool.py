@@ -105,31 +105,37 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
         origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
         timeouts: Timeouts = request.extensions.get("timeout", {})
+        # A head that cannot be sent fails here, before it costs a connection.
+        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
         try:
-            return self._exchange(self._acquire(origin, timeouts), request, timeouts)
+            return self._exchange(self._acquire(origin, timeouts), request, exchange, timeouts)
         except RetryableError:
             pass  # closed while idle, before any answer: once more, on a fresh connection
+        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
+        connection = self._acquire(origin, timeouts, fresh=True)
         try:
-            return self._exchange(self._acquire(origin, timeouts, fresh=True), request, timeouts)
+            return self._exchange(connection, request, exchange, timeouts)
         except RetryableError as exc:  # a fresh connection is never retried: unreachable
             raise exc.error from None
 
     # -- one exchange ------------------------------------------------------------------------
     def _exchange(
-        self, connection: _Connection, request: httpx.Request, timeouts: Timeouts
+        self,
+        connection: _Connection,
+        request: httpx.Request,
+        exchange: Exchange,
+        timeouts: Timeouts,
     ) -> httpx.Response:
         reused = connection.exchanges > 0
         connection.exchanges += 1
-        exchange: Exchange | None = None
         try:
-            exchange = Exchange(request.method, request.url.raw_path, request.headers.raw)
             self._send(connection, request, exchange, timeouts.get("write"))
             connection.set_timeout(timeouts.get("read"))
             while not exchange.head_done:
                 _receive(connection, exchange)
         except httpx.RemoteProtocolError as exc:
             self._release(connection, False)
-            if exchange is not None and may_retry(request.method, exchange, reused=reused):
+            if may_retry(request.method, exchange, reused=reused):
                 raise RetryableError(exc) from None
             raise
         except BaseException:  # timeouts, body errors, a worker being stopped
