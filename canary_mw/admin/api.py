@@ -11,11 +11,16 @@ import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+try:  # Starlette is the 'admin' extra: nothing else in canary_mw needs it
+    from starlette.applications import Starlette
+    from starlette.concurrency import run_in_threadpool
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ModuleNotFoundError as exc:  # pragma: no cover - tested in a subprocess
+    raise ModuleNotFoundError(
+        "canary_mw's admin app needs Starlette: pip install 'canary-mw[admin]'", name=exc.name
+    ) from exc
 
 from ..errors import ConfigurationError, RuleError, StoreError
 from ..ipmatch import parse_ip

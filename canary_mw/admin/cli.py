@@ -22,7 +22,6 @@ from ..errors import CanaryError, ConfigurationError
 from ..rules import parse_rules
 from ..stores import DEFAULT_ACTOR, Change, Store, store_from_url
 from . import render
-from .api import admin_app
 
 __all__ = ["main"]
 
@@ -398,14 +397,17 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
             err=True,
         )
         sys.exit(1)
+    try:
+        # Both are the optional 'admin' extra: every other command runs without them.
+        import uvicorn  # noqa: PLC0415
+
+        from .api import admin_app  # noqa: PLC0415 - Starlette
+    except ImportError as exc:
+        click.echo(f"error: serving the admin API needs {exc.name or 'uvicorn'}: "
+                   "pip install 'canary-mw[admin]'", err=True)  # fmt: skip
+        sys.exit(1)
     with one_line_errors():
         app = admin_app(ctx.store, token=token, allow_unauthenticated=insecure_no_auth)
-    try:
-        import uvicorn  # noqa: PLC0415 - the optional 'admin' extra
-    except ImportError:
-        click.echo("error: serving the admin API needs uvicorn: pip install 'canary-mw[admin]'",
-                   err=True)  # fmt: skip
-        sys.exit(1)
     # Bound here, not by uvicorn, so "port in use" is one clear line and the banner below is
     # printed only once the address is really ours (with the real port when --port 0).
     try:
