@@ -12,7 +12,6 @@ from .asgi import DECISION_KEY, CanaryRouter
 from .clientip import ClientIPResolver
 from .config import CanaryConfig
 from .decide import NO_OVERRIDES, Overrides, decide
-from .decision import CANARY, STABLE, Decision
 from .engine import AsyncEngine, Engine, EngineSettings
 from .errors import CanaryError, ConfigurationError, RuleError, StoreError, UpstreamError
 from .facts import ASGIFacts, RequestFacts, WSGIFacts
@@ -21,6 +20,7 @@ from .forward.sync_pool import HTTP11SyncTransport
 from .forward.transports import AiohttpTransport, HTTPCore2Transport
 from .health import HealthCheck
 from .metrics import Metrics, metrics_asgi_app, metrics_wsgi_app
+from .outcome import CANARY, STABLE, Decision
 from .rules import DEFAULT_RULES, Rule, RuleSet, openresty_rules, parse_rules
 from .snapshot import MODES, Snapshot
 from .stores import AsyncStore, Change, Store, async_store_from_url, store_from_url

@@ -9,13 +9,13 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .config import ASYNC, CanaryConfig
-from .decision import STABLE, Decision
 from .engine import AsyncEngine
 from .facts import ASGIFacts
 from .forward.asgi_http import AsyncHTTPForwarder, Outcome, Replayable
 from .forward.asgi_ws import proxy_websocket
 from .forward.common import refuse_ambiguous_authority
 from .health import AsyncChecker
+from .outcome import STABLE, Decision
 from .router import Router
 from .stores import AsyncStore
 

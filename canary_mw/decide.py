@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .decision import CANARY, STABLE, Decision
 from .errors import ConfigurationError
 from .facts import RequestFacts
 from .keys import Answers, Probe
+from .outcome import CANARY, STABLE, Decision
 from .snapshot import Snapshot
 
 __all__ = ["NO_OVERRIDES", "Overrides", "decide"]

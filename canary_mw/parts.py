@@ -10,10 +10,10 @@ from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any
 
-from .decision import Decision
 from .facts import RequestFacts
 from .health import BackendHealth, Backends, HealthCheck
 from .metrics import Metrics
+from .outcome import Decision
 from .snapshot import Snapshot
 from .targets import Targets
 from .upstreams import Upstream

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import conditions as c
-from .decision import STABLE, Decision
 from .errors import RuleError
 from .facts import RequestFacts
 from .ipmatch import IPMatcher, parse_network
 from .keys import IPKeyRef, IPListRef, SetRef
+from .outcome import STABLE, Decision
 from .regex import Regex, RegexError
 from .sticky import threshold
 

@@ -6,7 +6,7 @@ import logging
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 
-from .decision import STABLE, Decision
+from .outcome import STABLE, Decision
 from .snapshot import Snapshot
 from .upstreams import Upstream
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from .decision import CANARY, STABLE
 from .errors import ConfigurationError
+from .outcome import CANARY, STABLE
 from .rules import valid_name
 
 __all__ = [

@@ -10,13 +10,13 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import Any
 
 from .config import BLOCKING, CanaryConfig
-from .decision import STABLE, Decision
 from .engine import Engine
 from .errors import ConfigurationError
 from .facts import WSGIFacts
 from .forward.common import ambiguous_authority_reply
 from .forward.wsgi_http import SyncHTTPForwarder
 from .health import BlockingChecker
+from .outcome import STABLE, Decision
 from .parts import decision_log
 from .router import Router
 from .stores import Store

@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from canary_mw.admin.backends import health_lines, health_view
-from canary_mw.decision import CANARY, STABLE, Decision
 from canary_mw.engine.builder import SnapshotBuilder
 from canary_mw.errors import StoreError
 from canary_mw.health import (
@@ -29,6 +28,7 @@ from canary_mw.health import (
 )
 from canary_mw.health.loop import Probe, Share
 from canary_mw.health.state import after_check, after_request, is_ejected, to_share
+from canary_mw.outcome import CANARY, STABLE, Decision
 from canary_mw.rules import DEFAULT_RULES
 from canary_mw.snapshot import Snapshot
 from canary_mw.stores.layout import Layout, StoreState

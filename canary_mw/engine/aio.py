@@ -9,10 +9,10 @@ from typing import Any
 
 from .._aio import wait_event
 from ..decide import decide
-from ..decision import Decision
 from ..errors import StoreError
 from ..facts import RequestFacts
 from ..keys import Probe
+from ..outcome import Decision
 from ..stores.store import AsyncStore
 from .batch import LookupBatcher
 from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore, LayeredAnswers

@@ -9,10 +9,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..decide import NO_OVERRIDES, Overrides, decide
-from ..decision import Decision
 from ..errors import ConfigurationError
 from ..facts import RequestFacts
 from ..keys import Probe
+from ..outcome import Decision
 from ..rules import DEFAULT_RULES, RuleSet
 from ..snapshot import Snapshot
 from ..stores.layout import StoreState

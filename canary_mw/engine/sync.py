@@ -8,10 +8,10 @@ import os
 import threading
 from typing import Any
 
-from ..decision import Decision
 from ..errors import StoreError
 from ..facts import RequestFacts
 from ..keys import Probe
+from ..outcome import Decision
 from ..stores.store import Store
 from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore
 

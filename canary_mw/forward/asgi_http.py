@@ -16,8 +16,8 @@ from ..errors import UpstreamError
 from ..upstreams import Upstream
 from .client import make_async_transport
 from .common import ForwarderBase, ForwardObserver, ForwardPolicy
-from .errors import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 from .headers import RawHeaders, single_content_length
+from .replies import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 
 __all__ = ["REPLAY_LIMIT", "AsyncHTTPForwarder", "Outcome", "Replayable"]
 

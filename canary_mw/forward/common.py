@@ -11,8 +11,8 @@ from typing import Any, Protocol
 import httpx
 
 from ..upstreams import Upstream
-from .errors import ErrorReply, classify, error_kind, is_unreachable
 from .headers import RawHeaders, request_headers, response_headers
+from .replies import ErrorReply, classify, error_kind, is_unreachable
 
 __all__ = [
     "IDEMPOTENT",

@@ -14,8 +14,8 @@ import httpx
 from ..upstreams import Upstream
 from .client import make_sync_transport
 from .common import ForwarderBase, ForwardObserver, ForwardPolicy
-from .errors import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 from .headers import RawHeaders, single_content_length
+from .replies import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
 
 __all__ = ["ForwardedBody", "SyncHTTPForwarder", "environ_headers"]
 

@@ -11,9 +11,9 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
-from .changes import AuditEntry, Change, StoredConfig
 from .layout import Command, Layout, StoreState
 from .memory import AsyncMemorySubscription, MemoryBackend, MemorySubscription, backend_named
+from .plans import AuditEntry, Change, StoredConfig
 from .redis_async import AsyncRedisExecutor
 from .redis_sync import RedisExecutor
 from .store import DEFAULT_ACTOR, DEFAULT_LOOKUP_TIMEOUT, AsyncStore, Store

@@ -1,6 +1,6 @@
 """The public store API, in a blocking and an asyncio flavour with the same methods.
 
-Both flavours run the same plans (``changes.py``) and differ only in how they execute
+Both flavours run the same plans (``plans.py``) and differ only in how they execute
 commands, so a test suite written against one checks the other.
 """
 
@@ -14,10 +14,10 @@ from typing import Any, Protocol, TypeVar
 from ..errors import ConfigurationError
 from ..keys import IPListRef, Probe
 from ..rules import RuleSet, parse_rules
-from . import changes as plans
-from .changes import AuditEntry, Change, Plan, StoredConfig
+from . import plans
 from .layout import Command, Layout, StoreState
 from .memory import Notice
+from .plans import AuditEntry, Change, Plan, StoredConfig
 
 __all__ = ["DEFAULT_ACTOR", "DEFAULT_LOOKUP_TIMEOUT", "AsyncStore", "Store"]
 

@@ -1,4 +1,5 @@
-"""The outcome of routing one request."""
+"""The outcome of routing one request: a Decision (where it goes and why), and the names
+of the two targets every router knows (``decide.py`` makes decisions; this is what they are)."""
 
 from __future__ import annotations
 
