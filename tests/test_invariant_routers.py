@@ -5,7 +5,7 @@ threaded worker each send every request to the canary, which is the scripted ups
 (tests/scripted_upstream.py) running in this test process. Generated waves of clients
 (tests/invariant.py) connect to the router, one connection and one user each, and send
 their requests through h11 (so what comes back is parsed strictly). Every client must get
-the router's own 502/503/504 (or a 500: see ROUTER_ERRORS), a broken connection, or exactly
+the router's own 502/503/504, a broken connection, or exactly
 the response the upstream produced for its id; the upstream must never see one client's
 bytes in another's request.
 
@@ -45,11 +45,9 @@ pytestmark = pytest.mark.slow
 
 ALL_TO_CANARY = [{"id": "all", "when": {"path_prefix": "/"}, "target": "canary"}]
 TIMEOUT = {"connect": 2, "read": 1, "write": 2, "pool": 2}
-#: The router's own answers when forwarding fails. A 500 is tolerated here, without the
-#: upstream's id only: it is the server's page for an exception, never another user's bytes,
-#: so the invariant this test is about holds. The known 500s are pinned (and must become
-#: 502 or a broken connection) by test_a_failing_upstream_is_never_a_500 below.
-ROUTER_ERRORS = (500, 502, 503, 504)
+#: The router's own answers when forwarding fails. Never a 500 (the server's page for an
+#: exception): test_a_failing_upstream_is_never_a_500 below pins the cases that were one.
+ROUTER_ERRORS = (502, 503, 504)
 CLIENT_TIMEOUT = 10.0  # seconds a client waits on the router: far above the router's own
 
 
@@ -199,12 +197,7 @@ FAILURES = {
     "cut-before-body": cut_before_the_first_body_byte,
 }
 #: (router, failure) -> why it is a 500 today. Remove an entry when its fix lands (strict).
-KNOWN_500 = {
-    ("gunicorn-gthread", "cut-before-body"): "CanaryWSGI calls start_response before the first "
-    "body byte; when reading it fails, gunicorn (headers not sent yet) answers its own 500 "
-    "page; fixed by canary_mw/forward/wsgi_http.py reading the first chunk before "
-    "start_response, as the ASGI forwarder does",
-}
+KNOWN_500: dict[tuple[str, str], str] = {}
 
 
 @pytest.mark.parametrize("failure", list(FAILURES))

@@ -15,7 +15,7 @@ from ..upstreams import Upstream
 from .client import make_sync_transport
 from .common import ForwarderBase, ForwardObserver, ForwardPolicy
 from .headers import RawHeaders, single_content_length
-from .replies import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
+from .replies import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply, classify
 
 __all__ = ["ForwardedBody", "SyncHTTPForwarder", "environ_headers"]
 
@@ -94,13 +94,20 @@ class _Input(httpx.SyncByteStream):
 
 class ForwardedBody:
     """The upstream's body as the WSGI response iterable. The server calls ``close()`` when it
-    is done, including when the client went away, which releases the upstream connection."""
+    is done, including when the client went away, which releases the upstream connection.
 
-    def __init__(self, response: httpx.Response):
+    ``first`` is the body's first chunk, read before ``start_response`` (a failure then is
+    still our 502, not the server's 500); ``rest`` the stream it came from."""
+
+    def __init__(self, response: httpx.Response, first: bytes, rest: Iterator[bytes]):
         self._response = response
+        self._first = first
+        self._rest = rest
 
     def __iter__(self) -> Iterator[bytes]:
-        return self._response.iter_raw()
+        if self._first:
+            yield self._first
+        yield from self._rest
 
     def close(self) -> None:
         self._response.close()
@@ -200,5 +207,18 @@ class SyncHTTPForwarder(ForwarderBase):
                 return None
             return _reply(start_response, reply, tag)
         headers, _ = self.answered(upstream, response, tag)
+        # The first body bytes are read before start_response: once it is called, a failure
+        # can only be the server's own 500 page (gunicorn) instead of our 502.
+        rest = response.iter_raw()
+        try:
+            first = next(rest, b"")
+        except httpx.HTTPError as exc:
+            response.close()
+            # The upstream got the request and answered: never stable's to serve again.
+            reply = self.failed(exc, upstream, request, body_read=True, fallback=False)
+            return _reply(start_response, reply or classify(exc), tag)
+        except BaseException:
+            response.close()
+            raise
         start_response(_status_line(response.status_code, response.reason_phrase), _native(headers))
-        return ForwardedBody(response)
+        return ForwardedBody(response, first, rest)
