@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import Context, Row
+from bench.scenarios import PAIRED_ASGI_CANARY, PAIRED_WSGI_CANARY, Context, Row
 
 
 def machine() -> str:
@@ -37,6 +37,10 @@ def targets(ctx: Context) -> list[tuple[str, str, bool | None]]:
             return first.ratio  # from the runs taken in turns with the bare app
         return None if not first or not second else first.load.rps / second.load.rps
 
+    def paired(name: str, connections: int) -> float | None:
+        row = _find(rows, name, connections)
+        return None if row is None else row.ratio
+
     def add(label: str, values: list[float | None], minimum: float) -> None:
         if any(v is None for v in values):
             out.append((label, "not measured", None))
@@ -58,6 +62,11 @@ def targets(ctx: Context) -> list[tuple[str, str, bool | None]]:
         [ratio(canary, "OpenResty canary path (keepalive)", c) for c in (10, 50)], 0.25)  # fmt: skip
     add("(for comparison: httpx's own transport) >= 0.25x",
         [ratio("canary path (httpx transport)", "OpenResty canary path (keepalive)", c) for c in (10, 50)], 0.25)  # fmt: skip
+    # Issue 11's bars, from runs paired with their yardstick (bench/run.py --only canary).
+    add("ASGI canary path >= 0.35x OpenResty canary (keepalive), paired runs",
+        [paired(PAIRED_ASGI_CANARY, c) for c in (10, 50)], 0.35)  # fmt: skip
+    add("CanaryWSGI canary path >= 0.7x bare Flask (gunicorn), paired runs",
+        [paired(PAIRED_WSGI_CANARY, c) for c in (10, 50)], 0.7)  # fmt: skip
     c10, c50 = _find(rows, canary, 10), _find(rows, canary, 50)
     add("ASGI canary path at c50 >= 0.8x at c10",
         [None if not c10 or not c50 else c50.load.rps / c10.load.rps], 0.8)  # fmt: skip

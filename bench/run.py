@@ -29,7 +29,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each measured run")
     parser.add_argument("--repeats", type=int, default=5, help="runs per row (the median is kept)")
     parser.add_argument("--only", nargs="*", default=None,
-                        help="groups: asgi transports openresty wsgi outage streaming")  # fmt: skip
+                        help="groups: asgi transports openresty wsgi canary outage streaming")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     binary = shutil.which("redis-server")
@@ -40,7 +40,9 @@ def main() -> int:
         print(
             "wrk not found: using the Python load generator (apt-get install wrk for better figures)"
         )
-    groups = set(args.only or ["asgi", "transports", "openresty", "wsgi", "outage", "streaming"])
+    groups = set(
+        args.only or ["asgi", "transports", "openresty", "wsgi", "canary", "outage", "streaming"]
+    )
     redis_port = free_port()
     redis_process = subprocess.Popen([binary, "--port", str(redis_port), "--save", "",
                                       "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
@@ -60,6 +62,8 @@ def main() -> int:
             scenarios.openresty(ctx, stable)
         if "wsgi" in groups:
             scenarios.wsgi(ctx)
+        if "canary" in groups:
+            scenarios.canary_paths(ctx, stable)
         if "outage" in groups:
             scenarios.outage(ctx, binary)
         if "streaming" in groups:

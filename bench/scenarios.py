@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import statistics
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -281,24 +283,29 @@ def wsgi(ctx: Context) -> None:
     cases = [("Flask + CanaryWSGI, stable path, Redis-set rule", {"default_rules": [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]}, COOKIE_USERS),
              ("Flask + CanaryWSGI, canary path", "all", None)]  # fmt: skip
     for name, options, script in cases:
-        from canary_mw.stores import store_from_url
-
-        prefix = f"benchw{free_port()}:"
-        config: dict[str, Any] = {
-            "store": f"{ctx.redis_url}?prefix={prefix}",
-            "canary_url": ctx.canary.url,
-        }
-        if options == "all":
-            store = store_from_url(ctx.redis_url, prefix=prefix)
-            store.set_mode("all")
-            store.close()
-        else:
-            config.update(options)
-        server = _gunicorn(name, {"BENCH_ROUTER": json.dumps(config)})
+        server = _wsgi_router(ctx, name, options)
         measure(ctx, "wsgi", name, server, script, ctx.canary.pids() if "canary" in name else [],
                 bare=bare)  # fmt: skip
         server.stop()
     bare.stop()
+
+
+def _wsgi_router(ctx: Context, name: str, options: dict[str, Any] | str) -> Server:
+    """Flask + CanaryWSGI under gunicorn, on its own key prefix; ``"all"``: mode all."""
+    from canary_mw.stores import store_from_url
+
+    prefix = f"benchw{free_port()}:"
+    config: dict[str, Any] = {
+        "store": f"{ctx.redis_url}?prefix={prefix}",
+        "canary_url": ctx.canary.url,
+    }
+    if options == "all":
+        store = store_from_url(ctx.redis_url, prefix=prefix)
+        store.set_mode("all")
+        store.close()
+    elif isinstance(options, dict):
+        config.update(options)
+    return _gunicorn(name, {"BENCH_ROUTER": json.dumps(config)})
 
 
 def _gunicorn(name: str, env: dict[str, str]) -> Server:
@@ -309,15 +316,24 @@ def _gunicorn(name: str, env: dict[str, str]) -> Server:
 
 
 # -- the classic OpenResty setup ----------------------------------------------------------------
-def openresty(ctx: Context, stable: Server) -> None:
-    if not (have("nginx") and Path("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists()
-            and (SHARED / "gray.lua").exists()):  # fmt: skip
-        ctx.notes.append(
-            "OpenResty setup skipped: needs nginx with the Lua module (apt-get install "
-            "nginx libnginx-mod-http-lua lua-nginx-redis) and ../shared/peers/openresty"
-        )
-        return
-    print("OpenResty + Lua + Redis (../shared/peers/openresty, 1 nginx worker)", flush=True)
+def _have_openresty(ctx: Context) -> bool:
+    if (
+        have("nginx")
+        and Path("/usr/lib/nginx/modules/ngx_http_lua_module.so").exists()
+        and (SHARED / "gray.lua").exists()
+    ):
+        return True
+    ctx.notes.append(
+        "OpenResty setup skipped: needs nginx with the Lua module (apt-get install "
+        "nginx libnginx-mod-http-lua lua-nginx-redis) and ../shared/peers/openresty"
+    )
+    return False
+
+
+@contextlib.contextmanager
+def _openresty(ctx: Context, stable: Server, pool: int) -> Iterator[Server]:
+    """nginx + ../shared/peers/openresty/gray.lua in front of ``stable`` and the canary, its
+    Redis holding the classic key for CANARY_IP; ``pool`` 1 keeps Redis connections alive."""
     import redis
 
     client = redis.Redis(port=ctx.redis_port)
@@ -327,45 +343,68 @@ def openresty(ctx: Context, stable: Server) -> None:
     # nginx's workers drop root for an unprivileged user: they must be able to read the script.
     workdir.chmod(0o755)
     (workdir / "gray.lua").chmod(0o644)
-    for pool in (1, 0):
-        port, plain = free_port(), free_port()
-        conf = (SHARED / "nginx.conf.tmpl").read_text()
-        for key, value in {"__DIR__": str(workdir), "__STABLE__": str(stable.port),
-                           "__CANARY__": str(ctx.canary.port), "__PORT__": str(port),
-                           "__REDIS__": str(ctx.redis_port), "__POOL__": str(pool),
-                           "__PLAINPORT__": str(plain)}.items():  # fmt: skip
-            conf = conf.replace(key, value)
-        conf = conf.replace("daemon on;", "daemon off;").replace(
-            "run/nginx.pid", f"nginx{pool}.pid"
-        )
-        (workdir / "run").mkdir(exist_ok=True)
-        (workdir / f"nginx{pool}.conf").write_text(conf)
-        server = Server(f"openresty{pool}", ["nginx", "-c", str(workdir / f"nginx{pool}.conf"),
-                                              "-p", str(workdir)], port=port)  # fmt: skip
-        label = "keepalive" if pool else "connect per request"
+    port, plain = free_port(), free_port()
+    conf = (SHARED / "nginx.conf.tmpl").read_text()
+    for key, value in {"__DIR__": str(workdir), "__STABLE__": str(stable.port),
+                       "__CANARY__": str(ctx.canary.port), "__PORT__": str(port),
+                       "__REDIS__": str(ctx.redis_port), "__POOL__": str(pool),
+                       "__PLAINPORT__": str(plain)}.items():  # fmt: skip
+        conf = conf.replace(key, value)
+    conf = conf.replace("daemon on;", "daemon off;").replace("run/nginx.pid", f"nginx{pool}.pid")
+    (workdir / "run").mkdir(exist_ok=True)
+    (workdir / f"nginx{pool}.conf").write_text(conf)
+    server = Server(f"openresty{pool}", ["nginx", "-c", str(workdir / f"nginx{pool}.conf"),
+                                          "-p", str(workdir)], port=port)  # fmt: skip
+    try:
         _check_answers(server, workdir)
-        backends = stable.pids() + ctx.canary.pids()
-        if pool:
-            measure(
-                ctx, "openresty", f"OpenResty stable path ({label})", server, CLIENT_IP, backends
-            )
-            measure(
-                ctx,
-                "openresty",
-                f"OpenResty canary path ({label})",
-                server,
-                CANARY_CLIENT,
-                backends,
-            )
-            measure(ctx, "openresty", "OpenResty 95/5 mix (keepalive)", server, MIX_95_5, backends)
-        else:
-            measure(
-                ctx, "openresty", f"OpenResty stable path ({label})", server, CLIENT_IP, backends
-            )
+        yield server
+    finally:
         server.stop()
-    client.delete(CANARY_IP)
-    client.close()
-    shutil.rmtree(workdir, ignore_errors=True)
+        client.delete(CANARY_IP)
+        client.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def openresty(ctx: Context, stable: Server) -> None:
+    if not _have_openresty(ctx):
+        return
+    print("OpenResty + Lua + Redis (../shared/peers/openresty, 1 nginx worker)", flush=True)
+    backends = stable.pids() + ctx.canary.pids()
+    with _openresty(ctx, stable, pool=1) as server:
+        for name, script in (("OpenResty stable path (keepalive)", CLIENT_IP),
+                             ("OpenResty canary path (keepalive)", CANARY_CLIENT),
+                             ("OpenResty 95/5 mix (keepalive)", MIX_95_5)):  # fmt: skip
+            measure(ctx, "openresty", name, server, script, backends)
+    with _openresty(ctx, stable, pool=0) as server:
+        measure(
+            ctx, "openresty", "OpenResty stable path (connect per request)", server, CLIENT_IP,
+            backends,
+        )  # fmt: skip
+
+
+def canary_paths(ctx: Context, stable: Server) -> None:
+    """The two canary paths against their yardsticks, each pair measured in turns run by run
+    (the ratio is the median of the pairs): the ASGI router in ``mode all`` against the
+    OpenResty canary path, and CanaryWSGI's canary path against bare Flask."""
+    print("Canary paths, paired with their yardsticks", flush=True)
+    canary_pids = ctx.canary.pids()
+    if _have_openresty(ctx):
+        server = router(ctx, "canary path", mode="all")
+        with _openresty(ctx, stable, pool=1) as yardstick:
+            # Same load script for both turns: the router ignores the client-IP headers.
+            measure(ctx, "canary", PAIRED_ASGI_CANARY, server, CANARY_CLIENT,
+                    canary_pids + stable.pids(), bare=yardstick)  # fmt: skip
+        server.stop()
+    bare = _gunicorn("bare Flask app", {})
+    server = _wsgi_router(ctx, "Flask + CanaryWSGI, canary path", "all")
+    measure(ctx, "canary", PAIRED_WSGI_CANARY, server, None, canary_pids, bare=bare)
+    server.stop()
+    bare.stop()
+
+
+#: Row names of the paired canary-path runs (report.targets reads them).
+PAIRED_ASGI_CANARY = "ASGI canary path, paired with OpenResty's canary path"
+PAIRED_WSGI_CANARY = "CanaryWSGI canary path, paired with bare Flask"
 
 
 def _check_answers(server: Server, workdir: Path) -> None:
