@@ -107,6 +107,10 @@ class LookupBatcher:
                 try:
                     answers = await self._lookup(list(batch))
                 except asyncio.CancelledError:
+                    # The engine is closing: its waiters must not wait for an answer that
+                    # will never come (the finally below no longer sees this batch).
+                    for future in batch.values():
+                        future.cancel()
                     raise
                 except Exception as exc:
                     self._failed(exc)

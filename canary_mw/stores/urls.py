@@ -86,9 +86,11 @@ def parse_store_url(url: str) -> StoreURL:
     password = unquote(parts.password) if parts.password else None
     if kind == "redis":
         plain = url.replace("redis+unix://", "unix://", 1) if scheme == "redis+unix" else url
-        plain_parts = urlsplit(plain)
+        # Only our option leaves the query. Not through urlsplit/geturl: that writes
+        # "unix:///run/redis.sock" (no host) back as "unix:/run/redis.sock", which redis-py
+        # refuses.
         rest = urlencode(query)
-        plain = plain_parts._replace(query=rest).geturl()
+        plain = plain.partition("?")[0] + (f"?{rest}" if rest else "")
         return StoreURL(kind, prefix, RedisTarget(kind, url=plain), options=query)
     sentinel_password = query.pop("sentinel_password", None)
     if query:
