@@ -12,6 +12,7 @@ import httpx
 
 from ..upstreams import Upstream
 from .headers import RawHeaders, request_headers, response_headers
+from .partition import PARTITION, partition_key
 from .replies import ErrorReply, classify, error_kind, is_unreachable
 
 __all__ = [
@@ -70,7 +71,7 @@ class ForwarderBase:
     def __init__(self, policy: ForwardPolicy, observer: ForwardObserver):
         self.policy = policy
         self.max_body_size = policy.max_body_size
-        self._timeouts = {"timeout": policy.timeout.as_dict()}
+        self._timeout = policy.timeout.as_dict()
         self._preserve_host = policy.preserve_host
         self._is_trusted_peer = policy.is_trusted_peer
         self._request_extra = policy.request_extra
@@ -119,9 +120,10 @@ class ForwarderBase:
             else:
                 outgoing.append((b"transfer-encoding", b"chunked"))
         url = upstream.target(*_origin_form(*target))
-        return httpx.Request(
-            method, url, headers=outgoing, stream=stream, extensions=self._timeouts
-        )
+        # Pooled connections are kept per user (partition.py): a canary's late bytes can
+        # only ever reach the user whose exchange they belong to.
+        extensions = {"timeout": self._timeout, PARTITION: partition_key(outgoing)}
+        return httpx.Request(method, url, headers=outgoing, stream=stream, extensions=extensions)
 
     def failed(
         self,

@@ -81,7 +81,7 @@ class _State:
 class HTTP11Connection(asyncio.Protocol):
     """A keep-alive connection to one origin, one exchange at a time."""
 
-    def __init__(self, origin: tuple[bytes, bytes, int]):
+    def __init__(self, origin: tuple[bytes, bytes, int, bytes]):
         self.origin = origin
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None

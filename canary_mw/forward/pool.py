@@ -28,10 +28,12 @@ import httpx
 
 from .connection import HTTP11Connection
 from .http11 import Exchange, RetryableError
+from .partition import PARTITION
 
 __all__ = ["HTTP11Transport"]
 
-Origin = tuple[bytes, bytes, int]
+#: Where a connection goes, and whose it is: (scheme, host, port, partition.py's key).
+Origin = tuple[bytes, bytes, int, bytes]
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
@@ -72,7 +74,8 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         scheme = url.raw_scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
-        origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
+        port = url.port or _DEFAULT_PORTS[scheme]
+        origin = (scheme, url.raw_host, port, request.extensions.get(PARTITION, b""))
         timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
         # A head that cannot be sent fails here, before it costs a connection.
         exchange = Exchange(request.method, url.raw_path, request.headers.raw)
@@ -176,7 +179,7 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self._wake_one()
 
     async def _connect(self, origin: Origin, timeout: float | None) -> HTTP11Connection:
-        scheme, host, port = origin
+        scheme, host, port, _ = origin
         loop = asyncio.get_running_loop()
         hostname = host.decode("ascii")
         secure = scheme == b"https"

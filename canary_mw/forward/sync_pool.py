@@ -27,10 +27,12 @@ from collections.abc import Iterator
 import httpx
 
 from .http11 import Exchange, RetryableError, may_retry, readable_now
+from .partition import PARTITION
 
 __all__ = ["HTTP11SyncTransport"]
 
-Origin = tuple[bytes, bytes, int]
+#: Where a connection goes, and whose it is: (scheme, host, port, partition.py's key).
+Origin = tuple[bytes, bytes, int, bytes]
 Timeouts = dict[str, "float | None"]
 _DEFAULT_PORTS = {b"http": 80, b"https": 443}
 READ_SIZE = 64 * 1024
@@ -103,7 +105,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         scheme = url.raw_scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
-        origin = (scheme, url.raw_host, url.port or _DEFAULT_PORTS[scheme])
+        port = url.port or _DEFAULT_PORTS[scheme]
+        origin = (scheme, url.raw_host, port, request.extensions.get(PARTITION, b""))
         timeouts: Timeouts = request.extensions.get("timeout", {})
         # A head that cannot be sent fails here, before it costs a connection.
         exchange = Exchange(request.method, url.raw_path, request.headers.raw)
@@ -243,7 +246,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             self._room.notify()
 
     def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
-        scheme, host, port = origin
+        scheme, host, port, _ = origin
         hostname = host.decode("ascii")
         try:
             sock = socket.create_connection((hostname, port), timeout=timeout)
