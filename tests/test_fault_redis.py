@@ -61,6 +61,17 @@ class Load:
         for thread in self.threads:
             thread.join(30)
 
+    def run_through(self, seconds: float, *, at_least: int = 10, timeout: float = 30) -> None:
+        """Let the load run for ``seconds`` (a fault's length, or the calm around it) and on
+        until ``at_least`` more requests have finished: on a busy machine a fixed time may
+        see almost no traffic, and then the test would prove nothing about the fault."""
+        before, until = len(self.results), time.monotonic() + seconds
+        wait_until(
+            lambda: time.monotonic() >= until and len(self.results) - before >= at_least,
+            timeout=seconds + timeout,
+            what=f"{at_least} requests served through the fault",
+        )
+
     def check(self, observed: Callable[[str], None]) -> None:
         failed = [r for r in self.results if r[2] != 200]
         latencies = sorted(r[1] for r in self.results)
@@ -71,6 +82,12 @@ class Load:
         )
         assert failed == [], failed[:5]
         assert latencies[-1] < CEILING, f"slowest request {latencies[-1]:.2f} s"
+
+
+def logged_again(router: AppServer, text: str) -> Callable[[], bool]:
+    """Whether the router has logged ``text`` once more than it had when this was called."""
+    before = router.output().count(text)
+    return lambda: router.output().count(text) > before
 
 
 def routes(url: str, uid: str) -> str:
@@ -119,7 +136,7 @@ def test_refused(
     router = start_router(fresh_redis.url, canary_url=canary_server.url)
     try:
         with Load(router.url) as load:
-            time.sleep(1.5)  # the load runs this long with Redis down
+            load.run_through(1.5)  # with Redis down
         load.check(observed)
         assert {r[3] for r in load.results} == {"stable"}
         fresh_redis.start()
@@ -144,11 +161,11 @@ def test_outage_under_load(
 ) -> None:
     fault, repair, lasting = OUTAGES[outage]
     with Load(setup.url) as load:
-        time.sleep(0.5)  # healthy load first
+        load.run_through(0.5)  # healthy load first
         fault(fresh_redis)
-        time.sleep(lasting)  # the load runs on while Redis is gone
+        load.run_through(lasting)  # the load runs on while Redis is gone
         repair(fresh_redis)
-        time.sleep(0.5)
+        load.run_through(0.5)
     load.check(observed)
     recovered(setup, fresh_redis, observed)
 
@@ -177,10 +194,10 @@ def test_restart_through_loading(
         "1024",
     ]
     with Load(setup.url) as load:
-        time.sleep(0.3)
+        load.run_through(0.3)
         fresh_redis.process = None
         loading_seen = _start_without_waiting(fresh_redis)
-        time.sleep(0.5)
+        load.run_through(1.5)  # the router runs against LOADING for a while
     load.check(observed)
     assert loading_seen(), "Redis never reported LOADING: the fault was not injected"
     wait_until(fresh_redis.ping, timeout=30, what="redis loaded")
@@ -205,8 +222,7 @@ def _start_without_waiting(redis: RedisServer) -> Callable[[], bool]:
                 seen += [True] if sock.recv(100).startswith(b"-LOADING") else []
         except OSError:
             pass
-        time.sleep(0.02)
-    time.sleep(1)  # let the router run against LOADING for a while
+        time.sleep(0.02)  # the poll's interval; the loop ends on the deadline above
     return lambda: bool(seen)
 
 
@@ -216,14 +232,14 @@ def test_max_clients(
 ) -> None:
     admin = fresh_redis.client()
     with Load(setup.url) as load:
-        time.sleep(0.3)
+        load.run_through(0.3)
         admin.config_set("maxclients", 1)  # only this admin connection fits
         admin.client_kill_filter(_type="normal", skipme=True)
         admin.client_kill_filter(_type="pubsub", skipme=True)
-        time.sleep(1.5)
+        load.run_through(1.5)
         refused = _refused_by_maxclients(fresh_redis)
         admin.config_set("maxclients", 10_000)
-        time.sleep(0.5)
+        load.run_through(0.5)
     admin.close()
     assert refused, "a new connection was not refused: the fault was not injected"
     load.check(observed)
@@ -280,30 +296,42 @@ def test_garbage_everywhere(
     setup: AppServer, fresh_redis: RedisServer, observed: Callable[[str], None]
 ) -> None:
     client = fresh_redis.client()
+
+    def bump() -> None:
+        client.hincrby("canary:config", "version", 1)
+        client.publish("canary:changes", "garbage")
+
     with Load(setup.url) as load:
-        time.sleep(0.3)
+        load.run_through(0.3)
         for name, value in GARBAGE.items():  # one bad field at a time, then all at once
             good = client.hget("canary:config", name)
+            read_bad = logged_again(setup, f"invalid {name} in the store")
             client.hset("canary:config", name, value)
-            client.hincrby("canary:config", "version", 1)
-            client.publish("canary:changes", "garbage")
-            time.sleep(0.7)
+            bump()
+            wait_until(read_bad, timeout=5, what=f"the router reading the bad {name}")
             assert routes(setup.url, "vip1") == "canary", f"bad {name} replaced the good rules"
+            read_good = logged_again(setup, f"{name} in the store is valid again")
             if good is not None:
                 client.hset("canary:config", name, good)
             else:
                 client.hdel("canary:config", name)
+            bump()
+            wait_until(read_good, timeout=5, what=f"the router reading the good {name} again")
+        read_all = [logged_again(setup, f"invalid {name} in the store") for name in GARBAGE]
         client.hset("canary:config", mapping=GARBAGE)
         client.hset("canary:health", "canary", "\xff not json")
         client.hset("canary:traffic", "canary", "many")
-        client.hincrby("canary:config", "version", 1)
+        bump()
         client.publish("canary:changes", "\x00garbage")
-        time.sleep(0.7)
+        wait_until(lambda: all(read() for read in read_all), timeout=5, what="all the garbage")
         assert routes(setup.url, "vip1") == "canary"
+        read_version = logged_again(setup, "invalid version in the store")
         client.hset("canary:config", "version", "not a number")
         client.delete("canary:set:vip")
         client.set("canary:set:vip", "a string where a set belongs")  # WRONGTYPE on lookups
-        time.sleep(0.7)
+        client.publish("canary:changes", "garbage")
+        wait_until(read_version, timeout=5, what="the router reading the bad version")
+        load.run_through(0.7)  # lookups against the wrong type, under load
     load.check(observed)
     assert "Invalid" in setup.output() or "invalid" in setup.output(), setup.output()[-2000:]
     # Repair the way an operator would, and routing follows.
