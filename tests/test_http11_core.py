@@ -102,6 +102,13 @@ CASES = {
                         Outcome(error="reason phrase")),
     "too-many-headers": (b"HTTP/1.1 200 OK\r\n" + b"a: b\r\n" * 300 + b"\r\n", False,
                          Outcome(error="too many")),
+    # RFC 9112 §4: HTAB, SP, VCHAR and obs-text only (a WSGI server refuses the rest).
+    "reason-with-a-control-byte": (b"HTTP/1.1 200 O\x01K\r\ncontent-length: 2\r\n\r\nab", False,
+                                   Outcome(error="control byte")),
+    "reason-with-del": (b"HTTP/1.1 200 O\x7fK\r\ncontent-length: 2\r\n\r\nab", False,
+                        Outcome(error="control byte")),
+    "reason-with-tab-and-obs-text": (b"HTTP/1.1 200 O\tK\xe9\r\ncontent-length: 2\r\n\r\nab", False,
+                                     Outcome(200, LENGTH, b"ab", True, True)),
 }  # fmt: skip
 
 

@@ -69,6 +69,9 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 _NAME_BAD = re.compile(rb"[^!#$%&'*+\-.^_`|~0-9A-Za-z]")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+#: Bytes RFC 9112 §4 does not allow in a reason phrase (it allows HTAB, SP, VCHAR, obs-text);
+#: llhttp lets them through, and a WSGI server refuses such a status line from its app.
+_REASON_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEAD_END = b"\r\n\r\n"
 
 
@@ -311,6 +314,8 @@ class Exchange:
         # The head arrives whole, so this is called once per head.
         if len(reason) > MAX_REASON_BYTES:
             raise httpx.RemoteProtocolError("the upstream's reason phrase is too long")
+        if _REASON_BAD.search(reason):
+            raise httpx.RemoteProtocolError("a control byte in the upstream's reason phrase")
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlsplit
+from wsgiref.util import is_hop_by_hop
 
 import httpx
 
@@ -183,11 +184,15 @@ class SyncHTTPForwarder(ForwarderBase):
         """The response iterable, or None when the caller should serve stable instead."""
         raw = environ_headers(environ)
         length = single_content_length(raw)
-        if length is None and not environ.get("wsgi.input_terminated"):
-            # Without a length, PEP 3333 only lets us read a body the server terminates.
-            has_body = False
+        if length is None:
+            # RFC 9112 §6.3: a request without Content-Length or Transfer-Encoding has no body,
+            # whatever wsgi.input_terminated says (gunicorn sets it on every request); one
+            # without a length can only be read (PEP 3333) from an input the server terminates.
+            has_body = "HTTP_TRANSFER_ENCODING" in environ and bool(
+                environ.get("wsgi.input_terminated")
+            )
         else:
-            has_body = length is None or length > 0
+            has_body = length > 0
         if self.declared_too_large(length):
             return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
         body = _Input(environ["wsgi.input"], length, self.max_body_size) if has_body else None
@@ -220,5 +225,14 @@ class SyncHTTPForwarder(ForwarderBase):
         except BaseException:
             response.close()
             raise
-        start_response(_status_line(response.status_code, response.reason_phrase), _native(headers))
+        try:
+            start_response(
+                _status_line(response.status_code, response.reason_phrase),
+                [(name, value) for name, value in _native(headers) if not is_hop_by_hop(name)],
+            )
+        except BaseException:
+            # The server refused the status or a header: the body is never read, and a
+            # response left open would hold its pooled connection for the worker's life.
+            response.close()
+            raise
         return ForwardedBody(response, first, rest)
