@@ -12,7 +12,7 @@ from ..errors import StoreError
 from ..facts import RequestFacts
 from ..keys import Probe
 from ..outcome import Decision
-from ..stores.store import Store
+from ..stores.blocking import Store
 from .core import LISTEN_WAKEUP, MAX_ROUNDS, REVALIDATE_BATCH, EngineCore
 
 __all__ = ["Engine"]

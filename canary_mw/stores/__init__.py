@@ -11,12 +11,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
+from .blocking import Store
 from .layout import Command, Layout, StoreState
 from .memory import AsyncMemorySubscription, MemoryBackend, MemorySubscription, backend_named
 from .plans import AuditEntry, Change, StoredConfig
 from .redis_async import AsyncRedisExecutor
 from .redis_sync import RedisExecutor
-from .store import DEFAULT_ACTOR, DEFAULT_LOOKUP_TIMEOUT, AsyncStore, Store
+from .store import DEFAULT_ACTOR, DEFAULT_LOOKUP_TIMEOUT, AsyncStore
 from .urls import StoreURL, parse_store_url
 
 __all__ = [

@@ -1,7 +1,8 @@
-"""The public store API, in a blocking and an asyncio flavour with the same methods.
+"""The public store API: AsyncStore, written here, and what it shares with the blocking
+Store, which is generated from it (``python -m canary_mw.stores.unasync`` writes blocking.py).
 
-Both flavours run the same plans (``plans.py``) and differ only in how they execute
-commands, so a test suite written against one checks the other.
+Both run the same plans (``plans.py``) and differ only in how they execute commands, so a
+test suite written against one checks the other.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .layout import Command, Layout, StoreState
 from .memory import Notice
 from .plans import AuditEntry, Change, Plan, StoredConfig
 
-__all__ = ["DEFAULT_ACTOR", "DEFAULT_LOOKUP_TIMEOUT", "AsyncStore", "Store"]
+__all__ = ["DEFAULT_ACTOR", "DEFAULT_LOOKUP_TIMEOUT", "AsyncStore"]
 
 #: Budget for one request-time membership lookup (connect included), in seconds.
 DEFAULT_LOOKUP_TIMEOUT = 0.05
@@ -125,163 +126,19 @@ class _Plans:
         return rules if isinstance(rules, RuleSet) else parse_rules(rules)
 
 
-class Store(_Plans):
-    """Blocking access to the rule store. Build one with :func:`store_from_url`.
+class AsyncStore(_Plans):
+    """asyncio access to the rule store. Build one with :func:`async_store_from_url`.
 
     Every write is atomic, bumps the version, is recorded in the audit log with ``actor``
     (default ``user@host``) and is announced to every running instance; a write that changes
     nothing does none of these (``Change.changed`` is False).
 
-    >>> store = store_from_url("memory://")
-    >>> store.add_ips("ips", ["203.0.113.7", "10.1.0.0/16"]).count
+    >>> store = async_store_from_url("memory://")
+    >>> (await store.add_ips("ips", ["203.0.113.7", "10.1.0.0/16"])).count
     2
-    >>> store.set_mode("off").version  # the kill switch
-    2
+
+    :class:`Store`, the blocking twin, is generated from this class (stores/unasync.py).
     """
-
-    def __init__(
-        self,
-        executor: SyncExecutor,
-        *,
-        prefix: str = "canary:",
-        url: str = "",
-        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
-    ):
-        super().__init__(prefix=prefix, url=url, lookup_timeout=lookup_timeout)
-        self._executor = executor
-
-    def _run(self, plan: Plan[T]) -> T:
-        try:
-            commands = next(plan)
-            while True:
-                commands = plan.send(self._executor.run(commands))
-        except StopIteration as done:
-            return done.value  # type: ignore[no-any-return]
-
-    # -- what the engine uses -----------------------------------------------------------
-    def read_state(self, ip_sets: Iterable[str], ip_lists: Iterable[IPListRef]) -> StoreState:
-        return self._run(self._read_state(ip_sets, ip_lists))
-
-    def lookup(self, probes: Sequence[Probe], *, within_budget: bool = True) -> dict[Probe, bool]:
-        """Membership answers; raises StoreError on failure. ``within_budget``: fail after
-        ``lookup_timeout`` (a request is waiting); else the store's normal timeout applies
-        (the engine's background re-reads, which no request waits for)."""
-        results = self._executor.run(self.layout.lookup(probes), fast=within_budget)
-        return Layout.parse_lookup(probes, results)
-
-    def subscribe(self) -> SyncSubscription:
-        return self._executor.subscribe(self.layout.channel)
-
-    def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
-        """Open the request-time connections (to the store's database, None, and any other
-        numbered ``dbs``) ahead of the first request that needs them."""
-        self._executor.warm(dbs)
-
-    def set_health(
-        self, records: Mapping[str, str], *, lapsed: Sequence[str] = (), announce: bool = True
-    ) -> None:
-        """Write backend health records (URL → JSON, see canary_mw.health) and delete the
-        ``lapsed`` fields; ``announce``: every router re-reads them at once (else at its next
-        poll)."""
-        self._run(self._plain(self.layout.set_health(records, lapsed, announce)))
-
-    def add_traffic(self, counts: Mapping[str, int]) -> None:
-        if counts:
-            self._run(self._plain(self.layout.add_traffic(counts)))
-
-    # -- reading -----------------------------------------------------------------------
-    def get_config(self) -> StoredConfig:
-        return self._run(self._get_config())
-
-    def get_rules(self) -> RuleSet | None:
-        """The stored rules, or None when none are stored (defaults apply)."""
-        return _rules_or_none(self.get_config())
-
-    def members(self, name: str) -> set[str]:
-        return self._run(self._members(name))
-
-    def set_sizes(self, names: Iterable[str]) -> dict[str, int]:
-        return self._run(self._set_sizes(names))
-
-    def health(self) -> dict[str, str]:
-        return self._run(self._hash(self.layout.health))
-
-    def traffic(self) -> dict[str, str]:
-        return self._run(self._hash(self.layout.traffic))
-
-    def history(self, count: int = 20) -> list[AuditEntry]:
-        """The latest changes, newest first."""
-        return self._run(plans.history(self.layout, count))
-
-    # -- writing -----------------------------------------------------------------------
-    def set_mode(self, mode: str, *, actor: str = DEFAULT_ACTOR) -> Change:
-        return self._run(plans.set_mode(self.layout, actor, mode))
-
-    def set_rules(self, rules: RulesInput, *, actor: str = DEFAULT_ACTOR) -> Change:
-        """Validate and store a rule document; raises RuleError and writes nothing if invalid."""
-        return self._run(plans.set_rules(self.layout, actor, self._rules(rules)))
-
-    def clear_rules(self, *, actor: str = DEFAULT_ACTOR) -> Change:
-        return self._run(plans.clear_rules(self.layout, actor))
-
-    def add_rule(
-        self, rule: Mapping[str, Any], *, position: int | None = None, actor: str = DEFAULT_ACTOR
-    ) -> Change:
-        return self._run(plans.add_rule(self.layout, actor, rule, position))
-
-    def remove_rule(self, rule_id: str, *, actor: str = DEFAULT_ACTOR) -> Change:
-        return self._run(plans.remove_rule(self.layout, actor, rule_id))
-
-    def set_percent(self, percent: float, *, actor: str = DEFAULT_ACTOR, **options: Any) -> Change:
-        return self._run(plans.set_percent(self.layout, actor, percent, **options))
-
-    def set_upstream(
-        self, name: str, url: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
-    ) -> Change:
-        return self._run(plans.set_upstream(self.layout, actor, name, url, host))
-
-    def remove_upstream(
-        self, name: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
-    ) -> Change:
-        return self._run(plans.remove_upstream(self.layout, actor, name, host))
-
-    def add_members(
-        self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR
-    ) -> Change:
-        return self._run(plans.change_members(self.layout, actor, "set add", name, "SADD", members))
-
-    def remove_members(
-        self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR
-    ) -> Change:
-        return self._run(
-            plans.change_members(self.layout, actor, "set remove", name, "SREM", members)
-        )
-
-    def add_ips(self, name: str, ips: Iterable[str], *, actor: str = DEFAULT_ACTOR) -> Change:
-        members = plans.normalize_ips(ips)
-        return self._run(plans.change_members(self.layout, actor, "ip add", name, "SADD", members))
-
-    def remove_ips(self, name: str, ips: Iterable[str], *, actor: str = DEFAULT_ACTOR) -> Change:
-        members = plans.normalize_ips(ips)
-        return self._run(
-            plans.change_members(self.layout, actor, "ip remove", name, "SREM", members)
-        )
-
-    def rollback(self, version: int | None = None, *, actor: str = DEFAULT_ACTOR) -> Change:
-        """Restore mode, rules and upstreams as they were after ``version`` (default: undo
-        the latest config change). Atomic, and recorded in the history itself."""
-        return self._run(plans.rollback(self.layout, actor, version))
-
-    def close(self) -> None:
-        self._executor.close()
-
-    def __repr__(self) -> str:
-        return f"<Store {self.url or 'custom'} prefix={self.prefix!r}>"
-
-
-class AsyncStore(_Plans):
-    """asyncio access to the rule store (same methods as :class:`Store`, as coroutines).
-    Build one with :func:`async_store_from_url`."""
 
     def __init__(
         self,
@@ -310,7 +167,7 @@ class AsyncStore(_Plans):
     ) -> dict[Probe, bool]:
         """Membership answers; raises StoreError on failure. ``within_budget``: fail after
         ``lookup_timeout`` (a request is waiting); else the store's normal timeout applies
-        (the engine's batched lookups, which no request is tied to)."""
+        (the engine's background and batched lookups, which no request waits for)."""
         results = await self._executor.run(self.layout.lookup(probes), fast=within_budget)
         return Layout.parse_lookup(probes, results)
 
@@ -318,11 +175,16 @@ class AsyncStore(_Plans):
         return await self._executor.subscribe(self.layout.channel)
 
     async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
+        """Open the request-time connections (to the store's database, None, and any other
+        numbered ``dbs``) ahead of the first request that needs them."""
         await self._executor.warm(dbs)
 
     async def set_health(
         self, records: Mapping[str, str], *, lapsed: Sequence[str] = (), announce: bool = True
     ) -> None:
+        """Write backend health records (URL → JSON, see canary_mw.health) and delete the
+        ``lapsed`` fields; ``announce``: every router re-reads them at once (else at its next
+        poll)."""
         await self._run(self._plain(self.layout.set_health(records, lapsed, announce)))
 
     async def add_traffic(self, counts: Mapping[str, int]) -> None:
@@ -333,6 +195,7 @@ class AsyncStore(_Plans):
         return await self._run(self._get_config())
 
     async def get_rules(self) -> RuleSet | None:
+        """The stored rules, or None when none are stored (defaults apply)."""
         return _rules_or_none(await self.get_config())
 
     async def members(self, name: str) -> set[str]:
@@ -348,12 +211,14 @@ class AsyncStore(_Plans):
         return await self._run(self._hash(self.layout.traffic))
 
     async def history(self, count: int = 20) -> list[AuditEntry]:
+        """The latest changes, newest first."""
         return await self._run(plans.history(self.layout, count))
 
     async def set_mode(self, mode: str, *, actor: str = DEFAULT_ACTOR) -> Change:
         return await self._run(plans.set_mode(self.layout, actor, mode))
 
     async def set_rules(self, rules: RulesInput, *, actor: str = DEFAULT_ACTOR) -> Change:
+        """Validate and store a rule document; raises RuleError and writes nothing if invalid."""
         return await self._run(plans.set_rules(self.layout, actor, self._rules(rules)))
 
     async def clear_rules(self, *, actor: str = DEFAULT_ACTOR) -> Change:
@@ -407,6 +272,8 @@ class AsyncStore(_Plans):
         return await self._run(plan)
 
     async def rollback(self, version: int | None = None, *, actor: str = DEFAULT_ACTOR) -> Change:
+        """Restore mode, rules and upstreams as they were after ``version`` (default: undo
+        the latest config change). Atomic, and recorded in the history itself."""
         return await self._run(plans.rollback(self.layout, actor, version))
 
     async def aclose(self) -> None:
