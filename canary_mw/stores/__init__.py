@@ -7,13 +7,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import ConfigurationError
 from .blocking import Store
-from .layout import Command, Layout, StoreState
-from .memory import AsyncMemorySubscription, MemoryBackend, MemorySubscription, backend_named
+from .layout import Layout, StoreState
+from .memory import AsyncMemoryExecutor, MemoryBackend, MemoryExecutor, backend_named
 from .plans import AuditEntry, Change, StoredConfig
 from .redis_async import AsyncRedisExecutor
 from .redis_sync import RedisExecutor
@@ -39,40 +38,6 @@ __all__ = [
 
 #: Timeout for background snapshot reads, writes and pub/sub, in seconds.
 DEFAULT_TIMEOUT = 1.0
-
-
-class MemoryExecutor:
-    def __init__(self, backend: MemoryBackend):
-        self.backend = backend
-
-    def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]:
-        return self.backend.execute(commands)
-
-    def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
-        pass
-
-    def subscribe(self, channel: str) -> MemorySubscription:
-        return MemorySubscription(self.backend, channel)
-
-    def close(self) -> None:
-        pass
-
-
-class AsyncMemoryExecutor:
-    def __init__(self, backend: MemoryBackend):
-        self.backend = backend
-
-    async def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]:
-        return self.backend.execute(commands)
-
-    async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
-        pass
-
-    async def subscribe(self, channel: str) -> AsyncMemorySubscription:
-        return AsyncMemorySubscription(self.backend, channel)
-
-    async def close(self) -> None:
-        pass
 
 
 def _check_timeouts(lookup_timeout: float, timeout: float) -> None:

@@ -13,13 +13,19 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from .._aio import run_within
 from .layout import Command
 
-__all__ = ["CommandError", "MemoryBackend", "backend_named"]
+__all__ = [
+    "AsyncMemoryExecutor",
+    "CommandError",
+    "MemoryBackend",
+    "MemoryExecutor",
+    "backend_named",
+]
 
 Stream = list[tuple[bytes, dict[bytes, bytes]]]
 Value = bytes | set[bytes] | dict[bytes, bytes] | Stream
@@ -292,3 +298,38 @@ class AsyncMemorySubscription:
 
     async def close(self) -> None:
         self._stop()
+
+
+# -- the executors the stores run commands through (store.py: SyncExecutor, AsyncExecutor) --
+class MemoryExecutor:
+    def __init__(self, backend: MemoryBackend):
+        self.backend = backend
+
+    def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]:
+        return self.backend.execute(commands)
+
+    def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
+        pass
+
+    def subscribe(self, channel: str) -> MemorySubscription:
+        return MemorySubscription(self.backend, channel)
+
+    def close(self) -> None:
+        pass
+
+
+class AsyncMemoryExecutor:
+    def __init__(self, backend: MemoryBackend):
+        self.backend = backend
+
+    async def run(self, commands: Sequence[Command], *, fast: bool = False) -> list[object]:
+        return self.backend.execute(commands)
+
+    async def warm(self, dbs: Iterable[int | None] = (None,)) -> None:
+        pass
+
+    async def subscribe(self, channel: str) -> AsyncMemorySubscription:
+        return AsyncMemorySubscription(self.backend, channel)
+
+    async def close(self) -> None:
+        pass
