@@ -138,12 +138,6 @@ def test_the_core_verdict_does_not_depend_on_the_split(
         assert verdict(method, [bytes([byte]) for byte in data], eof) == whole
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="http11.Exchange resets its stall count when a read yielded any body, so more than "
-    "MAX_STALL_BYTES of chunk extension is an error in small reads and fine in one read "
-    "(finding 5 in the report); fixed by canary_mw/forward/http11.py (or its docstring)",
-)
 def test_the_stall_limit_does_not_depend_on_reads() -> None:
     data = (
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1;"
@@ -153,6 +147,22 @@ def test_the_stall_limit_does_not_depend_on_reads() -> None:
     assert verdict("GET", [data], True) == verdict(
         "GET", splits(data, list(range(0, len(data), 1000))), True
     )
+
+
+@pytest.mark.parametrize("extension", [MAX_STALL_BYTES - 4100, MAX_STALL_BYTES + 10, 80_000])
+@pytest.mark.parametrize("stride", [1000, 4096, 4097, 65536])
+def test_long_chunk_framing_gets_one_verdict_whatever_the_reads(
+    extension: int, stride: int
+) -> None:
+    """Either side of the stall limit, and across its blocks' edges."""
+    data = (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nabcde\r\n1;"
+        + b"e" * extension
+        + b"\r\nx\r\n0\r\n\r\n"
+    )
+    whole = verdict("GET", [data], False)
+    assert verdict("GET", splits(data, list(range(0, len(data), stride))), False) == whole
+    assert verdict("GET", splits(data, list(range(7, len(data), stride))), False) == whole
 
 
 # -- the same streams through both transports, from a socket ---------------------------------

@@ -158,6 +158,20 @@ def test_bytes_without_body_after_the_head_are_bounded() -> None:
         exchange.feed(b"t" * 4096)
 
 
+def test_one_read_of_many_chunks_is_taken_as_one_piece() -> None:
+    """A driver passes on one piece per read, not one per chunk (an ASGI message each)."""
+    exchange = Exchange("GET", b"/", [])
+    exchange.end_body()
+    exchange.feed(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + b"1\r\nx\r\n" * 5000)
+    assert exchange.take() == b"x" * 5000
+    assert exchange.take() is None
+    assert exchange.buffered == 0
+    exchange.feed(b"1\r\ny\r\n" * 3 + b"2000\r\n" + b"z" * 0x2000 + b"\r\n0\r\n\r\n")
+    assert exchange.take() == b"yyy" + b"z" * 0x2000
+    assert exchange.complete
+    assert exchange.reusable
+
+
 def test_head_requests_take_the_head_and_never_reuse() -> None:
     outcome = run(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n", method="HEAD")
     assert outcome == Outcome(200, ((b"content-length", b"1000"),), b"", True, False)

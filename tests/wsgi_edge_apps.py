@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import httpx
@@ -13,7 +13,7 @@ import httpx
 from canary_mw import CanaryWSGI
 
 
-def stable(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+def stable(environ: MutableMapping[str, Any], start_response: Any) -> Iterable[bytes]:
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "7")])
     return [b"stable\n"]
 

@@ -23,7 +23,7 @@ API (also what a fuzz target drives)::
     exchange.feed(data)                        # bytes from the upstream; raises
                                                # httpx.RemoteProtocolError
     exchange.head_done                         # status, reason, headers are final
-    exchange.take()                            # a body chunk, or None for now
+    exchange.take()                            # all body bytes in so far, or None
     exchange.complete                          # the response is over
     exchange.feed_eof()                        # the upstream closed (raises when early)
     exchange.reusable                          # the verdict, once complete
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import re
 import select
-from collections import deque
 
 import httptools
 import httpx
@@ -48,6 +47,7 @@ __all__ = [
     "MAX_HEAD_BYTES",
     "MAX_REASON_BYTES",
     "MAX_STALL_BYTES",
+    "STALL_BLOCK",
     "Exchange",
     "RetryableError",
     "may_retry",
@@ -62,8 +62,15 @@ MAX_HEADERS = 256
 #: Bytes of reason phrase accepted: it is informational, and RFC 9112 lets clients ignore it.
 MAX_REASON_BYTES = 1024
 #: Bytes fed after the head without yielding body (chunk framing, extensions, trailers):
-#: past this the upstream is spending our memory or time on nothing we pass on.
+#: past this the upstream is spending our memory or time on nothing we pass on. Counted in
+#: blocks of STALL_BLOCK bytes at fixed offsets of the stream (not per read), so the verdict
+#: does not depend on how reads split the bytes: a run of fewer than MAX_STALL_BYTES bytes
+#: without body always passes, one of MAX_STALL_BYTES + STALL_BLOCK never does.
 MAX_STALL_BYTES = 64 * 1024
+STALL_BLOCK = 4 * 1024
+#: Body pieces llhttp hands over smaller than this are joined as they come: a response of
+#: one-byte chunks is held as bytes, not as one Python object per chunk.
+_SMALL_PIECE = 1024
 #: RFC 9110 §9.2.2.
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
@@ -83,11 +90,11 @@ class Exchange:
     """One request and its response on one connection (see the module docstring)."""
 
     __slots__ = (
-        "_after_head", "_body_bytes", "_chunked_response", "_coding", "_crlf_run", "_head_buf",
-        "_head_seen", "_interim", "_length", "_length_given", "_parser", "_sent", "_stall",
-        "buffered", "chunks", "complete", "has_body", "head", "head_done", "head_only",
-        "headers", "keep_alive", "method", "reason", "received", "request_done", "status",
-        "trailing", "until_eof",
+        "_after_head", "_block_body", "_block_fill", "_body_bytes", "_chunked_response",
+        "_coding", "_crlf_run", "_head_buf", "_head_seen", "_interim", "_length",
+        "_length_given", "_parser", "_sent", "_stall", "_stall_mark", "buffered", "chunks",
+        "complete", "has_body", "head", "head_done", "head_only", "headers", "keep_alive",
+        "method", "reason", "received", "request_done", "status", "trailing", "until_eof",
     )  # fmt: skip
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]]):
@@ -123,7 +130,10 @@ class Exchange:
         self._interim = False
         self._after_head = 0  # bytes fed after the final head
         self._body_bytes = 0  # of which body
-        self._stall = 0  # bytes fed since body last came
+        self._stall = 0  # whole blocks (STALL_BLOCK) without body since body last came
+        self._block_fill = 0  # bytes of the current block fed so far
+        self._block_body = False  # whether body came in the current block
+        self._stall_mark = 0  # _body_bytes when the count last looked
         self._crlf_run = 0  # CR/LF bytes at the end of what was fed
         self._chunked_response = False
         self._coding: bytes | None = None  # the last Transfer-Encoding header's value
@@ -133,7 +143,7 @@ class Exchange:
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
-        self.chunks: deque[bytes] = deque()
+        self.chunks: list[bytes | bytearray] = []  # body not taken yet, in order
         self.buffered = 0
         self.complete = False
         self.keep_alive = False
@@ -174,14 +184,7 @@ class Exchange:
             return
         self._after_head += len(data)
         self._note_crlf(data)
-        before = self._body_bytes
-        self._parse(data)
-        if self._body_bytes != before or self.complete:
-            self._stall = 0
-        else:
-            self._stall += len(data)
-            if self._stall > MAX_STALL_BYTES:
-                raise httpx.RemoteProtocolError("the upstream sent too much without a body")
+        self._parse_counted(data)
         if self.complete:
             self._check_tail()
 
@@ -199,12 +202,16 @@ class Exchange:
         raise httpx.RemoteProtocolError("the upstream closed the connection mid-body")
 
     def take(self) -> bytes | None:
-        """The next body chunk received and not yet taken."""
-        if not self.chunks:
+        """Every body byte received and not yet taken, as one piece: a driver passes on one
+        piece per read however many chunks the upstream cut it into (one ASGI message, not
+        one per chunk)."""
+        chunks = self.chunks
+        if not chunks:
             return None
-        chunk = self.chunks.popleft()
-        self.buffered -= len(chunk)
-        return chunk
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self.buffered = 0
+        return bytes(body)
 
     @property
     def reusable(self) -> bool:
@@ -242,9 +249,18 @@ class Exchange:
             self._check_head_size(end + 4)
             self._head_seen += end + 4
             if data[9:10] != b"1" and data[:5] == b"HTTP/":  # final: head and body in one parse
-                self._after_head += len(data) - end - 4
+                rest_size = len(data) - end - 4
+                self._after_head += rest_size
                 self._note_crlf(data)
-                self._parse(data)
+                if rest_size <= STALL_BLOCK:  # the body's part lies in its first block
+                    self._parse(data)
+                    if self._chunked_response:
+                        self._count(rest_size)
+                else:
+                    whole = memoryview(data)
+                    self._parse(whole[: end + 4])
+                    if self.head_done:
+                        self._parse_counted(whole[end + 4 :])
                 if not self.head_done:  # "HTTP/1.1 " was not where the status code is
                     raise httpx.RemoteProtocolError("invalid response: no final status")
                 if self.complete:
@@ -262,7 +278,7 @@ class Exchange:
         if rest:
             self._after_head += len(rest)
             self._note_crlf(rest)
-            self._parse(rest)
+            self._parse_counted(rest)
         if self.complete:
             self._check_tail()
 
@@ -270,7 +286,50 @@ class Exchange:
         if self._head_seen + pending > MAX_HEAD_BYTES:
             raise httpx.RemoteProtocolError("the upstream's response head is too large")
 
-    def _parse(self, data: bytes) -> None:
+    def _parse_counted(self, data: bytes | memoryview) -> None:
+        """Parse bytes after the final head, counting the stall by fixed blocks of the
+        stream. Only a chunked body has bytes that are not body before its end (a length or
+        read-to-EOF body is body to the last byte), so only one is cut at block edges."""
+        if not self._chunked_response or self.complete:
+            self._parse(data)
+            return
+        size = len(data)
+        room = STALL_BLOCK - self._block_fill
+        if size <= room:
+            self._parse(data)
+            self._count(size)
+            return
+        view = memoryview(data)
+        start = 0
+        while start < size:
+            piece = view[start : start + room]
+            self._parse(piece)
+            self._count(len(piece))
+            start += len(piece)
+            room = STALL_BLOCK
+            if self.complete:
+                if start < size:
+                    self._parse(view[start:])  # after the end: trailing, whatever it is
+                return
+
+    def _count(self, size: int) -> None:
+        """``size`` bytes of the current block were just parsed."""
+        if self._body_bytes != self._stall_mark:
+            self._stall_mark = self._body_bytes
+            self._block_body = True
+        self._block_fill += size
+        if self._block_fill < STALL_BLOCK:
+            return
+        self._block_fill = 0
+        if self._block_body or self.complete:
+            self._stall = 0
+        else:
+            self._stall += 1
+            if self._stall * STALL_BLOCK >= MAX_STALL_BYTES:
+                raise httpx.RemoteProtocolError("the upstream sent too much without a body")
+        self._block_body = False
+
+    def _parse(self, data: bytes | memoryview) -> None:
         if self.complete:
             self.trailing = True
             return
@@ -361,9 +420,17 @@ class Exchange:
         if self.complete:  # after the head of a HEAD response: bytes that belong to none
             self.trailing = True
             return
-        self._body_bytes += len(body)
-        self.chunks.append(body)
-        self.buffered += len(body)
+        size = len(body)
+        self._body_bytes += size
+        self.buffered += size
+        chunks = self.chunks
+        if size < _SMALL_PIECE:
+            if chunks and isinstance(last := chunks[-1], bytearray):
+                last += body
+            else:
+                chunks.append(bytearray(body))
+        else:
+            chunks.append(body)
 
     def on_message_complete(self) -> None:
         if self._interim:
