@@ -25,6 +25,7 @@ from tests.scripted import (
     declared_length,
     keep_alive,
     parts_after,
+    read_body,
     read_exactly,
     read_head,
     scripted,
@@ -398,6 +399,36 @@ def test_an_early_answer_to_a_chunked_upload_closes_the_connection(upstream, dri
     assert (response.status_code, driver.read(response)) == (413, b"")
     assert driver.send(server.url + "/next")[1] == b"/next"
     assert server.accepted == 2
+
+
+def test_an_interim_answer_does_not_stop_the_upload(upstream, driver) -> None:
+    """Red team F9: a 100 Continue (the canary's answer to a forwarded Expect) made the
+    blocking driver stop sending the body: the canary waited for the rest, the router for a
+    final head (504), and the canary got a truncated body."""
+    continued = threading.Event()
+
+    def continue_then_read(conn: socket.socket, srv: Upstream) -> None:
+        buffer = bytearray()
+        while head := read_head(conn, buffer):
+            srv.heads.append(head)
+            conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            continued.set()
+            body = read_body(conn, buffer, head)
+            srv.bodies.append(body)
+            conn.sendall(answer(b"%d" % len(body)))
+
+    server = upstream(continue_then_read)
+    size = 300_000
+    request = driver.request(
+        server.url + "/upload", "POST",
+        headers=[(b"content-length", b"%d" % size), (b"expect", b"100-continue")],
+        content=parts_after(continued, b"a" * 1000, b"b" * (size - 1000)),
+    )  # fmt: skip
+    response = driver.open(request)
+    assert (response.status_code, driver.read(response)) == (200, b"%d" % size)
+    assert server.bodies == [b"a" * 1000 + b"b" * (size - 1000)]
+    assert driver.send(server.url + "/next", "POST", content=b"x")[1] == b"1"
+    assert server.accepted == 1  # the exchange ended exactly: its connection was reused
 
 
 # -- connections ---------------------------------------------------------------------------

@@ -164,10 +164,10 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             return
         pending = exchange.head  # goes out with the first chunk: one send, not two
         for chunk in request.stream:  # type: ignore[union-attr]
-            if not pending and _answered(sock):
-                # The upstream answered early (e.g. 413): stop sending. The body stays
-                # unfinished, so the core never lets this connection be reused: the upstream
-                # would read the next request as the rest of this body.
+            if not pending and _answered(sock) and _heard(connection, exchange):
+                # The upstream answered early (e.g. 413) or closed: stop sending. The body
+                # stays unfinished, so the core never lets this connection be reused: the
+                # upstream would read the next request as the rest of this body.
                 return
             wire = exchange.frame(chunk)
             if wire:
@@ -344,6 +344,23 @@ def _send_all(sock: socket.socket, data: bytes) -> None:
         raise httpx.WriteTimeout("write timed out") from None
     except OSError as exc:
         raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
+
+
+def _heard(connection: _Connection, exchange: Exchange) -> bool:
+    """The upstream sent something while we send the body: read it into the core. True when
+    it is a final answer or the upstream closed (stop sending); an interim head (``100
+    Continue`` to the client's ``Expect``) is no answer, and the body goes on, as in the
+    asyncio driver."""
+    try:
+        data = connection.sock.recv(READ_SIZE)
+    except TimeoutError:
+        raise httpx.ReadTimeout("read timed out") from None
+    except OSError as exc:
+        raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
+    if not data:
+        return True  # the wait for the head reads the EOF again, and says what it means
+    exchange.feed(data)
+    return exchange.head_done
 
 
 def _answered(sock: socket.socket) -> bool:
