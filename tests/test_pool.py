@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
+from canary_mw.forward import connection
 from tests.scripted import (
     DRIVERS,
     TIMEOUTS,
@@ -429,6 +430,21 @@ def test_an_interim_answer_does_not_stop_the_upload(upstream, driver) -> None:
     assert server.bodies == [b"a" * 1000 + b"b" * (size - 1000)]
     assert driver.send(server.url + "/next", "POST", content=b"x")[1] == b"1"
     assert server.accepted == 1  # the exchange ended exactly: its connection was reused
+
+
+def test_a_connection_pooled_while_its_reading_is_paused_reads_again(
+    upstream, driver, monkeypatch
+) -> None:
+    """Red team F5: the read that paused reading (body buffered faster than taken) also
+    completed the response, whose reader then left: the connection went back to the pool
+    still paused, and the next request on it was sent, run and never read (504)."""
+    monkeypatch.setattr(connection, "READ_HIGH_WATER", 10)  # any buffered body pauses
+    server = upstream(scripted(answer(b"b" * 1000)))
+    first = driver.open(driver.request(server.url + "/first"))
+    driver.close_response(first)  # the whole body was in: the connection stays reusable
+    response, body = driver.send(server.url + "/second")
+    assert (response.status_code, body) == (200, b"b" * 1000)
+    assert server.accepted == 1
 
 
 # -- connections ---------------------------------------------------------------------------

@@ -245,6 +245,13 @@ class HTTP11Connection(asyncio.Protocol):
         """Back in the pool, between exchanges."""
         self._exchange = self._state = None
         self.idle_since = self.loop.time()
+        if self._reading_paused:
+            # Paused when the last response came faster than its reader took it, and that
+            # reader left: left paused, the next exchange's answer would never be read
+            # (red team F5: the canary ran the next user's request, who got a 504).
+            self._reading_paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
 
     def close(self) -> None:
         self.closed = True
