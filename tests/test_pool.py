@@ -616,6 +616,23 @@ def test_failed_exchanges_give_their_connection_back(upstream, make_driver) -> N
 
 
 # -- failures become httpx's errors --------------------------------------------------------
+def test_a_dribbled_head_is_bounded_by_the_read_timeout(upstream, driver) -> None:
+    """Red team F4: one header line more often than the read timeout kept the blocking
+    driver reading for as long as the upstream liked (the asyncio one times the head)."""
+
+    def dribble(conn: socket.socket, srv: Upstream) -> None:
+        srv.heads.append(read_head(conn, bytearray()))
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        for _ in range(12):  # 4.8 s in all, each gap well under the read timeout
+            threading.Event().wait(0.4)  # the dribble's pace
+            conn.sendall(b"x-dribble: 1\r\n")
+        conn.sendall(b"content-length: 0\r\n\r\n")
+
+    server = upstream(dribble)
+    with pytest.raises(httpx.ReadTimeout):
+        driver.send(server.url, timeouts={**TIMEOUTS, "read": 1.5})
+
+
 def test_refused_is_a_connect_error(driver) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

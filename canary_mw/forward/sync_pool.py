@@ -133,9 +133,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         connection.exchanges += 1
         try:
             self._send(connection, request, exchange, timeouts.get("write"))
-            connection.set_timeout(timeouts.get("read"))
-            while not exchange.head_done:
-                _receive(connection, exchange)
+            _receive_head(connection, exchange, timeouts.get("read"))
         except httpx.RemoteProtocolError as exc:
             self._release(connection, False)
             if may_retry(request.method, exchange, reused=reused):
@@ -321,6 +319,28 @@ class _ResponseBody(httpx.SyncByteStream):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool._release(self._connection, reusable)
+
+
+def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | None) -> None:
+    """Read until the final head is in, within ``timeout`` for the whole head (as the asyncio
+    driver waits for it): a socket timeout alone bounds each read, and an upstream sending a
+    header line every few seconds would hold the thread for up to MAX_HEAD_BYTES lines
+    (red team F4). Leaves the socket timeout at ``timeout`` for the body's reads."""
+    connection.set_timeout(timeout)
+    if timeout is None:
+        while not exchange.head_done:
+            _receive(connection, exchange)
+        return
+    deadline = time.monotonic() + timeout
+    left = timeout
+    while not exchange.head_done:  # it may be in already (an answer during the upload)
+        if left <= 0:
+            connection.set_timeout(timeout)
+            raise httpx.ReadTimeout("read timed out")
+        connection.set_timeout(left)  # the first time, the timeout already set: no syscall
+        _receive(connection, exchange)
+        left = deadline - time.monotonic()
+    connection.set_timeout(timeout)
 
 
 def _receive(connection: _Connection, exchange: Exchange) -> None:
