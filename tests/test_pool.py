@@ -447,6 +447,44 @@ def test_a_connection_pooled_while_its_reading_is_paused_reads_again(
     assert server.accepted == 1
 
 
+def test_an_early_answer_reaches_a_driver_waiting_for_room_to_write(
+    upstream, driver, request
+) -> None:
+    """An upstream that answers mid-upload, then neither reads on nor closes: the asyncio
+    driver waited for room to write until the write timeout (a 504 for the canary's 413)."""
+    if driver.kind == "sync":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=(
+            "the blocking driver looks for an answer between sendall calls only; one blocked "
+            "on a full socket waits for the write timeout")))  # fmt: skip
+    produced = [0]
+    done = threading.Event()
+
+    def parts() -> Iterator[bytes]:
+        for _ in range(512):  # 32 MiB: more than the socket buffers hold
+            produced[0] += 1
+            yield b"x" * 65536
+
+    def stalled() -> bool:  # the client stopped asking for parts: it waits for room
+        before = produced[0]
+        return before > 0 and not done.wait(0.3) and produced[0] == before
+
+    def answer_then_stop_reading(conn: socket.socket, srv: Upstream) -> None:
+        srv.heads.append(read_head(conn, bytearray()))
+        wait_for(stalled, timeout=10, what="the upload to fill the socket buffers")
+        conn.sendall(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+        done.wait(10)  # keeps the connection open, reading nothing
+
+    server = upstream(answer_then_stop_reading)
+    try:
+        sent = driver.request(server.url + "/upload", "POST",
+                              headers=[(b"content-length", b"%d" % (512 * 65536))],
+                              content=parts())  # fmt: skip
+        response = driver.open(sent)
+        assert (response.status_code, driver.read(response)) == (413, b"big")
+    finally:
+        done.set()
+
+
 # -- connections ---------------------------------------------------------------------------
 def test_connections_are_kept_alive_and_reused(upstream, driver) -> None:
     server = upstream()

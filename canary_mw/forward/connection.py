@@ -109,10 +109,13 @@ class HTTP11Connection(asyncio.Protocol):
             exchange.feed(data)
         except httpx.RemoteProtocolError as exc:
             state.fail(exc)
-            self.close()
+            self.close()  # also wakes a body write waiting for room (connection_lost)
             return
         if exchange.head_done and not state.head.done():
             state.head.set_result(None)
+            # An answer during the upload ends it: a body write waiting for room the
+            # upstream will never make (it answered without reading on) stops waiting.
+            self._wake_writer()
         if exchange.buffered > READ_HIGH_WATER and not self._reading_paused and self.transport:
             self._reading_paused = True
             self.transport.pause_reading()
