@@ -12,12 +12,19 @@ from urllib.parse import quote
 
 import httpx
 
+from .._aio import run_within
 from ..errors import UpstreamError
 from ..upstreams import Upstream
 from .client import make_async_transport
 from .common import ForwarderBase, ForwardObserver, ForwardPolicy
 from .headers import RawHeaders, single_content_length
-from .replies import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply
+from .replies import (
+    PAYLOAD_TOO_LARGE,
+    REQUEST_TIMEOUT,
+    BodyTooLargeError,
+    ClientTooSlowError,
+    ErrorReply,
+)
 
 __all__ = ["REPLAY_LIMIT", "AsyncHTTPForwarder", "Outcome", "Replayable"]
 
@@ -49,19 +56,41 @@ class _Body(httpx.AsyncByteStream):
     """The request body as an async byte stream for httpx, read from ``receive`` on demand
     (never buffered whole), remembering whether any of it was consumed, and stopping with
     BodyTooLargeError once more than ``limit`` bytes came (chunked uploads have no length
-    to check up front)."""
+    to check up front). A client that lets ``idle`` seconds pass between two messages gets
+    ClientTooSlowError: it would otherwise hold an upstream connection as long as it likes."""
 
-    __slots__ = ("consumed", "finished", "left", "receive")
+    __slots__ = ("consumed", "finished", "first", "idle", "left", "receive")
 
-    def __init__(self, receive: Receive, limit: int | None):
+    def __init__(self, receive: Receive, limit: int | None, idle: float | None = None):
         self.receive = receive
         self.consumed = False
         self.left = limit
+        self.idle = idle
+        self.first: Any = None  # read by prime(), given back first by the iteration
         self.finished = asyncio.Event()  # all of it was read: ``receive`` is free again
+
+    async def _next(self) -> Any:
+        if self.first is not None:
+            message, self.first = self.first, None
+            return message
+        if self.idle is None:
+            return await self.receive()
+        try:
+            return await run_within(self.receive(), self.idle)
+        except TimeoutError:
+            raise ClientTooSlowError from None
+
+    async def prime(self) -> None:
+        """Read the first message now, before an upstream connection is taken: a client that
+        sends a head and then nothing never holds one (the iteration gives it back first)."""
+        self.first = await self._next()
+        self.consumed = True
+        if self.first["type"] == "http.disconnect":
+            raise ClientDisconnectedError
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         while True:
-            message = await self.receive()
+            message = await self._next()
             self.consumed = True
             if message["type"] == "http.disconnect":
                 raise ClientDisconnectedError
@@ -207,7 +236,15 @@ class AsyncHTTPForwarder(ForwarderBase):
         length = single_content_length(scope["headers"])
         if self.declared_too_large(length):
             return await _reply(send, PAYLOAD_TOO_LARGE, tag)
-        body = _Body(receive, self.max_body_size) if _has_body(scope, length) else None
+        idle = self._timeout.get("write")  # the client side gets the upstream side's bound
+        body = _Body(receive, self.max_body_size, idle) if _has_body(scope, length) else None
+        if body is not None:
+            try:
+                await body.prime()
+            except ClientDisconnectedError:
+                return Outcome.DONE, 0
+            except ClientTooSlowError:
+                return await _reply(send, REQUEST_TIMEOUT, tag, close=True)
         client = scope.get("client")
         request = self.upstream_request(
             method=scope["method"], upstream=upstream,
@@ -237,6 +274,8 @@ class AsyncHTTPForwarder(ForwarderBase):
             return Outcome.DONE, 0
         except BodyTooLargeError:  # the upstream saw a truncated body and an aborted connection
             return await _reply(send, PAYLOAD_TOO_LARGE, tag)
+        except ClientTooSlowError:  # the same: the upload stalled, its connection was aborted
+            return await _reply(send, REQUEST_TIMEOUT, tag, close=True)
         except httpx.HTTPError as exc:
             body_read = not _replayable(receive, body)
             reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
@@ -245,13 +284,20 @@ class AsyncHTTPForwarder(ForwarderBase):
             return await _reply(send, reply, tag)
         finally:
             watch.cancel()  # before anything else reads ``receive``
+        # A client that stops reading makes the server's send wait (backpressure) with the
+        # upstream connection held: each send gets the write timeout, as nginx's send_timeout.
+        out = _bounded(send, idle)
         try:
-            await send({"type": "http.response.start", "status": response.status_code,
-                        "headers": headers})  # fmt: skip
+            await out({"type": "http.response.start", "status": response.status_code,
+                       "headers": headers})  # fmt: skip
             if rest is None:  # the whole body is in: no streaming machinery needed
-                await send({"type": "http.response.body", "body": first})
+                await out({"type": "http.response.body", "body": first})
             else:
-                await self._stream(first, rest, receive, send)
+                await self._stream(first, rest, receive, out)
+        except ClientTooSlowError:
+            # The response is cut: closing the upstream response aborts its connection, and
+            # returning without finishing makes the server drop the client's connection.
+            logger.warning("canary_mw: client took no response data for %ss: gave it up", idle)
         finally:
             await response.aclose()
         return Outcome.DONE, response.status_code
@@ -294,6 +340,8 @@ class AsyncHTTPForwarder(ForwarderBase):
                 pump.cancel()  # the client left; the caller closes the upstream response
                 await asyncio.wait((pump,), timeout=1)
         if pump.done() and not pump.cancelled() and (exc := pump.exception()) is not None:
+            if isinstance(exc, ClientTooSlowError):
+                raise exc
             logger.warning(
                 "canary_mw: upstream failed mid-response: %s: %s", type(exc).__name__, exc
             )
@@ -301,10 +349,14 @@ class AsyncHTTPForwarder(ForwarderBase):
             raise UpstreamError("upstream failed after the response started") from exc
 
 
-async def _reply(send: Send, reply: ErrorReply, tag: RawHeaders) -> tuple[Outcome, int]:
-    """Answer with one of our own short replies (nothing of the upstream's was sent)."""
+async def _reply(
+    send: Send, reply: ErrorReply, tag: RawHeaders, *, close: bool = False
+) -> tuple[Outcome, int]:
+    """Answer with one of our own short replies (nothing of the upstream's was sent).
+    ``close``: the rest of the request body is not read, so the connection cannot be reused."""
+    extra = [*tag, (b"connection", b"close")] if close else tag
     await send({"type": "http.response.start", "status": reply.status,
-                "headers": reply.headers(tag)})  # fmt: skip
+                "headers": reply.headers(extra)})  # fmt: skip
     await send({"type": "http.response.body", "body": reply.body})
     return Outcome.DONE, reply.status
 
@@ -343,6 +395,20 @@ async def _unless_client_left(
     if task.cancelled():
         return None
     return task.result()
+
+
+def _bounded(send: Send, limit: float | None) -> Send:
+    """``send`` raising ClientTooSlowError when one message waits over ``limit`` seconds."""
+    if limit is None:
+        return send
+
+    async def bounded(message: Any) -> None:
+        try:
+            await run_within(send(message), limit)
+        except TimeoutError:
+            raise ClientTooSlowError from None
+
+    return bounded
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:

@@ -8,7 +8,9 @@ import httpx
 
 __all__ = [
     "PAYLOAD_TOO_LARGE",
+    "REQUEST_TIMEOUT",
     "BodyTooLargeError",
+    "ClientTooSlowError",
     "ErrorReply",
     "classify",
     "error_kind",
@@ -18,6 +20,13 @@ __all__ = [
 
 class BodyTooLargeError(Exception):
     """The client sent more body than max_body_size allows (raised by the body streams)."""
+
+
+class ClientTooSlowError(Exception):
+    """The client let the write timeout pass without sending its next body chunk, or without
+    taking the next response chunk: it must not hold an upstream connection any longer (the
+    pool is shared by every canary user; nginx bounds the same with client_body_timeout and
+    send_timeout)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +45,7 @@ class ErrorReply:
 BAD_GATEWAY = ErrorReply(502, b"Bad Gateway: the canary upstream could not be reached.\n")
 GATEWAY_TIMEOUT = ErrorReply(504, b"Gateway Timeout: the canary upstream did not answer in time.\n")
 PAYLOAD_TOO_LARGE = ErrorReply(413, b"Payload Too Large: the request body is over the limit.\n")
+REQUEST_TIMEOUT = ErrorReply(408, b"Request Timeout: the request body did not arrive in time.\n")
 UNAVAILABLE = ErrorReply(503, b"Service Unavailable: too many requests to the canary upstream.\n")
 
 
