@@ -182,6 +182,7 @@ class CanaryRouter(Router):
                 scope, receive, send, upstream, self._targets.tag(decision.target),
                 open_timeout=self.config.http_timeout.connect, extra=[self.config.loop_guard],
                 is_trusted_peer=self.config.is_trusted_peer,
+                address_headers=self.config.address_headers,
             )  # fmt: skip
         self._record(decision, 101, started, facts)
 

@@ -214,6 +214,11 @@ class CanaryConfig:
         address = parse_ip(peer) if peer else None
         return address is not None and self.resolver.is_trusted(address)
 
+    @property
+    def address_headers(self) -> frozenset[bytes]:
+        """The client-address headers a trusted proxy writes: only these are passed on."""
+        return frozenset(name.lower().encode("latin-1") for name in self.client_ip_headers)
+
     def forward_policy(self) -> ForwardPolicy:
         return ForwardPolicy(
             preserve_host=self.preserve_host,
@@ -224,6 +229,7 @@ class CanaryConfig:
             timeout=self.http_timeout,
             limits=self.limits,
             max_body_size=self.max_body_size,
+            address_headers=self.address_headers,
         )
 
 

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from canary_mw.forward.headers import CLIENT_FACT_HEADERS, request_headers
+from canary_mw import CanaryConfig
+from canary_mw.clientip import DEFAULT_CLIENT_IP_HEADERS
+from canary_mw.forward.headers import (
+    CLIENT_ADDRESS_HEADERS,
+    CLIENT_FACT_HEADERS,
+    DEFAULT_ADDRESS_HEADERS,
+    request_headers,
+)
 
 PEER = b"198.51.100.20"
 
@@ -20,11 +27,16 @@ NAMED = [
 
 
 def build(
-    raw: list[tuple[bytes, bytes]], *, trusted: bool, client: bytes | None = PEER
+    raw: list[tuple[bytes, bytes]],
+    *,
+    trusted: bool,
+    client: bytes | None = PEER,
+    address_headers: frozenset[bytes] = DEFAULT_ADDRESS_HEADERS,
 ) -> list[tuple[bytes, bytes]]:
     return request_headers(
         raw, client=client, scheme=b"http", host=None, default_host=b"canary:8000",
         trusted_peer=trusted, extra=[(b"x-canary-forwarded", b"1")],
+        address_headers=address_headers,
     )  # fmt: skip
 
 
@@ -62,6 +74,7 @@ def test_a_trusted_proxys_headers_are_passed_on_and_extended() -> None:
         (b"X-Real-IP", b"203.0.113.7"),
         (b"X_Forwarded_For", b"10.1.2.3"),  # a twin is removed from anyone
         (b"x_real_ip", b"10.1.2.3"),
+        (b"True-Client-IP", b"10.1.2.3"),  # a kind the router does not read: the client's
     ]
     headers = build(sent, trusted=True)
     assert values(headers, b"x-forwarded-for") == [b"203.0.113.7, 10.0.0.2, " + PEER]
@@ -80,6 +93,59 @@ def test_a_trusted_proxys_headers_are_passed_on_and_extended() -> None:
 def test_our_forwarded_element_quotes_ipv6(client: bytes, expected: bytes) -> None:
     headers = build([(b"Forwarded", b"for=203.0.113.7")], trusted=True, client=client)
     assert values(headers, b"forwarded") == [b"for=203.0.113.7, " + expected]
+
+
+# Behind a proxy that writes only some kinds of client-address header (client_ip_headers),
+# the other kinds can only be the client's: they are removed, and our hop is never appended
+# to a Forwarded the proxy did not write (red team F6).
+FORGED = [
+    (b"Host", b"app.internal"),
+    (b"X-Forwarded-For", b"203.0.113.9"),
+    (b"Forwarded", b"for=198.51.100.7;proto=https"),
+    (b"X-Real-IP", b"198.51.100.7"),
+    (b"True-Client-IP", b"198.51.100.7"),
+    (b"CF-Connecting-IP", b"198.51.100.7"),
+    (b"X-Client-IP", b"198.51.100.7"),
+    (b"X-Forwarded-Proto", b"https"),  # not an address: still the proxy's to pass on
+]
+
+
+@pytest.mark.parametrize(
+    ("kinds", "expected"),
+    [
+        ({b"x-forwarded-for"}, {b"x-forwarded-for": [b"203.0.113.9, " + PEER]}),
+        ({b"x-real-ip"}, {b"x-real-ip": [b"198.51.100.7"], b"x-forwarded-for": [PEER]}),
+        (
+            {b"forwarded"},
+            {b"forwarded": [b"for=198.51.100.7;proto=https, for=" + PEER],
+             b"x-forwarded-for": [PEER]},
+        ),
+        (
+            DEFAULT_ADDRESS_HEADERS,
+            {b"x-forwarded-for": [b"203.0.113.9, " + PEER], b"x-real-ip": [b"198.51.100.7"],
+             b"forwarded": [b"for=198.51.100.7;proto=https, for=" + PEER]},
+        ),
+    ],
+    ids=["x-forwarded-for", "x-real-ip", "forwarded", "default"],
+)  # fmt: skip
+def test_a_trusted_proxy_passes_on_only_the_address_kinds_it_writes(
+    kinds: set[bytes], expected: dict[bytes, list[bytes]]
+) -> None:
+    headers = build(FORGED, trusted=True, address_headers=frozenset(kinds))
+    for name in CLIENT_ADDRESS_HEADERS:
+        assert values(headers, name) == expected.get(name, []), name
+    assert values(headers, b"x-forwarded-proto") == [b"https"]
+
+
+def test_the_address_kinds_follow_the_configuration() -> None:
+    assert {name.encode() for name in DEFAULT_CLIENT_IP_HEADERS} == DEFAULT_ADDRESS_HEADERS
+    assert DEFAULT_ADDRESS_HEADERS <= CLIENT_ADDRESS_HEADERS <= CLIENT_FACT_HEADERS
+    canary = "http://canary:8000"
+    policy = CanaryConfig(canary_url=canary, client_ip_headers=["X-Forwarded-For"]).forward_policy()
+    assert policy.address_headers == {b"x-forwarded-for"}
+    assert CanaryConfig(canary_url=canary).forward_policy().address_headers == (
+        DEFAULT_ADDRESS_HEADERS
+    )
 
 
 def test_no_forwarded_header_is_made_up() -> None:

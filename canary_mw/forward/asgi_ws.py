@@ -23,7 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.uri import parse_uri
 
 from ..upstreams import Upstream
-from .headers import HOP_BY_HOP, RawHeaders, request_headers
+from .headers import DEFAULT_ADDRESS_HEADERS, HOP_BY_HOP, RawHeaders, request_headers
 
 __all__ = ["proxy_websocket", "upstream_ws_url"]
 
@@ -92,7 +92,11 @@ def upstream_ws_url(upstream: Upstream, path: bytes, query: bytes) -> str:
 
 
 def _forward_headers(
-    scope: Scope, upstream: Upstream, extra: RawHeaders, trusted_peer: bool
+    scope: Scope,
+    upstream: Upstream,
+    extra: RawHeaders,
+    trusted_peer: bool,
+    address_headers: frozenset[bytes],
 ) -> tuple[list[tuple[str, str]], str | None]:
     origin = None
     for name, value in scope["headers"]:
@@ -109,6 +113,7 @@ def _forward_headers(
         trusted_peer=trusted_peer,
         extra=extra,
         drop=_HANDSHAKE,
+        address_headers=address_headers,
     )
     # The WebSocket library writes Host itself, from the URL (a second one would be sent).
     headers = [
@@ -129,9 +134,11 @@ async def proxy_websocket(
     open_timeout: float | None,
     extra: RawHeaders,
     is_trusted_peer: Callable[[str | None], bool] = _never_trusted,
+    address_headers: frozenset[bytes] = DEFAULT_ADDRESS_HEADERS,
 ) -> None:
     """Proxy one WebSocket. ``is_trusted_peer(address)``: whether the socket peer is a
-    trusted proxy, whose forwarding headers are passed on (by default, nobody is)."""
+    trusted proxy, whose forwarding headers are passed on (by default, nobody is), of the
+    client-address ones only ``address_headers`` (the kinds the proxy writes)."""
     if (await receive())["type"] != "websocket.connect":
         return
     path = _origin_form_target(scope)
@@ -146,7 +153,7 @@ async def proxy_websocket(
         return
     client = scope.get("client")
     trusted = is_trusted_peer(str(client[0]) if client else None)
-    headers, origin = _forward_headers(scope, upstream, extra, trusted)
+    headers, origin = _forward_headers(scope, upstream, extra, trusted, address_headers)
     try:
         remote = await connect(
             url,

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 import httpx
 
 from ..upstreams import Upstream
-from .headers import RawHeaders, request_headers, response_headers
+from .headers import DEFAULT_ADDRESS_HEADERS, RawHeaders, request_headers, response_headers
 from .partition import PARTITION, partition_key
 from .replies import ErrorReply, classify, error_kind, is_unreachable
 
@@ -65,6 +65,8 @@ class ForwardPolicy:
     timeout: httpx.Timeout
     limits: httpx.Limits
     max_body_size: int | None = None
+    #: The client-address headers a trusted proxy writes (client_ip_headers, lower-case).
+    address_headers: frozenset[bytes] = DEFAULT_ADDRESS_HEADERS
 
 
 class ForwarderBase:
@@ -110,6 +112,7 @@ class ForwarderBase:
             trusted_peer=self._is_trusted_peer(peer),
             extra=self._request_extra,
             drop=self._request_drop,
+            address_headers=self.policy.address_headers,
         )
         if body is None:
             stream = _NO_BODY

@@ -26,8 +26,14 @@ so a twin would be merged into the real header behind us, and no proxy writes on
 
 What we add: one ``X-Forwarded-For`` ending with our peer (a trusted proxy's chain kept in
 front of it), ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (a trusted proxy's values, else
-what we saw), and our peer appended to a trusted proxy's ``Forwarded``. From a trusted proxy
-the rest of the list is passed on unchanged.
+what we saw), and our peer appended to a trusted proxy's ``Forwarded``.
+
+From a trusted proxy, of the headers naming the client's address (``Forwarded``,
+``X-Forwarded-For``, ``X-Real-IP``, ``True-Client-IP``, ``X-Client-IP``, ``Client-IP``,
+``CF-Connecting-IP``, ``X-Cluster-Client-IP``, ``Fastly-Client-IP``, ``X-ProxyUser-IP``,
+``Forwarded-For``, ``X-Original-Forwarded-For``) only the kinds the router reads
+(``client_ip_headers``) are passed on: those are the ones the proxy writes; any other kind
+came from the client through it. The rest of the list is passed on unchanged.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "CLIENT_ADDRESS_HEADERS",
     "CLIENT_FACT_HEADERS",
+    "DEFAULT_ADDRESS_HEADERS",
     "HOP_BY_HOP",
     "RawHeaders",
     "connection_tokens",
@@ -72,6 +80,16 @@ CLIENT_FACT_HEADERS = frozenset(
         b"x-rewrite-url", b"x-host", b"x-scheme", b"x-url-scheme", b"front-end-https",
     }
 )  # fmt: skip
+#: The ones among them that name the client's address.
+CLIENT_ADDRESS_HEADERS = frozenset(
+    {
+        b"forwarded", b"x-forwarded-for", b"x-real-ip", b"true-client-ip", b"x-client-ip",
+        b"client-ip", b"cf-connecting-ip", b"x-cluster-client-ip", b"fastly-client-ip",
+        b"x-proxyuser-ip", b"forwarded-for", b"x-original-forwarded-for",
+    }
+)  # fmt: skip
+#: The kinds a trusted proxy's request is read from by default (client_ip_headers).
+DEFAULT_ADDRESS_HEADERS = frozenset({b"forwarded", b"x-forwarded-for", b"x-real-ip"})
 
 
 def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
@@ -108,13 +126,15 @@ def request_headers(
     trusted_peer: bool,
     extra: Sequence[tuple[bytes, bytes]] = (),
     drop: frozenset[bytes] = frozenset(),
+    address_headers: frozenset[bytes] = DEFAULT_ADDRESS_HEADERS,
 ) -> RawHeaders:
     """Headers for the upstream request, Host first (see the module docstring).
 
     ``client``: our peer's address. ``scheme``: ``http`` or ``https`` as we received it.
     ``host``: the Host to send (None: the client's, or ``default_host`` when it sent none).
     ``trusted_peer``: whether our peer is a trusted proxy. ``drop``: names (lower-case) to
-    remove, e.g. a loop-guard header the client sent.
+    remove, e.g. a loop-guard header the client sent. ``address_headers``: the client-address
+    kinds (lower-case) a trusted proxy writes; its other CLIENT_ADDRESS_HEADERS are removed.
     """
     named = connection_tokens(raw)
     headers: RawHeaders = []
@@ -135,6 +155,8 @@ def request_headers(
             headers.append((name, value))
         elif not trusted_peer:
             continue
+        elif lowered in CLIENT_ADDRESS_HEADERS and lowered not in address_headers:
+            continue  # the proxy does not write this kind: the client did
         elif lowered == b"x-forwarded-for":
             forwarded_for.append(value)
         elif lowered == b"forwarded":
