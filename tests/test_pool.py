@@ -447,15 +447,9 @@ def test_a_connection_pooled_while_its_reading_is_paused_reads_again(
     assert server.accepted == 1
 
 
-def test_an_early_answer_reaches_a_driver_waiting_for_room_to_write(
-    upstream, driver, request
-) -> None:
-    """An upstream that answers mid-upload, then neither reads on nor closes: the asyncio
-    driver waited for room to write until the write timeout (a 504 for the canary's 413)."""
-    if driver.kind == "sync":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "the blocking driver looks for an answer between sendall calls only; one blocked "
-            "on a full socket waits for the write timeout")))  # fmt: skip
+def test_an_early_answer_reaches_a_driver_waiting_for_room_to_write(upstream, driver) -> None:
+    """An upstream that answers mid-upload, then neither reads on nor closes: both drivers
+    waited for room to write until the write timeout (a 504 for the canary's 413)."""
     produced = [0]
     done = threading.Event()
 

@@ -17,6 +17,7 @@ Timeouts come from ``request.extensions["timeout"]`` as httpx sets them: ``conne
 from __future__ import annotations
 
 import contextlib
+import select
 import socket
 import ssl
 import threading
@@ -160,20 +161,21 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         if not exchange.has_body:
             _send_all(sock, exchange.head + exchange.end_body())
             return
+        # Each piece is sent while listening: when the upstream answers early (e.g. 413) or
+        # closes, sending stops, even when it stopped reading and the socket is full. The
+        # body stays unfinished, so the core never lets this connection be reused: the
+        # upstream would read the next request as the rest of this body.
         pending = exchange.head  # goes out with the first chunk: one send, not two
         for chunk in request.stream:  # type: ignore[union-attr]
-            if not pending and _answered(sock) and _heard(connection, exchange):
-                # The upstream answered early (e.g. 413) or closed: stop sending. The body
-                # stays unfinished, so the core never lets this connection be reused: the
-                # upstream would read the next request as the rest of this body.
-                return
             wire = exchange.frame(chunk)
             if wire:
-                _send_all(sock, pending + wire if pending else wire)
+                if not _send_listening(connection, exchange, pending + wire, write_timeout):
+                    return
                 pending = b""
         wire = pending + exchange.end_body()
-        if wire:
-            _send_all(sock, wire)
+        if wire and not _send_listening(connection, exchange, wire, write_timeout):
+            # end_body() counted the end as sent; it was not, all of it.
+            exchange.request_done = False
 
     # -- the pool ----------------------------------------------------------------------------
     def _acquire(self, origin: Origin, timeouts: Timeouts, *, fresh: bool = False) -> _Connection:
@@ -383,6 +385,34 @@ def _heard(connection: _Connection, exchange: Exchange) -> bool:
     return exchange.head_done
 
 
-def _answered(sock: socket.socket) -> bool:
-    """Has the upstream said something (an early answer, or closed) while we send a body?"""
-    return readable_now(sock.fileno())
+def _send_listening(
+    connection: _Connection, exchange: Exchange, data: bytes, timeout: float | None
+) -> bool:
+    """Send ``data`` within ``timeout``, reading what the upstream says meanwhile: True when
+    all of it went out, False when the upstream answered (a final head) or closed first."""
+    sock = connection.sock
+    fileno = sock.fileno()
+    poller = select.poll()
+    poller.register(fileno, select.POLLIN | select.POLLOUT)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    view = memoryview(data)
+    while view:
+        if isinstance(sock, ssl.SSLSocket) and sock.pending() and _heard(connection, exchange):
+            return False
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = poller.poll(None if left is None else left * 1000)
+        if not ready:
+            raise httpx.WriteTimeout("write timed out")
+        events = ready[0][1]
+        if events & ~select.POLLOUT and _heard(connection, exchange):  # readable, hung up
+            return False
+        if events & select.POLLOUT:
+            try:
+                sent = sock.send(view)
+            except TimeoutError:
+                raise httpx.WriteTimeout("write timed out") from None
+            except OSError as exc:
+                message = f"the connection to the upstream broke: {exc}"
+                raise httpx.RemoteProtocolError(message) from exc
+            view = view[sent:]
+    return True
