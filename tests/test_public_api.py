@@ -81,8 +81,8 @@ def test_the_names_the_docs_promise_are_public() -> None:
     assert promised <= set(canary_mw.__all__)
 
 
-#: Run in a fresh interpreter where importing Starlette fails, as in an install without the
-#: 'admin' extra: the routers work, the admin app says which extra it needs.
+#: Run in a fresh interpreter where importing Starlette fails: the routers need none of it
+#: (only the admin app does), and the admin app says what to install.
 WITHOUT_STARLETTE = """
 import sys
 sys.modules["starlette"] = None  # any import of it raises ModuleNotFoundError

@@ -398,7 +398,7 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
         )
         sys.exit(1)
     try:
-        # Both are the optional 'admin' extra: every other command runs without them.
+        # uvicorn is the optional 'admin' extra; Starlette, a dependency, is imported only here.
         import uvicorn  # noqa: PLC0415
 
         from .api import admin_app  # noqa: PLC0415 - Starlette
