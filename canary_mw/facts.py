@@ -102,6 +102,22 @@ def _absolute_form_authority(target: bytes) -> bytes | None:
     return rest[:end].lower()
 
 
+def has_dot_segment(path: bytes) -> bool:
+    """Whether a raw request path has a ``.`` or ``..`` segment, reading ``%2e`` as ``.`` and
+    ``%2f``, ``%5c`` and ``\\`` as ``/`` (what some hop behind us may do before normalising).
+    Such a target is refused: the rules would match one path and a normalising canary (or
+    anything in front of it) serve another, outside an upstream's path prefix
+    (``/app1/../admin``). Browsers and HTTP libraries never send one."""
+    if b"." not in path and b"%" not in path:
+        return False  # the common case, decided without copying the path
+    lowered = path.lower().replace(b"%2e", b".")
+    if b"." not in lowered:
+        return False
+    for separator in (b"%2f", b"%5c", b"\\"):
+        lowered = lowered.replace(separator, b"/")
+    return any(segment in (b".", b"..") for segment in lowered.split(b"/"))
+
+
 class RequestFacts:
     """The request as the decision sees it. Subclasses read one server interface.
 
@@ -137,8 +153,9 @@ class RequestFacts:
     @property
     def authority_conflict(self) -> bool:
         """True when the request names two authorities (two Host lines, or an absolute-form
-        target naming another than Host) or its target is neither a path, a URL nor ``*``:
-        the router refuses it with 400 rather than route by one and forward the other."""
+        target naming another than Host), its target is neither a path, a URL nor ``*``, or
+        its path has a dot segment (``has_dot_segment``): the router refuses it with 400
+        rather than route by one path or authority and forward another."""
         raise NotImplementedError
 
     def _peer(self) -> str | None:
@@ -219,6 +236,8 @@ class ASGIFacts(RequestFacts):
         the Host header's, or a target that is neither (``@127.0.0.1:6379/``, also h11's)."""
         pairs = self._scope.get("headers", ())
         target: bytes = self._scope.get("raw_path") or b"/"
+        if has_dot_segment(target.partition(b"?")[0]):
+            return True
         if target[:1] == b"/" or target == b"*":
             if len(self.raw_headers()) == len(pairs):  # no name repeats: the common case
                 return False
@@ -285,6 +304,9 @@ class WSGIFacts(RequestFacts):
         if host is not None and "," in host:  # servers join repeated lines with a comma
             return True
         target: str | None = self._environ.get("RAW_URI") or self._environ.get("REQUEST_URI")
+        path = target or self._environ.get("SCRIPT_NAME", "") + self._environ.get("PATH_INFO", "")
+        if has_dot_segment(path.partition("?")[0].encode("latin-1")):
+            return True
         if not target or target[:1] == "/" or target == "*":
             return False
         authority = _absolute_form_authority(target.encode("latin-1"))

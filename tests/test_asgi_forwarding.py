@@ -104,7 +104,8 @@ def test_download_is_byte_identical(router: AppServer, client: httpx.Client, siz
 
 
 def test_raw_path_and_query_arrive_unchanged(router: AppServer) -> None:
-    target = b"/raw/a%2Fb/%7Euser/caf%C3%A9;v=1/%2e%2E?q=%20a+b&x=%2F&empty=&dup=1&dup=2&%26=%3D"
+    # Encoded dots inside a name pass (a whole "%2e%2E" segment is a 400: test_dot_segments).
+    target = b"/raw/a%2Fb/%7Euser/caf%C3%A9;v=1/%2e%2Ex?q=%20a+b&x=%2F&empty=&dup=1&dup=2&%26=%3D"
     _, body = raw_request(router.port, b"GET " + target + b" HTTP/1.1\r\nHost: shop.example\r\n"
                           b"X-Canary-Force: always\r\n\r\n")  # fmt: skip
     echoed = json.loads(body)

@@ -164,7 +164,10 @@ class ForwarderBase:
 
 #: The reply to a request that names its authority twice, or has no usable target
 #: (RequestFacts.authority_conflict).
-_AMBIGUOUS_AUTHORITY = b"Bad Request: two Host headers, or a request target that is not a path\n"
+_AMBIGUOUS_AUTHORITY = (
+    b"Bad Request: two Host headers, a request target that is not a path, or a path with a "
+    b"'.' or '..' segment\n"
+)
 
 
 async def refuse_ambiguous_authority(
