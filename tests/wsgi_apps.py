@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpx
 from flask import Flask, request
 
 from canary_mw import DECISION_ENVIRON_KEY, CanaryWSGI
@@ -30,6 +31,8 @@ def make_app() -> Any:
     options = json.loads(os.environ["CANARY_TEST_OPTIONS"])
     if "health" in options:
         options["health"] = HealthCheck(**options["health"])
+    if "limits" in options:
+        options["limits"] = httpx.Limits(**options["limits"])
     flask_app = Flask(__name__)
 
     @flask_app.route("/", defaults={"path": ""}, methods=["GET", "POST", "PUT", "DELETE"])

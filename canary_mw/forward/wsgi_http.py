@@ -69,27 +69,43 @@ class _Input(httpx.SyncByteStream):
     when the server marks the input as terminated (chunked uploads). Never read whole; stops
     with BodyTooLargeError once a terminated input goes over ``limit``."""
 
-    __slots__ = ("consumed", "left", "remaining", "stream")
+    __slots__ = ("consumed", "first", "left", "remaining", "stream")
 
     def __init__(self, stream: Any, length: int | None, limit: int | None):
         self.stream = stream
         self.remaining = length
         self.consumed = False
         self.left = limit
+        self.first: bytes | None = None  # read by prime(), given back first by the iteration
+
+    def _read(self) -> bytes:
+        size = READ_SIZE if self.remaining is None else min(READ_SIZE, self.remaining)
+        chunk: bytes = self.stream.read(size)
+        self.consumed = True
+        if self.remaining is not None:
+            self.remaining -= len(chunk)
+        elif self.left is not None:
+            self.left -= len(chunk)
+            if self.left < 0:
+                raise BodyTooLargeError
+        return chunk
+
+    def prime(self) -> None:
+        """Read the first chunk now, before an upstream connection is taken: a client that
+        sends a head and then nothing holds a server thread, but never a pooled connection
+        that every other canary request needs."""
+        self.first = self._read()
 
     def __iter__(self) -> Iterator[bytes]:
+        first, self.first = self.first, None
+        if first is not None:
+            if not first:
+                return
+            yield first
         while self.remaining is None or self.remaining > 0:
-            size = READ_SIZE if self.remaining is None else min(READ_SIZE, self.remaining)
-            chunk = self.stream.read(size)
-            self.consumed = True
+            chunk = self._read()
             if not chunk:
                 return
-            if self.remaining is not None:
-                self.remaining -= len(chunk)
-            elif self.left is not None:
-                self.left -= len(chunk)
-                if self.left < 0:
-                    raise BodyTooLargeError
             yield chunk
 
 
@@ -196,6 +212,11 @@ class SyncHTTPForwarder(ForwarderBase):
         if self.declared_too_large(length):
             return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
         body = _Input(environ["wsgi.input"], length, self.max_body_size) if has_body else None
+        if body is not None:
+            try:
+                body.prime()
+            except BodyTooLargeError:
+                return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
         request = self.upstream_request(
             method=environ.get("REQUEST_METHOD", "GET"), upstream=upstream,
             target=request_target(environ), headers=raw, peer=environ.get("REMOTE_ADDR"),
