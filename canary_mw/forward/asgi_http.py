@@ -286,7 +286,9 @@ class AsyncHTTPForwarder(ForwarderBase):
             watch.cancel()  # before anything else reads ``receive``
         # A client that stops reading makes the server's send wait (backpressure) with the
         # upstream connection held: each send gets the write timeout, as nginx's send_timeout.
-        out = _bounded(send, idle)
+        # A body read whole has already given its connection back: no bound (nor its cost,
+        # a task per message) is needed then.
+        out = send if rest is None else _bounded(send, idle)
         try:
             await out({"type": "http.response.start", "status": response.status_code,
                        "headers": headers})  # fmt: skip
