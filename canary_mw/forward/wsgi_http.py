@@ -109,6 +109,45 @@ class _Input(httpx.SyncByteStream):
             yield chunk
 
 
+class _Replayed:
+    """``wsgi.input`` for the stable app after a fallback: the chunk ``_Input.prime()`` read
+    before connecting, then the rest of the server's input (PEP 3333's read, readline,
+    readlines and iteration)."""
+
+    def __init__(self, first: bytes, stream: Any):
+        self._first = first
+        self._stream = stream
+
+    def read(self, size: int | None = -1) -> bytes:
+        whole = size is None or size < 0
+        if not self._first:
+            return bytes(self._stream.read() if whole else self._stream.read(size))
+        if whole:
+            data, self._first = self._first + bytes(self._stream.read()), b""
+            return data
+        data, self._first = self._first[:size], self._first[size:]
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        limit = -1 if size is None else size
+        if not self._first:
+            return bytes(self._stream.readline() if limit < 0 else self._stream.readline(limit))
+        end = self._first.find(b"\n") + 1 or len(self._first)
+        if limit >= 0:
+            end = min(end, limit)
+        line, self._first = self._first[:end], self._first[end:]
+        if not line.endswith(b"\n") and not self._first and (limit < 0 or len(line) < limit):
+            line += self.readline(-1 if limit < 0 else limit - len(line))  # _first is empty
+        return line
+
+    def readlines(self, hint: int | None = None) -> list[bytes]:
+        return list(self)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+
 class ForwardedBody:
     """The upstream's body as the WSGI response iterable. The server calls ``close()`` when it
     is done, including when the client went away, which releases the upstream connection.
@@ -227,9 +266,13 @@ class SyncHTTPForwarder(ForwarderBase):
         except BodyTooLargeError:
             return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
         except httpx.HTTPError as exc:
-            body_read = body is not None and body.consumed
+            # Only the chunk prime() read and still holds can be given to stable: once the
+            # transport took it, bytes may have gone out and the request is the upstream's.
+            body_read = body is not None and body.first is None
             reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
             if reply is None:
+                if body is not None and body.first:
+                    environ["wsgi.input"] = _Replayed(body.first, body.stream)
                 return None
             return _reply(start_response, reply, tag)
         headers, _ = self.answered(upstream, response, tag)

@@ -1,16 +1,21 @@
-"""What CanaryRouter does to the bytes: exact bodies and paths, header hygiene, cookie
-isolation, streaming, failure replies, disconnects and WebSockets. Real uvicorn processes."""
+"""The forwarding contract: what a router does to the bytes of a canary request. Exact bodies
+and paths, header hygiene, cookie isolation, streaming, failure replies, disconnects, large
+bodies and WebSockets, run through both routers in real processes: CanaryRouter under uvicorn
+(once per transport) and CanaryWSGI under gunicorn's gthread worker. Where WSGI legitimately
+behaves otherwise, the test says so and asserts the WSGI behaviour instead."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from canary_mw.stores import store_from_url
@@ -22,6 +27,7 @@ from tests.servers import (
     free_port,
     peak_rss_kib,
     raw_request,
+    uvicorn_command,
     wait_until,
 )
 
@@ -29,6 +35,49 @@ pytestmark = pytest.mark.slow
 
 FORCE = {"X-Canary-Force": "always"}
 SIZES = [0, 1, CHUNK - 1, CHUNK + 1, 1 << 20, 100 << 20]
+#: CanaryRouter once per transport (ours, httpx's own pool, the two optional ones), and
+#: CanaryWSGI under gunicorn gthread: the threaded worker is the one that can stream (SSE)
+#: and keep connections alive. tests/test_wsgi.py covers the other WSGI servers' plumbing.
+ROUTERS = ["asgi-default", "asgi-httpx", "asgi-aiohttp", "asgi-httpx2", "wsgi-gthread"]
+
+
+def gunicorn_gthread(app: str = "tests.wsgi_apps:make_app()") -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", "-w", "1", "-k", "gthread", "--threads", "4",
+        "-b", "127.0.0.1:{port}", "--log-level", "warning", app,
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Router:
+    """A router process and which kind it is, so a test can state where WSGI differs."""
+
+    server: AppServer
+    kind: str  # "asgi" or "wsgi"
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def wsgi(self) -> bool:
+        return self.kind == "wsgi"
+
+    @property
+    def server_software(self) -> str:
+        """The Server header the server in front writes itself."""
+        return "gunicorn" if self.wsgi else "uvicorn"
+
+
+def start_contract_router(name: str, store: str, **options: object) -> Router:
+    kind, _, flavour = name.partition("-")
+    if kind == "asgi":
+        return Router(start_router(store, transport=flavour, **options), "asgi")
+    return Router(start_router(store, command=gunicorn_gthread(), **options), "wsgi")
 
 
 def sha(data: bytes) -> str:
@@ -40,27 +89,35 @@ def chunks(data: bytes, size: int = 1 << 16) -> Iterator[bytes]:
         yield data[start : start + size]
 
 
-@pytest.fixture(scope="module", params=["default", "httpx", "aiohttp", "httpx2"])
+@pytest.fixture(scope="module")
+def canary_server() -> Iterator[AppServer]:
+    """The canary (tests/apps.py:canary_app). Its /hang handler never returns, so uvicorn is
+    told not to wait for it at shutdown (else every teardown waits out AppServer.stop's 10 s)."""
+    command = uvicorn_command("tests.apps:canary_app", "--timeout-graceful-shutdown", "1")
+    server = AppServer(command).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module", params=ROUTERS)
 def router(
     request: pytest.FixtureRequest,
     redis_srv: RedisServer,
     canary_server: AppServer,
     router_prefix: str,
-) -> Iterator[AppServer]:
-    """The router under test, once per transport: the default one (ours, HTTP11Transport),
-    httpx's own, and the two optional ones must keep the same contract, so every test here
-    runs through each."""
-    server = start_router(
+) -> Iterator[Router]:
+    """The router under test: every test here runs through each of ROUTERS."""
+    router = start_contract_router(
+        request.param,
         f"{redis_srv.url}?prefix={router_prefix}",
         upstreams={"canary": canary_server.url, "dead": f"http://127.0.0.1:{free_port()}"},
         trusted_proxies=[TRUSTED_PROXY],
         force_header="X-Canary-Force",
         force_cookie="canary_force",
         timeout={"connect": 2, "read": 3, "write": 30, "pool": 1},
-        transport=request.param,
     )
-    yield server
-    server.cleanup()
+    yield router
+    router.server.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +132,7 @@ def client() -> Iterator[httpx.Client]:
 @pytest.mark.parametrize("size", SIZES, ids=[f"{s}B" for s in SIZES])
 @pytest.mark.parametrize("framing", ["content-length", "chunked"])
 def test_upload_is_byte_identical(
-    router: AppServer, client: httpx.Client, size: int, framing: str
+    router: Router, client: httpx.Client, size: int, framing: str
 ) -> None:
     data = pattern(size)
     body = data if framing == "content-length" else chunks(data)
@@ -91,7 +148,7 @@ def test_upload_is_byte_identical(
 
 @pytest.mark.fault("bodies", "download {size} B", "sha256-identical")
 @pytest.mark.parametrize("size", SIZES, ids=[f"{s}B" for s in SIZES])
-def test_download_is_byte_identical(router: AppServer, client: httpx.Client, size: int) -> None:
+def test_download_is_byte_identical(router: Router, client: httpx.Client, size: int) -> None:
     digest, received = hashlib.sha256(), 0
     with client.stream(
         "GET", f"{router.url}/download?size={size}&id=dl{size}", headers=FORCE
@@ -103,7 +160,7 @@ def test_download_is_byte_identical(router: AppServer, client: httpx.Client, siz
     assert (received, digest.hexdigest()) == (size, download_digest(size))
 
 
-def test_raw_path_and_query_arrive_unchanged(router: AppServer) -> None:
+def test_raw_path_and_query_arrive_unchanged(router: Router) -> None:
     # Encoded dots inside a name pass (a whole "%2e%2E" segment is a 400: test_dot_segments).
     target = b"/raw/a%2Fb/%7Euser/caf%C3%A9;v=1/%2e%2Ex?q=%20a+b&x=%2F&empty=&dup=1&dup=2&%26=%3D"
     _, body = raw_request(router.port, b"GET " + target + b" HTTP/1.1\r\nHost: shop.example\r\n"
@@ -114,9 +171,9 @@ def test_raw_path_and_query_arrive_unchanged(router: AppServer) -> None:
     assert echoed["query_string"].encode("latin-1") == query
 
 
-def test_characters_a_client_library_would_requote_arrive_unchanged(router: AppServer) -> None:
-    """Punctuation that httpx would quote is passed on as it came. (uvicorn refuses raw
-    UTF-8 in a request line; the WSGI tests cover its percent-encoding.)"""
+def test_characters_a_client_library_would_requote_arrive_unchanged(router: Router) -> None:
+    """Punctuation that httpx would quote is passed on as it came. (uvicorn and gunicorn
+    refuse raw UTF-8 in a request line; tests/test_wsgi.py covers the servers that don't.)"""
     target = b'/raw/<a>"{|}^`\\?q=<b>&r="x"'
     _, body = raw_request(router.port, b"GET " + target + b" HTTP/1.1\r\nHost: shop.example\r\n"
                           b"X-Canary-Force: always\r\n\r\n")  # fmt: skip
@@ -125,7 +182,7 @@ def test_characters_a_client_library_would_requote_arrive_unchanged(router: AppS
     assert echoed["query_string"].encode("latin-1") == b'q=<b>&r="x"'
 
 
-def test_no_client_library_defaults_reach_the_canary(router: AppServer) -> None:
+def test_no_client_library_defaults_reach_the_canary(router: Router) -> None:
     _, body = raw_request(router.port, b"GET /echo HTTP/1.1\r\nHost: shop.example\r\n"
                           b"X-Canary-Force: always\r\n\r\n")  # fmt: skip
     seen = {name.lower(): value for name, value in json.loads(body)["headers"]}
@@ -138,7 +195,7 @@ def test_no_client_library_defaults_reach_the_canary(router: AppServer) -> None:
     assert seen["x-forwarded-proto"] == "http"
 
 
-def test_hop_by_hop_headers_are_stripped_both_ways(router: AppServer, client: httpx.Client) -> None:
+def test_hop_by_hop_headers_are_stripped_both_ways(router: Router, client: httpx.Client) -> None:
     sent = client.get(f"{router.url}/echo", headers={
         **FORCE, "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "secret",
         "Keep-Alive": "timeout=5", "TE": "trailers", "Proxy-Connection": "keep-alive",
@@ -153,17 +210,17 @@ def test_hop_by_hop_headers_are_stripped_both_ways(router: AppServer, client: ht
     for name in ("x-secret-hop", "keep-alive", "proxy-connection"):
         assert name not in answer.headers
     assert answer.headers.get_list("x-canary-version") == ["canary"]  # ours, not the canary's
-    # The canary's Date and Server would come on top of the ones uvicorn writes itself.
+    # The canary's Date and Server would come on top of the ones the server writes itself.
     assert len(answer.headers.get_list("date")) == 1
-    assert answer.headers.get_list("server") == ["uvicorn"]
+    assert answer.headers.get_list("server") == [router.server_software]
 
 
-def test_several_set_cookie_headers_stay_separate(router: AppServer, client: httpx.Client) -> None:
+def test_several_set_cookie_headers_stay_separate(router: Router, client: httpx.Client) -> None:
     response = client.get(f"{router.url}/cookies?user=a", headers=FORCE)
     assert response.headers.get_list("set-cookie") == ["session=a; Path=/", "theme=dark; Path=/"]
 
 
-def test_one_users_cookies_never_reach_another(router: AppServer) -> None:
+def test_one_users_cookies_never_reach_another(router: Router) -> None:
     with client_from("127.0.0.61") as user_a, client_from("127.0.0.62") as user_b:
         for _ in range(3):
             first = user_a.get(f"{router.url}/cookies?user=alice", headers=FORCE)
@@ -177,7 +234,7 @@ def test_one_users_cookies_never_reach_another(router: AppServer) -> None:
 
 
 def test_server_sent_events_stream_before_the_canary_finishes(
-    router: AppServer, canary_server: AppServer, client: httpx.Client
+    router: Router, canary_server: AppServer, client: httpx.Client
 ) -> None:
     ident = f"sse{time.monotonic_ns()}"
     with client.stream("GET", f"{router.url}/sse?id={ident}", headers=FORCE) as response:
@@ -192,7 +249,7 @@ def test_server_sent_events_stream_before_the_canary_finishes(
     assert received == b"data: first\n\ndata: second\n\n"
 
 
-def test_canary_5xx_passes_through(router: AppServer, client: httpx.Client) -> None:
+def test_canary_5xx_passes_through(router: Router, client: httpx.Client) -> None:
     response = client.post(f"{router.url}/code?code=503", headers=FORCE, content=b"x")
     assert (response.status_code, response.text) == (503, "from canary")
 
@@ -208,7 +265,7 @@ def dead_rule(redis_srv: RedisServer, router_prefix: str) -> Iterator[None]:
 
 
 def test_unreachable_canary_gives_502(
-    router: AppServer, client: httpx.Client, dead_rule: None
+    router: Router, client: httpx.Client, dead_rule: None
 ) -> None:
     wait_until(lambda: client.get(f"{router.url}/", headers={"X-Dead": "1"}).status_code == 502,
                timeout=2, what="the dead rule")  # fmt: skip
@@ -219,7 +276,7 @@ def test_unreachable_canary_gives_502(
 
 
 def test_hanging_canary_gives_504_after_the_read_timeout(
-    router: AppServer, client: httpx.Client
+    router: Router, client: httpx.Client
 ) -> None:
     start = time.monotonic()
     response = client.get(f"{router.url}/hang", headers=FORCE)
@@ -229,7 +286,7 @@ def test_hanging_canary_gives_504_after_the_read_timeout(
 
 
 def test_client_leaving_mid_download_closes_the_upstream(
-    router: AppServer, canary_server: AppServer
+    router: Router, canary_server: AppServer
 ) -> None:
     ident = f"leave{time.monotonic_ns()}"
     with (
@@ -248,19 +305,24 @@ def test_client_leaving_mid_download_closes_the_upstream(
     )
 
 
-@pytest.fixture(scope="module")
-def fallback_router(redis_srv: RedisServer, router_prefix: str) -> Iterator[AppServer]:
-    server = start_router(
+@pytest.fixture(scope="module", params=["asgi-default", "wsgi-gthread"])
+def fallback_router(
+    request: pytest.FixtureRequest, redis_srv: RedisServer, router_prefix: str
+) -> Iterator[Router]:
+    """A router with fallback on, of each kind: no byte reaches a transport here, so the ASGI
+    one runs with the default transport only."""
+    router = start_contract_router(
+        request.param,
         f"{redis_srv.url}?prefix={router_prefix}",
         upstreams={"dead": f"http://127.0.0.1:{free_port()}"},
         fallback=True,
     )
-    yield server
-    server.cleanup()
+    yield router
+    router.server.cleanup()
 
 
 def test_fallback_serves_stable_for_idempotent_requests_only(
-    fallback_router: AppServer, client: httpx.Client, dead_rule: None
+    fallback_router: Router, client: httpx.Client, dead_rule: None
 ) -> None:
     url = f"{fallback_router.url}/page"
     wait_until(lambda: client.get(url, headers={"X-Dead": "1"}).headers["x-decision"] == "fallback:dead",
@@ -274,8 +336,20 @@ def test_fallback_serves_stable_for_idempotent_requests_only(
     assert post.status_code == 502  # not idempotent: never replayed elsewhere
 
 
-def test_websocket_to_the_canary(router: AppServer) -> None:
-    url = f"ws://127.0.0.1:{router.port}/ws?room=1"
+def test_websocket_to_the_canary(router: Router, canary_server: AppServer) -> None:
+    mark = f"wsmark{time.monotonic_ns()}"
+    url = f"ws://127.0.0.1:{router.port}/ws?room={mark}"
+    if router.wsgi:
+        # PEP 3333 has no protocol switch: CanaryWSGI forwards the handshake as a plain GET
+        # with Upgrade and Connection removed (hop-by-hop), so the canary never switches
+        # protocols on a connection gunicorn still reads as HTTP, and the client is refused.
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(url, additional_headers=FORCE, open_timeout=10)
+        assert refused.value.response.status_code == 200
+        assert refused.value.response.body == b"This is version 2\n"
+        [seen] = httpx.get(f"{canary_server.url}/seen?mark={mark}").json()
+        assert not {name.lower() for name, _ in seen["headers"]} & {"upgrade", "connection"}
+        return
     with ws_connect(url, additional_headers=FORCE, subprotocols=["chat.v2", "chat"]) as ws:
         assert ws.subprotocol == "chat.v2"
         ws.send("hello")
@@ -289,41 +363,54 @@ def test_websocket_to_the_canary(router: AppServer) -> None:
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4001, "asked to")
 
 
-def test_websocket_to_stable(router: AppServer) -> None:
+def test_websocket_to_stable(router: Router) -> None:
+    if router.wsgi:
+        # No WebSockets in WSGI (see above): the handshake reaches the stable Flask app, whose
+        # werkzeug routing refuses an Upgrade to a route that is not a WebSocket one (400,
+        # WebsocketMismatch); the canary would have answered 200 "This is version 2".
+        with pytest.raises(InvalidStatus) as refused:
+            ws_connect(f"ws://127.0.0.1:{router.port}/ws", open_timeout=10)
+        response = refused.value.response
+        assert (response.status_code, response.reason_phrase) == (400, "BAD REQUEST")
+        assert b"version 2" not in response.body
+        return
     with ws_connect(f"ws://127.0.0.1:{router.port}/ws") as ws:
         ws.send("hi")
         assert ws.recv(timeout=5) == "stable:hi"
 
 
+@pytest.mark.parametrize("kind", ["asgi-default", "wsgi-gthread"])
 def test_one_gib_through_the_router_keeps_memory_flat(
-    redis_srv: RedisServer, canary_server: AppServer
+    redis_srv: RedisServer, canary_server: AppServer, kind: str
 ) -> None:
     """A dedicated router process, so its peak RSS is this transfer's alone."""
-    router_proc = start_router(f"{redis_srv.url}?prefix=rss{free_port()}:",
-                               canary_url=canary_server.url, force_header="X-Canary-Force")  # fmt: skip
+    router = start_contract_router(kind, f"{redis_srv.url}?prefix=rss{free_port()}:",
+                                   canary_url=canary_server.url, force_header="X-Canary-Force")  # fmt: skip
     try:
         with client_from("127.0.0.3") as http:
-            http.get(f"{router_proc.url}/warm", headers=FORCE)
-            before = peak_rss_kib(router_proc.pid)
+            warm = http.get(f"{router.url}/warm", headers=FORCE)
+            # gunicorn's master forks the worker that does the work: measure that one.
+            pid = int(warm.headers["x-worker-pid"]) if router.wsgi else router.server.pid
+            before = peak_rss_kib(pid)
             size = 1 << 30
-            upload = http.post(f"{router_proc.url}/echo", headers=FORCE,
+            upload = http.post(f"{router.url}/echo", headers=FORCE,
                                content=(BLOCK for _ in range(size // CHUNK)))  # fmt: skip
             digest = hashlib.sha256()
             for _ in range(size // CHUNK):
                 digest.update(BLOCK)
             assert upload.json()["body_sha256"] == digest.hexdigest()
-            after_upload = peak_rss_kib(router_proc.pid)
+            after_upload = peak_rss_kib(pid)
             received = 0
             with http.stream(
-                "GET", f"{router_proc.url}/download?size={size}&id=big", headers=FORCE
+                "GET", f"{router.url}/download?size={size}&id=big", headers=FORCE
             ) as down:
                 for piece in down.iter_raw():
                     received += len(piece)
             assert received == size
-            after_download = peak_rss_kib(router_proc.pid)
-        print(f"router peak RSS: {before} KiB before, +{after_upload - before} KiB after 1 GiB up, "
-              f"+{after_download - before} KiB after 1 GiB down")  # fmt: skip
+            after_download = peak_rss_kib(pid)
+        print(f"{kind} router peak RSS: {before} KiB before, +{after_upload - before} KiB after "
+              f"1 GiB up, +{after_download - before} KiB after 1 GiB down")  # fmt: skip
         assert after_upload - before < 64 * 1024
         assert after_download - before < 64 * 1024
     finally:
-        router_proc.cleanup()
+        router.server.cleanup()
