@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -233,6 +234,45 @@ def test_one_users_cookies_never_reach_another(router: Router) -> None:
         )
 
 
+def test_an_http_1_0_client_gets_a_stream_without_chunked_framing(
+    router: Router, canary_server: AppServer
+) -> None:
+    """The canary streams without a length (chunked to us); HTTP/1.0 has no chunked
+    encoding, so the server in front must end the body by closing the connection."""
+    ident = f"sse10_{time.monotonic_ns()}"
+    httpx.get(f"{canary_server.url}/release?id={ident}")  # both events go out at once
+    request = b"GET /sse?id=%s HTTP/1.0\r\nHost: shop.example\r\n" % ident.encode()
+    with socket.create_connection(("127.0.0.1", router.port), timeout=10) as sock:
+        sock.sendall(request + b"X-Canary-Force: always\r\n\r\n")
+        data = b""
+        while piece := sock.recv(65536):  # until the server closes: the body's only end
+            data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.lower().split(b"\r\n")
+    assert lines[0].startswith((b"http/1.0 200", b"http/1.1 200")), head
+    chunked = b"transfer-encoding: chunked" in lines
+    if router.wsgi:
+        # gunicorn knows HTTP/1.0 has no chunked encoding: the close ends the body.
+        assert not chunked, head
+    else:
+        # uvicorn's httptools protocol frames a length-less body chunked whatever the
+        # request's version (its h11 one does not); the router sends no framing header of
+        # its own. What matters here: the events arrive whole, in framing the server chose.
+        assert chunked, head
+        body = _dechunk(body)
+    assert body == b"data: first\n\ndata: second\n\n"
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            return out
+        out, data = out + data[:size], data[size + 2 :]
+
+
 def test_server_sent_events_stream_before_the_canary_finishes(
     router: Router, canary_server: AppServer, client: httpx.Client
 ) -> None:
@@ -332,6 +372,22 @@ def test_fallback_serves_stable_for_idempotent_requests_only(
     assert response.headers["x-canary-version"] == "stable"
     put = client.put(url, headers={"X-Dead": "1"}, content=b"payload")
     assert put.headers["x-body-size"] == "7"  # the stable app still got the whole body
+    # Both routers read some body before connecting; stable is given back what they read.
+    small = pattern(CHUNK - 5)
+    for content in (small, chunks(small, 1000)):
+        put = client.put(url, headers={"X-Dead": "1"}, content=content)
+        assert (put.status_code, put.headers["x-body-size"]) == (200, str(len(small)))
+    big = pattern(3 * CHUNK + 5)
+    put = client.put(url, headers={"X-Dead": "1"}, content=big)
+    # CanaryWSGI reads one chunk of wsgi.input and leaves the rest unread: stable gets the
+    # chunk back and reads on, whatever the size. ASGI messages cannot be un-received and are
+    # as large as the server read: CanaryRouter keeps at most REPLAY_LIMIT (64 KiB) of them,
+    # so whether this body is replayable depends on how uvicorn cut it. Either way, never a
+    # truncated body to stable (docs/forwarding.md, tests/test_fallback_bounded.py).
+    if fallback_router.wsgi or put.status_code == 200:
+        assert (put.status_code, put.headers["x-body-size"]) == (200, str(len(big)))
+    else:
+        assert (put.status_code, put.headers["x-canary-version"]) == (502, "dead")
     post = client.post(url, headers={"X-Dead": "1"}, content=b"payload")
     assert post.status_code == 502  # not idempotent: never replayed elsewhere
 
