@@ -124,6 +124,11 @@ class Replayable:
         #: Every message returned so far is remembered: replaying gives stable all of them.
         self.complete = True
 
+    def only_read(self, message: Any) -> None:
+        """``message`` is the only one read so far, however large: replaying gives it back."""
+        self._seen = deque([message])
+        self.complete = True
+
     def replay(self) -> None:
         if not self.complete:
             raise RuntimeError("the request body went past REPLAY_LIMIT: it cannot be replayed")
@@ -277,6 +282,10 @@ class AsyncHTTPForwarder(ForwarderBase):
         except ClientTooSlowError:  # the same: the upload stalled, its connection was aborted
             return await _reply(send, REQUEST_TIMEOUT, tag, close=True)
         except httpx.HTTPError as exc:
+            if body is not None and body.first is not None and isinstance(receive, Replayable):
+                # Read by prime() and never taken by the transport (the watch waits for the
+                # body to finish before it reads): all that was read, stable can have it.
+                receive.only_read(body.first)
             body_read = not _replayable(receive, body)
             reply = self.failed(exc, upstream, request, body_read=body_read, fallback=fallback)
             if reply is None:

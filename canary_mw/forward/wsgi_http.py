@@ -126,6 +126,9 @@ class _Replayed:
             data, self._first = self._first + bytes(self._stream.read()), b""
             return data
         data, self._first = self._first[:size], self._first[size:]
+        if len(data) < size:  # type: ignore[operator]
+            # Apps read CONTENT_LENGTH bytes in one call, as servers' inputs return them.
+            data += bytes(self._stream.read(size - len(data)))  # type: ignore[operator]
         return data
 
     def readline(self, size: int | None = -1) -> bytes:
