@@ -262,19 +262,10 @@ class AsyncHTTPForwarder(ForwarderBase):
         watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
         watch.add_done_callback(_retrieve)
         try:
-            response = await self._until_answered(request, watch)
-            if response is None:  # the client left: the upstream request was cancelled
+            got = await _unless_client_left(self._answer(request, upstream, tag), watch)
+            if got is None:  # the client left: the exchange was cancelled, its connection closed
                 return Outcome.DONE, 0
-            headers, declared = self.answered(upstream, response, tag)
-            try:
-                got = await _unless_client_left(_first_chunk(response, declared), watch)
-            except BaseException:
-                await response.aclose()
-                raise
-            if got is None:  # the client left after the head: close the upstream connection
-                await response.aclose()
-                return Outcome.DONE, 0
-            first, rest = got
+            response, headers, first, rest = got
         except ClientDisconnectedError:
             return Outcome.DONE, 0
         except BodyTooLargeError:  # the upstream saw a truncated body and an aborted connection
@@ -313,26 +304,21 @@ class AsyncHTTPForwarder(ForwarderBase):
             await response.aclose()
         return Outcome.DONE, response.status_code
 
-    async def _until_answered(
-        self, request: httpx.Request, watch: asyncio.Future[None]
-    ) -> httpx.Response | None:
-        """The upstream's response head, or None when the client left first (``watch`` done)."""
-        answer = asyncio.ensure_future(self.transport().handle_async_request(request))
-        client_left = True
+    async def _answer(
+        self, request: httpx.Request, upstream: Upstream, tag: RawHeaders
+    ) -> tuple[httpx.Response, RawHeaders, bytes, AsyncIterator[bytes] | None]:
+        """The upstream's response, the headers to send, and its first body chunk (with the
+        rest of the stream, None when that chunk is all): one task from the request to the
+        first body byte, which the client leaving cancels (cancelled, the transport closes
+        the upstream connection). One task, not one per step: the canary path's hot spot."""
+        response = await self.transport().handle_async_request(request)
         try:
-            await asyncio.wait((answer, watch), return_when=asyncio.FIRST_COMPLETED)
-            client_left = not answer.done()
-        finally:
-            if not answer.done():
-                # Closes the upstream connection mid-request. cancel() only asks: the task is
-                # not done (nor its connection closed) until it has run once more.
-                answer.cancel()
-                await asyncio.wait((answer,))
-        if client_left:
-            if not answer.cancelled() and answer.exception() is None:
-                await answer.result().aclose()  # answered in the same instant: release it
-            return None
-        return answer.result()
+            headers, declared = self.answered(upstream, response, tag)
+            first, rest = await _first_chunk(response, declared)
+        except BaseException:
+            await response.aclose()
+            raise
+        return response, headers, first, rest
 
     async def _stream(
         self, first: bytes, rest: AsyncIterator[bytes], receive: Receive, send: Send
