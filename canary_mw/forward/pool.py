@@ -28,6 +28,7 @@ import httpx
 
 from .connection import HTTP11Connection
 from .http11 import Exchange, RetryableError
+from .idle import IdleConnections
 from .partition import PARTITION
 
 __all__ = ["HTTP11Transport"]
@@ -57,12 +58,11 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
     ):
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._max_open = limits.max_connections
-        self._max_idle = limits.max_keepalive_connections
-        self._expiry = limits.keepalive_expiry
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
-        self._idle: dict[Origin, deque[HTTP11Connection]] = {}
-        self._idle_count = 0
+        self._idle: IdleConnections[HTTP11Connection] = IdleConnections(
+            limits.max_keepalive_connections, limits.keepalive_expiry
+        )
         self._open = 0  # connections open or being opened
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -100,13 +100,17 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         deadline = None
         while True:
-            connection = None if fresh else self._take_idle(origin, loop.time())
-            if connection is not None:
-                return connection
+            if not fresh:
+                connection, stale = self._idle.take(origin, loop.time())
+                self._open -= stale
+                if connection is not None:
+                    return connection
             if self._max_open is None or self._open < self._max_open:
                 break
-            if self._idle_count:  # full, but some idle connection to another origin can go
-                self._close_one_idle()
+            oldest = self._idle.pop_oldest()
+            if oldest is not None:  # full, but an idle connection of another key can go
+                oldest.close()
+                self._open -= 1
                 continue
             pool_timeout = timeouts.get("pool")
             if deadline is None and pool_timeout is not None:
@@ -119,26 +123,6 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             self._open -= 1
             self._wake_one()
             raise
-
-    def _take_idle(self, origin: Origin, now: float) -> HTTP11Connection | None:
-        idle = self._idle.get(origin)
-        while idle:
-            connection = idle.pop()  # the most recently used: the least likely to be stale
-            self._idle_count -= 1
-            expired = self._expiry is not None and now - connection.idle_since > self._expiry
-            if not expired and connection.still_open():
-                return connection
-            connection.close()
-            self._open -= 1
-        return None
-
-    def _close_one_idle(self) -> None:
-        for idle in self._idle.values():
-            if idle:
-                idle.popleft().close()  # the one idle the longest
-                self._idle_count -= 1
-                self._open -= 1
-                return
 
     async def _wait_for_room(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> None:
         room: asyncio.Future[None] = loop.create_future()
@@ -165,14 +149,9 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
 
     def _release(self, connection: HTTP11Connection, reusable: bool) -> None:
         """Called once per exchange by the connection, when it is done with the request."""
-        if (
-            reusable
-            and not self._closed
-            and (self._max_idle is None or self._idle_count < self._max_idle)
-        ):
+        if reusable and not self._closed and self._idle.has_room():
             connection.idle()
-            self._idle.setdefault(connection.origin, deque()).append(connection)
-            self._idle_count += 1
+            self._idle.put(connection.origin, connection)
         else:
             connection.close()
             self._open -= 1
@@ -213,11 +192,9 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._closed = True
-        for idle in self._idle.values():
-            while idle:
-                idle.pop().close()
-                self._open -= 1
-        self._idle_count = 0
+        for connection in self._idle.drain():
+            connection.close()
+            self._open -= 1
         while self._waiting:
             room = self._waiting.popleft()
             if not room.done():

@@ -22,12 +22,12 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 
 import httpx
 
 from .http11 import Exchange, RetryableError, may_retry, readable_now
+from .idle import IdleConnections
 from .partition import PARTITION
 
 __all__ = ["HTTP11SyncTransport"]
@@ -88,14 +88,13 @@ class HTTP11SyncTransport(httpx.BaseTransport):
     ):
         limits = limits or httpx.Limits(max_connections=100, max_keepalive_connections=20)
         self._max_open = limits.max_connections
-        self._max_idle = limits.max_keepalive_connections
-        self._expiry = limits.keepalive_expiry
         self._verify = verify
         self._ssl: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._idle: dict[Origin, deque[_Connection]] = {}
-        self._idle_count = 0
+        self._idle: IdleConnections[_Connection] = IdleConnections(
+            limits.max_keepalive_connections, limits.keepalive_expiry
+        )
         self._open = 0  # connections open or being opened
         self._closed = False
 
@@ -187,14 +186,18 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             while True:
                 if self._closed:
                     raise httpx.PoolTimeout("the transport was closed")
-                connection = None if fresh else self._take_idle(origin)
-                if connection is not None:
-                    return connection
+                if not fresh:
+                    connection, stale = self._idle.take(origin, time.monotonic())
+                    self._open -= stale
+                    if connection is not None:
+                        return connection
                 if self._max_open is None or self._open < self._max_open:
                     self._open += 1
                     break
-                if self._idle_count:  # full, but an idle connection to another origin can go
-                    self._close_one_idle()
+                oldest = self._idle.pop_oldest()
+                if oldest is not None:  # full, but an idle connection of another key can go
+                    oldest.close()
+                    self._open -= 1
                     continue
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -208,38 +211,12 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                 self._room.notify()
             raise
 
-    def _take_idle(self, origin: Origin) -> _Connection | None:
-        idle = self._idle.get(origin)
-        now = time.monotonic()
-        while idle:
-            connection = idle.pop()  # the most recently used: the least likely to be stale
-            self._idle_count -= 1
-            expired = self._expiry is not None and now - connection.idle_since > self._expiry
-            if not expired and connection.still_open():
-                return connection
-            connection.close()
-            self._open -= 1
-        return None
-
-    def _close_one_idle(self) -> None:
-        for idle in self._idle.values():
-            if idle:
-                idle.popleft().close()  # the one idle the longest
-                self._idle_count -= 1
-                self._open -= 1
-                return
-
     def _release(self, connection: _Connection, reusable: bool) -> None:
         """Called once per exchange, when it is over."""
         with self._lock:
-            if (
-                reusable
-                and not self._closed
-                and (self._max_idle is None or self._idle_count < self._max_idle)
-            ):
+            if reusable and not self._closed and self._idle.has_room():
                 connection.idle_since = time.monotonic()
-                self._idle.setdefault(connection.origin, deque()).append(connection)
-                self._idle_count += 1
+                self._idle.put(connection.origin, connection)
             else:
                 connection.close()
                 self._open -= 1
@@ -282,11 +259,9 @@ class HTTP11SyncTransport(httpx.BaseTransport):
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            for idle in self._idle.values():
-                while idle:
-                    idle.pop().close()
-                    self._open -= 1
-            self._idle_count = 0
+            for connection in self._idle.drain():
+                connection.close()
+                self._open -= 1
             self._room.notify_all()
 
 
