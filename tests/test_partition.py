@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from canary_mw.forward.partition import partition_key
-from tests.routers import start_router
+from tests.routers import TRUSTED_PROXY, start_router
 from tests.scripted import Upstream, answer, read_body, read_head, target
 from tests.servers import AppServer
 
@@ -43,6 +43,10 @@ BASE = [(b"host", b"shop"), (b"x-forwarded-for", b"203.0.113.7"), (b"accept", b"
         pytest.param(
             [(b"host", b"shop"), (b"x-forwarded-for", b"203.0.113.8")], False, id="address"
         ),
+        # Behind an X-Real-IP or Forwarded proxy, XFF ends with the proxy: the client is here.
+        pytest.param([*BASE, (b"x-real-ip", b"198.51.100.1")], False, id="x-real-ip"),
+        pytest.param([*BASE, (b"forwarded", b"for=198.51.100.1")], False, id="forwarded"),
+        pytest.param([*BASE, (b"x-api-key", b"k")], False, id="x-api-key"),
         # Lengths are hashed: moving bytes from one header to another is another user.
         pytest.param([*BASE[:2], (b"cookie", b"a"), (b"authorization", b"b")], False, id="split 1"),
     ],
@@ -76,13 +80,18 @@ def late_copies(conn: socket.socket, srv: Upstream) -> None:
         conn.sendall(previous)
 
 
-def ask(port: int, path: bytes, user: bytes) -> bytes:
-    """GET ``path`` as ``user`` (a cookie), forced to the canary; the whole reply."""
-    request = (
-        b"GET %s HTTP/1.1\r\nHost: shop\r\nX-Canary-Force: always\r\nCookie: uid=%s\r\n"
-        b"Connection: close\r\n\r\n" % (path, user)
+def ask(port: int, path: bytes, user: bytes, *, behind_proxy: bool = False) -> bytes:
+    """GET ``path`` as ``user``, forced to the canary; the whole reply. ``user`` is a cookie,
+    or with ``behind_proxy`` an address in X-Real-IP sent from the trusted proxy."""
+    who = (
+        b"X-Real-IP: 198.51.100.%d" % (sum(user) % 250) if behind_proxy else b"Cookie: uid=" + user
     )
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    request = (
+        b"GET %s HTTP/1.1\r\nHost: shop\r\nX-Canary-Force: always\r\n%s\r\n"
+        b"Connection: close\r\n\r\n" % (path, who)
+    )
+    source = (TRUSTED_PROXY if behind_proxy else "127.0.0.1", 0)
+    with socket.create_connection(("127.0.0.1", port), timeout=10, source_address=source) as sock:
         sock.sendall(request)
         data = b""
         while chunk := sock.recv(65536):
@@ -103,23 +112,30 @@ def _gunicorn(options: dict[str, object]) -> AppServer:
     return AppServer(command, env={"CANARY_TEST_OPTIONS": json.dumps(options)}).start()
 
 
+@pytest.mark.parametrize("behind_proxy", [False, True], ids=["cookies", "x-real-ip proxy"])
 @pytest.mark.parametrize("server", ["uvicorn", "gunicorn"])
-def test_a_late_copy_never_reaches_another_user(canary: Upstream, server: str) -> None:
-    options = {"upstreams": {"canary": canary.url}, "force_header": "X-Canary-Force",
-               "timeout": TIMEOUT}  # fmt: skip
+def test_a_late_copy_never_reaches_another_user(
+    canary: Upstream, server: str, behind_proxy: bool
+) -> None:
+    options: dict[str, object] = {"upstreams": {"canary": canary.url},
+                                  "force_header": "X-Canary-Force", "timeout": TIMEOUT}  # fmt: skip
+    if behind_proxy:
+        # Users without cookies, told apart only by the address their proxy writes in
+        # X-Real-IP: X-Forwarded-For ends with the proxy for all of them.
+        options.update(trusted_proxies=[TRUSTED_PROXY], client_ip_headers=["x-real-ip"])
     if server == "uvicorn":
         router = start_router("memory://", **options)
     else:
         router = _gunicorn({"store": "memory://", **options})
     try:
-        alice = ask(router.port, b"/alice", b"alice")
+        alice = ask(router.port, b"/alice", b"alice", behind_proxy=behind_proxy)
         assert b"the page of /alice" in alice
         for user in (b"bob", b"carol", b"dave"):
-            reply = ask(router.port, b"/" + user, user)
+            reply = ask(router.port, b"/" + user, user, behind_proxy=behind_proxy)
             assert b"the page of /" + user in reply, reply
             assert b"alice" not in reply, reply
         # Alice's own next request may get her own late copy; never anyone else's page.
-        again = ask(router.port, b"/alice-again", b"alice")
+        again = ask(router.port, b"/alice-again", b"alice", behind_proxy=behind_proxy)
         assert b"the page of /alice" in again
         for other in (b"bob", b"carol", b"dave"):
             assert b"/" + other not in again

@@ -8,11 +8,17 @@ from a real answer (nginx's upstream keep-alive has the same blind spot). So idl
 connections are kept per user: a late copy can only reach the user whose exchange it
 belongs to, never another one.
 
-A user is what the request says about who is asking: its ``Cookie`` and ``Authorization``
-headers and the client chain in ``X-Forwarded-For`` (the peer, after the chain of trusted
-proxies; untrusted peers' own values are removed before this runs). The key is a digest of
-those, so the pool does not keep the secrets themselves. Requests that carry none of them
-share one key (anonymous traffic from one address).
+A user is what the forwarded request says about who is asking: its credentials (``Cookie``,
+``Authorization``, ``X-Api-Key``) and every client-address header that reaches the canary
+(``X-Forwarded-For`` ending with our peer, and whichever of ``X-Real-IP``, ``Forwarded``,
+``True-Client-IP``... a trusted proxy wrote: header hygiene has already removed the ones
+nobody trusted). The key is a digest of those, so the pool does not keep the secrets
+themselves. Requests that carry no credentials share one key per client address.
+
+Not covered: identity carried anywhere else (a token in the query string, a custom header)
+from clients at one address. The canary then sees requests that differ only there, and a
+late copy can still reach another such client: keep such canaries' answers exact, or put
+the credential in one of the headers above.
 
 Transports read the key from ``request.extensions[PARTITION]``; a request without it (a
 transport used directly) uses the shared key ``b""``.
@@ -23,11 +29,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable
 
+from .headers import CLIENT_ADDRESS_HEADERS
+
 __all__ = ["PARTITION", "partition_key"]
 
 #: The httpx request extension holding the key.
 PARTITION = "canary_mw.partition"
-_IDENTITY = frozenset({b"cookie", b"authorization", b"x-forwarded-for"})
+_IDENTITY = frozenset({b"cookie", b"authorization", b"x-api-key"}) | CLIENT_ADDRESS_HEADERS
 
 
 def partition_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
