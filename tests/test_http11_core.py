@@ -93,6 +93,9 @@ CASES = {
     "101": (b"HTTP/1.1 101 Switching\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n", False,
             Outcome(error="switched protocols")),
     "not-http": (b"garbage\r\n\r\n", False, Outcome(error="invalid response")),
+    # uvicorn raised KeyError on 600 and the client got an empty reply instead of a 502.
+    "status-600": (b"HTTP/1.1 600 Odd\r\ncontent-length: 2\r\n\r\nab", False,
+                   Outcome(error="status 600")),
     "length-and-chunked": (b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ntransfer-encoding: chunked\r\n\r\n",
                            False, Outcome(error="invalid response")),
     "closed-unanswered": (b"", True, Outcome(error="unanswered")),

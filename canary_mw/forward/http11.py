@@ -395,6 +395,8 @@ class Exchange:
         status = self._parser.get_status_code()
         if status == 101:
             raise httpx.RemoteProtocolError("the upstream switched protocols unasked")
+        if status > 599:  # RFC 9110 §15: three digits 1xx-5xx; servers in front refuse others
+            raise httpx.RemoteProtocolError(f"the upstream answered status {status}")
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
             self.headers, self.reason = [], b""
             self._coding, self._length_given = None, False
