@@ -39,7 +39,8 @@ def fast_url(base: httpx.URL, path: bytes, query: bytes) -> httpx.URL | None:
     as much as everything else we do per forwarded request, and it re-quotes characters such
     as ``<`` or ``"`` that a proxy should pass on as the client sent them. The upstream's
     scheme, host and port were validated when the router was built. Returns None if httpx's
-    internals are not the ones this was written against (tests/test_upstreams.py fails then)."""
+    internals are not the ones this was written against (tests/routing/test_upstreams.py
+    fails then)."""
     reference = getattr(base, "_uri_reference", None)
     replace = getattr(reference, "_replace", None)
     if replace is None:

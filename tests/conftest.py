@@ -5,10 +5,10 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests.contract import Flavoured, open_store
-from tests.servers import Cluster, RedisServer, Sentinel, redis_server
+from tests.support.contract import Flavoured, open_store
+from tests.support.servers import Cluster, RedisServer, Sentinel, redis_server
 
-pytest_plugins = ("tests.routers", "tests.faultlog")
+pytest_plugins = ("tests.support.routers", "tests.support.faultlog")
 
 
 @pytest.fixture

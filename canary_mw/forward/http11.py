@@ -29,7 +29,7 @@ API (also what a fuzz target drives)::
     exchange.reusable                          # the verdict, once complete
 
 ``feed`` may be called with any split of the bytes: the events and the verdict do not
-depend on where reads end (``tests/test_http11_core.py`` splits at every byte). After a
+depend on where reads end (``tests/forward/test_http11_core.py`` splits at every byte). After a
 ``RemoteProtocolError`` the exchange is dead and the connection must be closed.
 """
 

@@ -3,7 +3,7 @@ methods are written once: ``python -m canary_mw.stores.unasync``.
 
 The rewrite is textual and small (``async def`` → ``def``, no ``await``, the sync executor
 and subscription types, ``aclose`` → ``close``), then ruff formats the result.
-tests/test_store_generated.py fails when blocking.py is not what this writes.
+tests/stores/test_store_generated.py fails when blocking.py is not what this writes.
 """
 
 from __future__ import annotations

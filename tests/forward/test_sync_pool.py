@@ -1,0 +1,87 @@
+"""HTTP11SyncTransport as CanaryWSGI runs it: one pool shared by the server's threads.
+(Every scripted-upstream case of tests/forward/test_pool.py runs over this driver too.)"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from canary_mw.forward.client import DEFAULT_LIMITS, make_sync_transport
+from canary_mw.forward.sync_pool import HTTP11SyncTransport
+from tests.support.scripted import TIMEOUTS, Upstream, keep_alive, wait_for
+
+
+@pytest.fixture
+def server() -> Iterator[Upstream]:
+    upstream = Upstream(keep_alive)
+    yield upstream
+    upstream.close()
+
+
+def get(transport: httpx.BaseTransport, url: str) -> tuple[int, bytes]:
+    request = httpx.Request("GET", url, extensions={"timeout": {**TIMEOUTS, "pool": 5.0}})
+    response = transport.handle_request(request)
+    body = b"".join(response.stream)  # type: ignore[union-attr]
+    response.close()
+    return response.status_code, body
+
+
+def test_it_is_canary_wsgis_default_transport() -> None:
+    transport = make_sync_transport(DEFAULT_LIMITS)
+    assert isinstance(transport, HTTP11SyncTransport)
+    transport.close()
+
+
+def test_threads_share_the_pool_and_each_gets_its_own_answer(server: Upstream) -> None:
+    transport = HTTP11SyncTransport(httpx.Limits(max_connections=4, max_keepalive_connections=4))
+    wrong: list[tuple[str, bytes]] = []
+
+    def work(worker: int) -> None:
+        for n in range(25):
+            path = f"/{worker}/{n}"
+            status, body = get(transport, server.url + path)
+            if (status, body) != (200, path.encode()):
+                wrong.append((path, body))
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert wrong == []
+    assert len(server.heads) == 12 * 25
+    assert server.accepted <= 4  # never more connections than the limit, kept alive
+    transport.close()
+
+
+def test_close_closes_the_idle_connections(server: Upstream) -> None:
+    transport = HTTP11SyncTransport()
+    assert get(transport, server.url + "/a") == (200, b"/a")
+    transport.close()
+    wait_for(lambda: server.finished == 1, what="the upstream to see its connection closed")
+    with pytest.raises(RuntimeError, match="closed"):
+        get(transport, server.url)
+
+
+def test_a_waiting_thread_gets_the_connection_another_releases(server: Upstream) -> None:
+    transport = HTTP11SyncTransport(httpx.Limits(max_connections=1, max_keepalive_connections=1))
+    request = httpx.Request("GET", server.url + "/held", extensions={"timeout": TIMEOUTS})
+    held = transport.handle_request(request)  # its body not read: the connection is busy
+    result: list[tuple[int, bytes]] = []
+
+    def wait_for_room() -> None:
+        result.append(get(transport, server.url + "/next"))
+
+    waiter = threading.Thread(target=wait_for_room)
+    waiter.start()
+    # The pool's condition (CPython's) lists the threads waiting on it.
+    wait_for(lambda: len(transport._room._waiters) == 1, what="the second request to wait")
+    assert b"".join(held.stream) == b"/held"  # type: ignore[union-attr]
+    held.close()
+    waiter.join(10)
+    assert result == [(200, b"/next")]
+    assert server.accepted == 1
+    transport.close()
