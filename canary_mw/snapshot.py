@@ -10,6 +10,7 @@ from .health.state import SharedState
 from .ipmatch import IPMatcher
 from .keys import IPListRef
 from .rules import DEFAULT_RULES, Rule, RuleSet
+from .shadow.config import MirrorConfig
 from .upstreams import UpstreamRoute
 
 __all__ = ["MODES", "Mode", "Snapshot"]
@@ -40,6 +41,8 @@ class Snapshot:
     #: The store's valid health records by backend URL, and the fields that have lapsed.
     health: Mapping[str, SharedState] = field(default_factory=dict)
     health_lapsed: frozenset[str] = frozenset()
+    #: The mirror document in force (shadow traffic), None when mirroring is off.
+    mirror: MirrorConfig | None = None
     rules: tuple[Rule, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

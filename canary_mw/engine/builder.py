@@ -20,6 +20,7 @@ from ..health.state import SharedState, read_shared
 from ..ipmatch import EMPTY_MATCHER, IPMatcher, IPNetwork, parse_network
 from ..keys import IPListRef
 from ..rules import RuleSet, parse_rules
+from ..shadow.config import MirrorConfig, parse_mirror
 from ..snapshot import MODES, Mode, Snapshot
 from ..stores.layout import StoreState
 from ..upstreams import UpstreamRoute, parse_upstream_document
@@ -59,6 +60,10 @@ class SnapshotBuilder:
         self.current = Snapshot(ruleset=default_rules)
         self._rules_raw: bytes | None = None
         self._upstreams_raw: bytes | None = None
+        self._mirror_raw: bytes | None = None
+        #: Called with the new mirror config whenever it changes (the routers keep it in
+        #: one attribute, so that with mirroring off a request pays one None check).
+        self.mirror_watchers: list[Callable[[MirrorConfig | None], None]] = []
         self._set_raw: dict[str, frozenset[bytes]] = {}
         self._list_raw: dict[IPListRef, bytes] = {}
         self._problems: dict[str, str] = {}
@@ -96,7 +101,7 @@ class SnapshotBuilder:
         lapsed."""
         previous = self.current
         mode, ruleset, version = previous.mode, previous.ruleset, previous.version
-        upstreams = previous.upstreams
+        upstreams, mirror = previous.upstreams, previous.mirror
         config = state.config
         if isinstance(config, Exception):
             in_force = (
@@ -112,6 +117,7 @@ class SnapshotBuilder:
             ruleset = self._rules(config.get(b"rules"), ruleset)
             version = self._version(config.get(b"version"), version)
             upstreams = self._upstreams(config.get(b"upstreams"), upstreams)
+            mirror = self._mirror(config.get(b"mirror"), mirror)
         health, lapsed = self._health(state.health, previous, time.time() if now is None else now)
         ejected = frozenset(url for url, record in health.items() if not record.healthy)
         if ejected == previous.ejected:
@@ -119,9 +125,29 @@ class SnapshotBuilder:
         ip_sets = _refreshed(ruleset.ip_sets, state.ip_sets, previous.ip_sets, self._ip_set)
         ip_lists = _refreshed(ruleset.ip_lists, state.ip_lists, previous.ip_lists, self._ip_list)
         self.current = Snapshot(
-            mode, ruleset, ip_sets, ip_lists, version, True, upstreams, ejected, health, lapsed
-        )
+            mode, ruleset, ip_sets, ip_lists, version, True, upstreams, ejected, health, lapsed,
+            mirror,
+        )  # fmt: skip
+        if mirror is not previous.mirror:
+            for watcher in self.mirror_watchers:
+                watcher(mirror)
         return self.current
+
+    def _mirror(self, raw: bytes | None, previous: MirrorConfig | None) -> MirrorConfig | None:
+        if raw is None:
+            self._mirror_raw = None
+            self._resolved("mirror")
+            return None
+        if raw == self._mirror_raw:
+            return previous
+        try:
+            mirror = parse_mirror(raw)
+        except ConfigurationError as exc:
+            self._problem("mirror", str(exc), "the last good mirror" if previous else "no mirror")
+            return previous
+        self._mirror_raw = raw
+        self._resolved("mirror")
+        return mirror
 
     def _upstreams(
         self, raw: bytes | None, previous: Mapping[str, UpstreamRoute]

@@ -88,6 +88,20 @@ class Store(_Plans):
         if counts:
             self._run(self._plain(self.layout.add_traffic(counts)))
 
+    def add_shadow(self, counts: Mapping[str, int], samples: Sequence[str] = ()) -> None:
+        """Fold shadow-traffic counts and sample differences in (canary_mw.shadow.report)."""
+        if counts or samples:
+            self._run(self._plain(self.layout.add_shadow(counts, samples)))
+
+    def shadow_report(self) -> tuple[dict[str, int], list[str]]:
+        """The shadow counts (``<route> <counter>`` → n) and the sample differences (JSON
+        text, newest first), summed over every instance."""
+        return self._run(self._shadow_report())
+
+    def clear_shadow_report(self) -> None:
+        layout = self.layout
+        self._run(self._plain([(None, ("DEL", layout.shadow_counts, layout.shadow_samples))]))
+
     def get_config(self) -> StoredConfig:
         return self._run(self._get_config())
 
@@ -141,6 +155,17 @@ class Store(_Plans):
         self, name: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
     ) -> Change:
         return self._run(plans.remove_upstream(self.layout, actor, name, host))
+
+    def set_mirror(
+        self, document: Mapping[str, Any] | str, *, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        """Validate and store the mirror document (docs/shadow.md); raises
+        ConfigurationError and writes nothing when it is invalid."""
+        return self._run(plans.set_mirror(self.layout, actor, document))
+
+    def clear_mirror(self, *, actor: str = DEFAULT_ACTOR) -> Change:
+        """Stop mirroring (on every instance within a second)."""
+        return self._run(plans.clear_mirror(self.layout, actor))
 
     def add_members(
         self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR

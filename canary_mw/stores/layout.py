@@ -14,6 +14,10 @@ key (default prefix)       type   meaning
                                   ``healthy``, ``since``, ``until`` (ignored after it; writers
                                   renew it), ``reason``, ``by`` (see docs/health.md)
 ``canary:traffic``         hash   target → requests served, summed over all instances
+``canary:shadow:counts``   hash   ``<route> <counter>`` → shadow copies counted, summed over
+                                  all instances (sent, dropped, errors, matches, mismatches
+                                  by kind; see docs/shadow.md)
+``canary:shadow:samples``  list   the latest differing answers (JSON), at most SHADOW_SAMPLES
 ``canary:changes``         chan   pub/sub channel: one message per change made by canary_mw
 ``<ip>`` (any db)          str    classic OpenResty layout: value equal to the key → canary
 ``<key>`` (any db)         str    classic OpenResty white-list: a JSON list of IPs
@@ -29,13 +33,17 @@ from dataclasses import dataclass, field
 from ..keys import IPKeyRef, IPListRef, Probe, SetRef
 from ..rules import valid_name
 
-__all__ = ["AUDIT_LENGTH", "CHANGE", "CHANGE_SCRIPT", "Command", "Layout", "StoreState"]
+__all__ = [
+    "AUDIT_LENGTH", "CHANGE", "CHANGE_SCRIPT", "SHADOW_SAMPLES", "Command", "Layout", "StoreState",
+]  # fmt: skip
 
 #: ``(db, args)``: db None is the store's own database.
 Command = tuple[int | None, tuple[str | bytes | int, ...]]
 
 #: The audit stream keeps about this many entries (XADD MAXLEN ~).
 AUDIT_LENGTH = 10_000
+#: The shadow report keeps this many sample differences (LTRIM).
+SHADOW_SAMPLES = 50
 #: Pseudo-command name for Layout.change; executors translate it.
 CHANGE = "CANARY.CHANGE"
 #: CHANGE as Redis runs it: all or nothing, in one round trip. Args after the name:
@@ -115,6 +123,14 @@ class Layout:
     @property
     def traffic(self) -> str:
         return self.prefix + "traffic"
+
+    @property
+    def shadow_counts(self) -> str:
+        return self.prefix + "shadow:counts"
+
+    @property
+    def shadow_samples(self) -> str:
+        return self.prefix + "shadow:samples"
 
     def set_key(self, name: str) -> str:
         if not valid_name(name):
@@ -231,6 +247,22 @@ class Layout:
 
     def add_traffic(self, counts: Mapping[str, int]) -> list[Command]:
         return [(None, ("HINCRBY", self.traffic, target, n)) for target, n in counts.items()]
+
+    def add_shadow(self, counts: Mapping[str, int], samples: Sequence[str]) -> list[Command]:
+        """Fold one interval of shadow counts and sample differences in (one round trip)."""
+        commands: list[Command] = [
+            (None, ("HINCRBY", self.shadow_counts, name, n)) for name, n in counts.items()
+        ]
+        if samples:
+            commands.append((None, ("LPUSH", self.shadow_samples, *samples)))
+            commands.append((None, ("LTRIM", self.shadow_samples, 0, SHADOW_SAMPLES - 1)))
+        return commands
+
+    def shadow_report(self) -> list[Command]:
+        return [
+            (None, ("HGETALL", self.shadow_counts)),
+            (None, ("LRANGE", self.shadow_samples, 0, SHADOW_SAMPLES - 1)),
+        ]
 
     def members(self, name: str) -> list[Command]:
         return [(None, ("SMEMBERS", self.set_key(name)))]

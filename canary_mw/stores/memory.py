@@ -13,6 +13,7 @@ import json
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 Stream = list[tuple[bytes, dict[bytes, bytes]]]
-Value = bytes | set[bytes] | dict[bytes, bytes] | Stream
+Value = bytes | set[bytes] | dict[bytes, bytes] | Stream | deque[bytes]  # deque: a Redis list
 Listener = Callable[[bytes], None]
 
 
@@ -159,6 +160,29 @@ class MemoryBackend:
             raise CommandError("ERR hash value is not an integer") from None
         current[field] = str(value).encode()
         return value
+
+    def _cmd_lpush(self, data: dict[bytes, Value], _: object, key: bytes, *values: bytes) -> int:
+        current: deque[bytes] = self._typed(data, key, deque, True)
+        current.extendleft(values)
+        return len(current)
+
+    def _cmd_lrange(
+        self, data: dict[bytes, Value], _: object, key: bytes, start: bytes, stop: bytes
+    ) -> list[bytes]:
+        current: deque[bytes] | None = self._typed(data, key, deque, False)
+        items = list(current or ())
+        end = int(stop)
+        return items[int(start) : None if end == -1 else end + 1]
+
+    def _cmd_ltrim(
+        self, data: dict[bytes, Value], _: object, key: bytes, start: bytes, stop: bytes
+    ) -> bytes:
+        kept = self._cmd_lrange(data, None, key, start, stop)
+        if kept:
+            data[key] = deque(kept)
+        else:
+            data.pop(key, None)  # Redis deletes empty lists
+        return b"OK"
 
     def _cmd_xadd(self, data: dict[bytes, Value], _: object, key: bytes, *args: bytes) -> bytes:
         maxlen = None

@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from ..errors import ConfigurationError, RuleError, StoreError
 from ..ipmatch import parse_network
 from ..rules import DEFAULT_RULES, RuleSet, parse_rules, valid_name
+from ..shadow.config import parse_mirror
 from ..snapshot import MODES
 from ..upstreams import parse_upstream_document
 from .layout import Command, Layout
@@ -35,7 +36,9 @@ Plan = Generator[list[Command], list[object], T]
 ATTEMPTS = 50
 #: Members per atomic set change (Lua's unpack() limit is ~8000 arguments).
 CHUNK = 5000
-CONFIG_FIELDS = ("mode", "rules", "upstreams")
+CONFIG_FIELDS = ("mode", "rules", "upstreams", "mirror")
+#: Every config snapshot in the audit log has these (``mirror`` only once one was set).
+_ALWAYS_DESCRIBED = frozenset(CONFIG_FIELDS[:3])
 
 
 def _text(value: object) -> str:
@@ -56,6 +59,7 @@ class StoredConfig:
     rules: str | None
     version: int
     upstreams: str | None = None
+    mirror: str | None = None
 
     @classmethod
     def parse(cls, result: object) -> StoredConfig:
@@ -70,16 +74,22 @@ class StoredConfig:
                 f"the config's version field is not a number ({fields['version']!r}); "
                 "fix it with: redis-cli HSET <prefix>config version 0"
             ) from None
-        return cls(fields.get("mode"), fields.get("rules"), version, fields.get("upstreams"))
+        return cls(
+            fields.get("mode"), fields.get("rules"), version, fields.get("upstreams"),
+            fields.get("mirror"),
+        )  # fmt: skip
 
     def fields(self) -> dict[str, str | None]:
-        return {"mode": self.mode, "rules": self.rules, "upstreams": self.upstreams}
+        return {"mode": self.mode, "rules": self.rules, "upstreams": self.upstreams,
+                "mirror": self.mirror}  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly view for the audit log: documents decoded where they parse."""
         view: dict[str, Any] = {"mode": self.mode}
-        for name in ("rules", "upstreams"):
+        for name in ("rules", "upstreams", "mirror"):
             raw = getattr(self, name)
+            if name == "mirror" and raw is None:
+                continue  # entries from before mirroring existed look the same as they did
             try:
                 view[name] = None if raw is None else json.loads(raw)
             except ValueError:
@@ -115,7 +125,7 @@ class AuditEntry:
     @property
     def is_config(self) -> bool:
         """True for changes that carry whole config snapshots (rollback can use them)."""
-        return isinstance(self.after, dict) and set(self.after) == set(CONFIG_FIELDS)
+        return isinstance(self.after, dict) and set(self.after) >= _ALWAYS_DESCRIBED
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -170,8 +180,9 @@ def config_change(
         before = StoredConfig.parse(result)
         fields = mutate(before)
         after = StoredConfig(
-            fields["mode"], fields["rules"], before.version + 1, fields["upstreams"]
-        )
+            fields["mode"], fields["rules"], before.version + 1, fields["upstreams"],
+            fields.get("mirror"),
+        )  # fmt: skip
         if after.fields() == before.fields():
             return Change(before.version, False, action, target)
         commands: list[tuple[str | int, ...]] = []
@@ -341,6 +352,17 @@ def remove_upstream(layout: Layout, actor: str, name: str, host: str | None = No
     )
 
 
+def set_mirror(layout: Layout, actor: str, document: object) -> Plan[Change]:
+    """Store a mirror document (canary_mw.shadow), validated first: nothing is written when
+    it is invalid."""
+    text = parse_mirror(document).document
+    return config_change(layout, actor, "mirror set", None, lambda c: _replace(c, mirror=text))
+
+
+def clear_mirror(layout: Layout, actor: str) -> Plan[Change]:
+    return config_change(layout, actor, "mirror off", None, lambda c: _replace(c, mirror=None))
+
+
 # -- set changes ---------------------------------------------------------------------------
 def _values(members: Iterable[str] | str) -> list[str]:
     values = [members] if isinstance(members, str) else list(members)
@@ -459,8 +481,8 @@ def _raw(value: Any) -> str | None:
 
 
 def rollback(layout: Layout, actor: str, version: int | None) -> Plan[Change]:
-    """Restore the config (mode, rules, upstreams) as it was right after ``version``; without
-    a version, undo the latest config change. Set memberships are data, not config: their
+    """Restore the config (mode, rules, upstreams, mirror) as it was right after ``version``;
+    without a version, undo the latest config change. Set memberships are data, not config: their
     changes are in the history but rollback leaves them as they are."""
     (result,) = yield layout.history(AUDIT_READ)
     entries = parse_history(result)
@@ -472,6 +494,8 @@ def rollback(layout: Layout, actor: str, version: int | None) -> Plan[Change]:
             raise ConfigurationError(f"the history holds an invalid mode {restored['mode']!r}")
         if restored["rules"] is not None:
             parse_rules(restored["rules"])
+        if restored["mirror"] is not None:
+            restored["mirror"] = parse_mirror(restored["mirror"]).document
         return restored
 
     target = "previous" if version is None else str(version)

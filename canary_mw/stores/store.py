@@ -122,6 +122,16 @@ class _Plans:
     def _plain(self, commands: list[Command]) -> Plan[None]:
         yield from _read(commands)
 
+    def _shadow_report(self) -> Plan[tuple[dict[str, int], list[str]]]:
+        counts, samples = yield from _read(self.layout.shadow_report())
+        parsed = {}
+        for name, value in counts.items():  # type: ignore[attr-defined]
+            try:
+                parsed[_text(name)] = int(value)
+            except ValueError:
+                continue  # garbage written by hand: left out, never fatal
+        return parsed, [_text(sample) for sample in samples]  # type: ignore[attr-defined]
+
     def _rules(self, rules: RulesInput) -> RuleSet:
         return rules if isinstance(rules, RuleSet) else parse_rules(rules)
 
@@ -191,6 +201,20 @@ class AsyncStore(_Plans):
         if counts:
             await self._run(self._plain(self.layout.add_traffic(counts)))
 
+    async def add_shadow(self, counts: Mapping[str, int], samples: Sequence[str] = ()) -> None:
+        """Fold shadow-traffic counts and sample differences in (canary_mw.shadow.report)."""
+        if counts or samples:
+            await self._run(self._plain(self.layout.add_shadow(counts, samples)))
+
+    async def shadow_report(self) -> tuple[dict[str, int], list[str]]:
+        """The shadow counts (``<route> <counter>`` → n) and the sample differences (JSON
+        text, newest first), summed over every instance."""
+        return await self._run(self._shadow_report())
+
+    async def clear_shadow_report(self) -> None:
+        layout = self.layout
+        await self._run(self._plain([(None, ("DEL", layout.shadow_counts, layout.shadow_samples))]))
+
     async def get_config(self) -> StoredConfig:
         return await self._run(self._get_config())
 
@@ -246,6 +270,17 @@ class AsyncStore(_Plans):
         self, name: str, *, host: str | None = None, actor: str = DEFAULT_ACTOR
     ) -> Change:
         return await self._run(plans.remove_upstream(self.layout, actor, name, host))
+
+    async def set_mirror(
+        self, document: Mapping[str, Any] | str, *, actor: str = DEFAULT_ACTOR
+    ) -> Change:
+        """Validate and store the mirror document (docs/shadow.md); raises
+        ConfigurationError and writes nothing when it is invalid."""
+        return await self._run(plans.set_mirror(self.layout, actor, document))
+
+    async def clear_mirror(self, *, actor: str = DEFAULT_ACTOR) -> Change:
+        """Stop mirroring (on every instance within a second)."""
+        return await self._run(plans.clear_mirror(self.layout, actor))
 
     async def add_members(
         self, name: str, members: Iterable[str], *, actor: str = DEFAULT_ACTOR
