@@ -17,6 +17,7 @@ from .forward.common import refuse_ambiguous_authority
 from .health import AsyncChecker
 from .outcome import STABLE, Decision
 from .router import Router
+from .shadow.mirror import AsyncMirror
 from .stores import AsyncStore
 
 __all__ = ["DECISION_KEY", "CanaryRouter"]
@@ -66,6 +67,7 @@ class CanaryRouter(Router):
         self._wrap_stable = bool(self._stable_tag) or self.metrics is not None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
+        self._shadow: AsyncMirror | None = None  # built when a mirror is first in force
 
     # -- the ASGI interface ------------------------------------------------------------
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -91,6 +93,9 @@ class CanaryRouter(Router):
             await self._route_elsewhere(scope, receive, send, decision, facts)
             return
         scope[DECISION_KEY] = decision
+        if self._mirror is not None:  # shadow traffic: stable served the same, then a copy
+            await self._mirrored(scope, receive, send, decision, facts)
+            return
         if self._wrap_stable:
             await self.app(scope, receive, self._stable_send(send, decision, facts))
         else:  # no tag, no metrics: nothing to see in the response, so no wrapper at all
@@ -122,6 +127,19 @@ class CanaryRouter(Router):
             if isinstance(receive, Replayable):
                 receive.replay()
         await self.app(scope, receive, self._stable_send(send, decision, facts))
+
+    async def _mirrored(
+        self, scope: Scope, receive: Receive, send: Send, decision: Decision, facts: ASGIFacts
+    ) -> None:
+        """A stable request while a mirror is in force (canary_mw.shadow)."""
+        shadow = self._shadow
+        if shadow is None:
+            shadow = self._shadow = AsyncMirror(self.config.forward_policy(), self.store)
+
+        def stable(receive: Receive, send: Send) -> Awaitable[None]:
+            return self.app(scope, receive, self._stable_send(send, decision, facts))
+
+        await shadow.serve(self._mirror, scope, receive, send, facts, self.engine.snapshot, stable)
 
     def _stable_send(self, send: Send, decision: Decision, facts: ASGIFacts) -> Send:
         """The ``send`` the stable app gets: adds the tag to the response head and counts the
@@ -225,6 +243,9 @@ class CanaryRouter(Router):
         await self.engine.aclose()
         self._loop = None
         await self._forwarder.aclose()
+        if self._shadow is not None:
+            await self._shadow.aclose()
+            self._shadow = None
         if self._parts.owns_store and not self._closed:
             await self.store.aclose()
         self._closed = True

@@ -31,3 +31,10 @@ class Router:
         self._record = parts.record
         self._ejected = parts.ejected
         self._targets = parts.targets
+        #: The mirror document in force (shadow traffic), None while mirroring is off: the
+        #: only thing a request reads of mirroring when it is off.
+        self._mirror: Any = None
+        parts.engine.builder.mirror_watchers.append(self._mirror_changed)
+
+    def _mirror_changed(self, mirror: Any) -> None:
+        self._mirror = mirror

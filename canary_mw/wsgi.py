@@ -19,6 +19,7 @@ from .health import BlockingChecker
 from .outcome import STABLE, Decision
 from .parts import decision_log
 from .router import Router
+from .shadow.mirror import ThreadMirror
 from .stores import Store
 
 __all__ = ["DECISION_ENVIRON_KEY", "CanaryWSGI"]
@@ -88,6 +89,7 @@ class CanaryWSGI(Router):
         self._stable_tag = [(k.decode(), v.decode()) for k, v in self._targets.tag(STABLE)]
         self._pid = 0
         self._lock = threading.Lock()
+        self._shadow: ThreadMirror | None = None  # built when a mirror is first in force
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         if self._pid != os.getpid():
@@ -125,12 +127,29 @@ class CanaryWSGI(Router):
                 decision = Decision(STABLE, "fallback", decision.rule_id)
                 environ[DECISION_ENVIRON_KEY] = decision
         if body is None:
-            body = self._serve_stable(environ, start)
+            if self._mirror is None:
+                body = self._serve_stable(environ, start)
+            else:  # shadow traffic: stable served the same, then a copy
+                body = self._mirrored(environ, start, facts)
         if not self.metrics and not decision_log.isEnabledFor(logging.DEBUG):
             self.engine.count(decision.target)
             return body
         final = decision
         return _Measured(body, lambda: self._record(final, status[0], started, facts))
+
+    def _mirrored(
+        self, environ: Environ, start_response: StartResponse, facts: WSGIFacts
+    ) -> Iterable[bytes]:
+        """A stable request while a mirror is in force (canary_mw.shadow)."""
+        shadow = self._shadow
+        if shadow is None:
+            with self._lock:
+                if self._shadow is None:
+                    self._shadow = ThreadMirror(self.config.forward_policy(), self.store)
+                shadow = self._shadow
+        return shadow.serve(
+            self._mirror, environ, start_response, facts, self.engine.snapshot, self._serve_stable
+        )
 
     def _serve_stable(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         tag = self._stable_tag
@@ -161,5 +180,8 @@ class CanaryWSGI(Router):
         self.engine.close()
         self._pid = 0
         self._forwarder.close()
+        if self._shadow is not None:
+            self._shadow.close()
+            self._shadow = None
         if self._parts.owns_store:
             self.store.close()
