@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..keys import IPListRef, Probe
+from ..rollout.plan import Rollout, RolloutPlan
 from ..rules import RuleSet
 from . import plans
 from .layout import Layout, StoreState
@@ -193,6 +194,23 @@ class Store(_Plans):
         """Restore mode, rules and upstreams as they were after ``version`` (default: undo
         the latest config change). Atomic, and recorded in the history itself."""
         return self._run(plans.rollback(self.layout, actor, version))
+
+    def start_rollout(
+        self, plan: RolloutPlan, *, at: float | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Rollout:
+        """Start a rollout (docs/rollouts.md): the first step at once, or at ``at`` (epoch
+        seconds); the routers' controller drives the rest. Refused while one is active."""
+        return self._run(self._begin_rollout(plan, at, actor))
+
+    def rollout_command(self, command: str, *, actor: str = DEFAULT_ACTOR) -> Rollout:
+        """``pause``, ``resume``, ``abort`` (restores what was in force before) or
+        ``promote`` the active rollout; audited like every change."""
+        return self._run(self._rollout_command(command, actor))
+
+    def rollout_status(self) -> dict[str, Any]:
+        """``{"rollout": Rollout | None, "windows": {target: Window}}``: the latest rollout
+        and, for its current step, canary and stable side by side (every instance)."""
+        return self._run(self._rollout_status())
 
     def close(self) -> None:
         self._executor.close()

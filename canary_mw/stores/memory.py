@@ -31,6 +31,12 @@ __all__ = [
 Stream = list[tuple[bytes, dict[bytes, bytes]]]
 Value = bytes | set[bytes] | dict[bytes, bytes] | Stream | deque[bytes]  # deque: a Redis list
 Listener = Callable[[bytes], None]
+#: Lua scripts the memory backend runs natively (EVAL), by their text: the function gets the
+#: backend, the database, the messages to publish, the keys and the arguments. Registered by
+#: the modules that send the scripts (canary_mw.rollout.storage).
+NativeScript = Callable[["MemoryBackend", dict[bytes, Any], list[tuple[bytes, bytes]],
+                         list[bytes], list[bytes]], object]  # fmt: skip
+NATIVE_SCRIPTS: dict[bytes, NativeScript] = {}
 
 
 class CommandError(Exception):
@@ -53,12 +59,16 @@ class MemoryBackend:
         self._dbs: dict[int, dict[bytes, Value]] = {}
         self._lock = threading.Lock()
         self._listeners: dict[bytes, list[Listener]] = {}
+        #: Key deadlines (time.monotonic()) per database dict, for EXPIRE / PEXPIRE / SET PX.
+        self._deadlines: dict[int, dict[bytes, float]] = {}
 
     # -- command interpreter ----------------------------------------------------------
     def execute(self, commands: Sequence[Command]) -> list[object]:
         results: list[object] = []
         published: list[tuple[bytes, bytes]] = []
         with self._lock:
+            if self._deadlines:
+                self._expire()
             for db, args in commands:
                 name, *rest = args
                 handler = self._handler(str(name))
@@ -102,12 +112,57 @@ class MemoryBackend:
     def _cmd_get(self, data: dict[bytes, Value], _: object, key: bytes) -> bytes | None:
         return self._typed(data, key, bytes, False)  # type: ignore[no-any-return]
 
-    def _cmd_set(self, data: dict[bytes, Value], _: object, key: bytes, value: bytes) -> bool:
+    def _cmd_set(
+        self, data: dict[bytes, Value], _: object, key: bytes, value: bytes, *options: bytes
+    ) -> bool:
         data[key] = value
+        self._deadlines.get(id(data), {}).pop(key, None)
+        if len(options) == 2 and options[0].upper() in (b"PX", b"EX"):
+            milliseconds = int(options[1]) * (1 if options[0].upper() == b"PX" else 1000)
+            self._cmd_pexpire(data, _, key, str(milliseconds).encode())
         return True
 
     def _cmd_del(self, data: dict[bytes, Value], _: object, *keys: bytes) -> int:
+        for key in keys:
+            self._deadlines.get(id(data), {}).pop(key, None)
         return sum(data.pop(key, None) is not None for key in keys)
+
+    def _cmd_incr(self, data: dict[bytes, Value], _: object, key: bytes) -> int:
+        current = self._typed(data, key, bytes, False)
+        try:
+            value = int(current or b"0") + 1
+        except ValueError:
+            raise CommandError("ERR value is not an integer or out of range") from None
+        data[key] = str(value).encode()
+        return value
+
+    def _cmd_pexpire(self, data: dict[bytes, Value], _: object, key: bytes, ms: bytes) -> int:
+        if key not in data:
+            return 0
+        deadline = time.monotonic() + int(ms) / 1000
+        self._deadlines.setdefault(id(data), {})[key] = deadline
+        return 1
+
+    def _cmd_expire(self, data: dict[bytes, Value], _: object, key: bytes, s: bytes) -> int:
+        return self._cmd_pexpire(data, _, key, str(int(s) * 1000).encode())
+
+    def _cmd_eval(
+        self, data: dict[bytes, Value], published: list[tuple[bytes, bytes]], script: bytes,
+        count: bytes, *rest: bytes,
+    ) -> object:  # fmt: skip
+        native = NATIVE_SCRIPTS.get(script)
+        if native is None:
+            raise CommandError("NOSCRIPT the memory backend runs only the scripts canary_mw sends")
+        keys = int(count)
+        return native(self, data, published, list(rest[:keys]), list(rest[keys:]))
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for db in self._dbs.values():
+            deadlines = self._deadlines.get(id(db))
+            for key in [key for key, at in (deadlines or {}).items() if at <= now]:
+                del deadlines[key]  # type: ignore[union-attr]
+                db.pop(key, None)
 
     def _cmd_sadd(self, data: dict[bytes, Value], _: object, key: bytes, *members: bytes) -> int:
         current = self._set(data, key, create=True)

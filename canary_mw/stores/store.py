@@ -14,6 +14,8 @@ from typing import Any, Protocol, TypeVar
 
 from ..errors import ConfigurationError
 from ..keys import IPListRef, Probe
+from ..rollout import operations as rollouts
+from ..rollout.plan import Rollout, RolloutPlan
 from ..rules import RuleSet, parse_rules
 from . import plans
 from .layout import Command, Layout, StoreState
@@ -131,6 +133,15 @@ class _Plans:
             except ValueError:
                 continue  # garbage written by hand: left out, never fatal
         return parsed, [_text(sample) for sample in samples]  # type: ignore[attr-defined]
+
+    def _begin_rollout(self, plan: RolloutPlan, at: float | None, actor: str) -> Plan[Rollout]:
+        return (yield from rollouts.begin(self.layout, actor, plan, at)).after
+
+    def _rollout_command(self, command: str, actor: str) -> Plan[Rollout]:
+        return (yield from rollouts.command(self.layout, actor, command)).after
+
+    def _rollout_status(self) -> Plan[dict[str, Any]]:
+        return rollouts.status(self.layout)
 
     def _rules(self, rules: RulesInput) -> RuleSet:
         return rules if isinstance(rules, RuleSet) else parse_rules(rules)
@@ -310,6 +321,23 @@ class AsyncStore(_Plans):
         """Restore mode, rules and upstreams as they were after ``version`` (default: undo
         the latest config change). Atomic, and recorded in the history itself."""
         return await self._run(plans.rollback(self.layout, actor, version))
+
+    async def start_rollout(
+        self, plan: RolloutPlan, *, at: float | None = None, actor: str = DEFAULT_ACTOR
+    ) -> Rollout:
+        """Start a rollout (docs/rollouts.md): the first step at once, or at ``at`` (epoch
+        seconds); the routers' controller drives the rest. Refused while one is active."""
+        return await self._run(self._begin_rollout(plan, at, actor))
+
+    async def rollout_command(self, command: str, *, actor: str = DEFAULT_ACTOR) -> Rollout:
+        """``pause``, ``resume``, ``abort`` (restores what was in force before) or
+        ``promote`` the active rollout; audited like every change."""
+        return await self._run(self._rollout_command(command, actor))
+
+    async def rollout_status(self) -> dict[str, Any]:
+        """``{"rollout": Rollout | None, "windows": {target: Window}}``: the latest rollout
+        and, for its current step, canary and stable side by side (every instance)."""
+        return await self._run(self._rollout_status())
 
     async def aclose(self) -> None:
         await self._executor.close()

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from ..keys import IPListRef, Probe
+from ..rollout.plan import Rollout, RolloutPlan
 from ..rules import RuleSet
 from . import plans
 from .layout import Layout, StoreState
