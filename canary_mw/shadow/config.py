@@ -172,7 +172,10 @@ def parse_mirror(document: object) -> MirrorConfig:
         raise _fail("document", f"unknown field(s) {extra}; expected {sorted(_FIELDS)}")
     if "upstream" not in document:
         raise _fail("upstream", "say where the copies go, e.g. 'http://canary:8000'")
-    upstream = _parse("mirror", document["upstream"])
+    try:
+        upstream = _parse("mirror", document["upstream"])
+    except ConfigurationError as exc:
+        raise _fail("upstream", str(exc).removeprefix("upstream 'mirror': ")) from None
     methods = _strings(document.get("methods", list(_SAFE)), "methods", "HTTP methods")
     condition = None
     if document.get("when") is not None:
