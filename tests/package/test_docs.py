@@ -294,7 +294,8 @@ def test_every_endpoint_is_documented() -> None:
 
 def test_every_redis_key_is_documented() -> None:
     layout = Layout()
-    keys = [layout.config, layout.audit, layout.health, layout.traffic, layout.channel]
+    keys = [layout.config, layout.audit, layout.health, layout.traffic, layout.channel,
+            layout.shadow_counts, layout.shadow_samples]  # fmt: skip
     keys.append(layout.set_key("NAME").replace("NAME", "<name>"))
     assert mentioned("redis.md", keys) == []
 
