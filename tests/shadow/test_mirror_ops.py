@@ -65,7 +65,8 @@ def test_report_counts_add_up_and_samples_are_bounded(store: Store) -> None:
     store.add_shadow({"GET /a/* sent": 3}, [f"t{i}" for i in range(40)])
     counts, samples = store.shadow_report()
     assert counts == {"GET /a/* sent": 5, "GET /a/* matches": 1}
-    assert len(samples) == 50 and samples[0] == "t39"  # newest first, the oldest let go
+    assert len(samples) == 50
+    assert samples[0] == "t39"
     store.clear_shadow_report()
     assert store.shadow_report() == ({}, [])
 
@@ -76,7 +77,8 @@ def test_garbage_in_the_store_keeps_the_last_good_mirror(store: Store) -> None:
     builder.mirror_watchers.append(seen.append)
     store.set_mirror(DOC)
     good = builder.update(store.read_state([], [])).mirror
-    assert good is not None and seen == [good]
+    assert good is not None
+    assert seen == [good]
     config = dict(store.read_state([], []).config)  # type: ignore[call-overload]
     config[b"mirror"] = b'{"upstream": 42}'
     from canary_mw.stores.layout import StoreState
@@ -112,7 +114,8 @@ def test_command_line(url: str, store: Store) -> None:
                         if url.startswith("memory") else cli(url, "mirror", "status", "--json").output)  # fmt: skip
     assert status["mirror"]["upstream"] == "http://canary:8000"
     bad = cli(url, "mirror", "set", "http://canary:8000", "--percent", "200")
-    assert bad.exit_code == 1 and "error: mirror: percent" in bad.output
+    assert bad.exit_code == 1
+    assert "error: mirror: percent" in bad.output
     assert cli(url, "mirror", "set").exit_code == 2  # no URL, no document
     document = json.dumps({"upstream": "http://other:8000"})
     assert cli(url, "mirror", "set", "--document", "-", stdin=document).exit_code == 0
@@ -150,9 +153,11 @@ async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
 async def test_admin_api(api: httpx.AsyncClient, store: Store) -> None:
     assert (await api.get("/mirror")).json() == {"mirror": None}
     bad = await api.put("/mirror", json={"upstream": "http://c:1", "queue": 0})
-    assert bad.status_code == 422 and "queue" in bad.json()["detail"][0]["msg"]
+    assert bad.status_code == 422
+    assert "queue" in bad.json()["detail"][0]["msg"]
     done = await api.put("/mirror", json=DOC)
-    assert done.status_code == 200 and done.json()["changed"] is True
+    assert done.status_code == 200
+    assert done.json()["changed"] is True
     assert (await api.get("/mirror")).json()["mirror"]["upstream"] == "http://canary:8000"
     assert store.history(1)[0].actor == "api:deploy@10.1.2.3"
     store.add_shadow({"GET /a/* sent": 1, "GET /a/* errors": 1}, ["not json", '{"request": "x"}'])
