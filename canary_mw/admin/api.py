@@ -22,10 +22,15 @@ except ModuleNotFoundError as exc:  # pragma: no cover - tested in a subprocess
         "canary_mw's admin app needs Starlette: pip install 'canary-mw[admin]'", name=exc.name
     ) from exc
 
+from ..decide import NO_OVERRIDES, Overrides
 from ..errors import ConfigurationError, RuleError, StoreError
-from ..ipmatch import parse_ip
+from ..ipmatch import parse_ip, parse_network
+from ..keys import SetRef
 from ..stores import Change, Store, store_from_url
+from ..upstreams import parse_upstreams
 from . import render
+from .console import console_routes
+from .explain import RequestDescription, explain_request
 from .openapi import OPENAPI
 
 __all__ = ["admin_app"]
@@ -132,8 +137,12 @@ class AdminAPI:
         tokens: Mapping[str, str],
         allow_unauthenticated: bool,
         max_body: int,
+        upstreams: Mapping[str, str] | None = None,
+        overrides: Overrides = NO_OVERRIDES,
     ):
         self.store = store
+        self.upstreams = dict(upstreams or {})
+        self.overrides = overrides
         self.tokens = {name: secret.encode() for name, secret in tokens.items()}
         self.allow_unauthenticated = allow_unauthenticated
         self.max_body = max_body
@@ -281,6 +290,10 @@ class AdminAPI:
     async def get_set(self, request: Request, p: dict[str, Any]) -> Response:
         name = request.path_params["name"]
         size = (await self.call(self.store.set_sizes, [name]))[name]
+        member = request.query_params.get("member")
+        if member is not None:  # one question, whatever the set's size
+            found = await self.call(_membership, self.store, name, member, size <= 10_000)
+            return JSONResponse(found)
         members = sorted(await self.call(self.store.members, name)) if size <= 10_000 else None
         return JSONResponse({"name": name, "size": size, "members": members})
 
@@ -346,6 +359,50 @@ class AdminAPI:
         version = _field(body, "version", int, required=False)
         return _change(await self.call(self.store.rollback, version, actor=p["actor"]))
 
+    async def explain(self, request: Request, p: dict[str, Any]) -> Response:
+        body = p["body"]
+        _only(body, "ip", "host", "path", "method", "headers", "cookies")
+        texts = {key: _field(body, key, str, required=False)
+                 for key in ("ip", "host", "path", "method")}  # fmt: skip
+        described: dict[str, Any] = {k: v for k, v in texts.items() if v is not None}
+        for key in ("headers", "cookies"):
+            pairs = _field(body, key, dict, required=False) or {}
+            for name, value in pairs.items():
+                if not isinstance(value, str):
+                    raise InvalidBodyError(["body", key, name], "expected a string")
+            described[key] = pairs
+        try:
+            description = RequestDescription(**described)
+            description.facts()
+        except ConfigurationError as exc:
+            # The message opens with what it is about: "ip: ...", "path: ...", "header 'X' ...".
+            about = {"ip": "ip", "path": "path", "header": "headers"}.get(
+                str(exc).replace(":", " ").split(" ")[0], "headers"
+            )
+            raise InvalidBodyError(["body", about], str(exc)) from None
+        explanation = await self.call(
+            explain_request, self.store, description, overrides=self.overrides,
+            upstreams=self.upstreams,
+        )  # fmt: skip
+        return JSONResponse(explanation.to_json())
+
+
+def _membership(store: Store, name: str, member: str, scan: bool) -> dict[str, Any]:
+    """Whether ``member`` is in the set as stored, and for an address, which of the set's
+    addresses and networks hold it (an IP set matches by network, as the routers do; only
+    ``scan``ned when the set is small enough to list)."""
+    exact = store.lookup([(SetRef(name), member)], within_budget=False)[(SetRef(name), member)]
+    matches = [member] if exact else []
+    address = parse_ip(member)
+    if address is not None and scan:
+        for entry in sorted(store.members(name)):
+            try:
+                if entry != member and address in parse_network(entry, strict=False):
+                    matches.append(entry)
+            except ValueError:
+                continue  # routers skip an invalid member too
+    return {"name": name, "member": member, "contains": bool(matches), "matches": matches}
+
 
 async def _openapi(request: Request) -> Response:
     return JSONResponse(OPENAPI)
@@ -358,12 +415,17 @@ def admin_app(
     tokens: Mapping[str, str] | None = None,
     allow_unauthenticated: bool = False,
     max_body: int = MAX_BODY,
+    upstreams: Mapping[str, str] | None = None,
+    force_header: str | None = None,
+    force_cookie: str | None = None,
 ) -> Starlette:
     """The admin API as an ASGI app.
 
     ``token`` (or ``tokens={"deploy-bot": "...", "alice": "..."}``, whose names the history
     records) is required. Without one it refuses to start, unless
     ``allow_unauthenticated=True``, and then it answers loopback clients only.
+    ``upstreams``, ``force_header`` and ``force_cookie``: the routers' own options of those
+    names (not in the store), so ``POST /explain`` resolves and decides as they do.
     """
     named = dict(tokens or {})
     if token is not None:
@@ -386,9 +448,12 @@ def admin_app(
         store = store_from_url(store)
     elif not isinstance(store, Store):
         raise ConfigurationError("store must be a URL or a Store from store_from_url()")
+    overrides = Overrides(header=force_header, cookie=force_cookie)
+    parse_upstreams(None, dict(upstreams or {}))  # refused now, not at the first explain
     api = AdminAPI(
-        store, tokens=named, allow_unauthenticated=allow_unauthenticated, max_body=max_body
-    )
+        store, tokens=named, allow_unauthenticated=allow_unauthenticated, max_body=max_body,
+        upstreams=upstreams, overrides=overrides,
+    )  # fmt: skip
     e = api.endpoint
     routes = [
         Route("/openapi.json", _openapi, methods=["GET"]),
@@ -408,5 +473,7 @@ def admin_app(
         Route("/upstreams/{name}", e(api.delete_upstream), methods=["DELETE"]),
         Route("/history", e(api.history), methods=["GET"]),
         Route("/rollback", e(api.rollback, body=True), methods=["POST"]),
+        Route("/explain", e(api.explain, body=True), methods=["POST"]),
+        *console_routes(),
     ]
     return Starlette(routes=routes)

@@ -151,6 +151,56 @@ def mode(ctx: Context, mode: str) -> None:
         _report(ctx.store.set_mode(mode, actor=ctx.actor), "set")
 
 
+def _pairs(values: tuple[str, ...], separator: str, what: str) -> dict[str, str]:
+    pairs = {}
+    for value in values:
+        name, found, rest = value.partition(separator)
+        if not found or not name.strip():
+            raise ConfigurationError(f"{what} {value!r}: expected NAME{separator}VALUE")
+        pairs[name.strip()] = rest.strip()
+    return pairs
+
+
+@main.command()
+@click.option("--ip", default=None, help="The client address, as the routers resolve it.")
+@click.option("--host", default="localhost", show_default=True, help="The Host header.")
+@click.option("--path", default="/", show_default=True, help="The path, with ?query if any.")
+@click.option("--method", default="GET", show_default=True, help="The HTTP method.")
+@click.option("--header", "headers", multiple=True, help="'Name: value' (repeatable).")
+@click.option("--cookie", "cookies", multiple=True, help="NAME=VALUE (repeatable).")
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    help="NAME=URL: a router's own upstream (canary_url=, upstreams=), repeatable.",
+)
+@click.option("--force-header", default=None, help="The routers' force_header, if set.")
+@click.option("--force-cookie", default=None, help="The routers' force_cookie, if set.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_context
+def explain(ctx: Context, ip: str | None, host: str, path: str, method: str,
+            headers: tuple[str, ...], cookies: tuple[str, ...], upstreams: tuple[str, ...],
+            force_header: str | None, force_cookie: str | None, as_json: bool) -> None:  # fmt: skip
+    """Where the routers would send this request now, and why: each rule in order with each
+    condition's value, the rule that decides, the upstream URL."""
+    from ..decide import Overrides  # noqa: PLC0415 - only this command needs them
+    from .explain import RequestDescription, explain_lines, explain_request  # noqa: PLC0415
+
+    with one_line_errors():
+        request = RequestDescription(
+            ip=ip, host=host, path=path, method=method, headers=_pairs(headers, ":", "--header"),
+            cookies=_pairs(cookies, "=", "--cookie"),
+        )  # fmt: skip
+        explanation = explain_request(
+            ctx.store, request, overrides=Overrides(header=force_header, cookie=force_cookie),
+            upstreams=_pairs(upstreams, "=", "--upstream"),
+        )  # fmt: skip
+    if as_json:
+        click.echo(json.dumps(explanation.to_json(), indent=2))
+    else:
+        click.echo("\n".join(explain_lines(explanation, request)))
+
+
 # -- sets of IPs and users -----------------------------------------------------------------
 def _read_values(values: tuple[str, ...], source: TextIO | None) -> list[str]:
     collected = list(values)
@@ -378,11 +428,21 @@ def upstream_remove(ctx: Context, name: str, host: str | None) -> None:
 )
 @click.option("--insecure-no-auth", is_flag=True,
               help="Run without a token; only allowed when listening on loopback.")  # fmt: skip
+@click.option(
+    "--upstream",
+    "upstreams",
+    multiple=True,
+    help="NAME=URL: the routers' own upstreams, for explain (repeatable).",
+)
+@click.option("--force-header", default=None, help="The routers' force_header, for explain.")
+@click.option("--force-cookie", default=None, help="The routers' force_cookie, for explain.")
 @pass_context
 def admin(ctx: Context, host: str, port: int, token: str | None, token_file: TextIO | None,
-          insecure_no_auth: bool) -> None:  # fmt: skip
-    """Serve the admin HTTP API; prints where it listens, whether a token is required and
-    where the OpenAPI document is (/openapi.json; request bodies: docs/admin-api.md)."""
+          insecure_no_auth: bool, upstreams: tuple[str, ...], force_header: str | None,
+          force_cookie: str | None) -> None:  # fmt: skip
+    """Serve the admin HTTP API and the console page; prints where it listens, whether a token
+    is required, the console's URL and where the OpenAPI document is (/openapi.json; request
+    bodies: docs/admin-api.md)."""
     if token_file is not None:
         token = token_file.read().strip()
     loopback = host in ("localhost", "127.0.0.1", "::1") or host.startswith("127.")
@@ -407,7 +467,11 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
                    "pip install 'canary-mw[admin]'", err=True)  # fmt: skip
         sys.exit(1)
     with one_line_errors():
-        app = admin_app(ctx.store, token=token, allow_unauthenticated=insecure_no_auth)
+        app = admin_app(
+            ctx.store, token=token, allow_unauthenticated=insecure_no_auth,
+            upstreams=_pairs(upstreams, "=", "--upstream"), force_header=force_header,
+            force_cookie=force_cookie,
+        )  # fmt: skip
     # Bound here, not by uvicorn, so "port in use" is one clear line and the banner below is
     # printed only once the address is really ours (with the real port when --port 0).
     try:

@@ -100,9 +100,15 @@ OPENAPI: dict[str, Any] = {
         },
         "/sets/{name}": {
             "parameters": [{"name": "name", **_PATH}],
-            "get": _read("A set's size, and its members when there are at most 10,000",
-                         _object({"name": {"type": "string"}, "size": {"type": "integer"},
-                                  "members": {"type": ["array", "null"], "items": {"type": "string"}}})),
+            "get": _read("A set's size, and its members when there are at most 10,000; with ?member=X, whether X is in it",
+                         {"oneOf": [
+                             _object({"name": {"type": "string"}, "size": {"type": "integer"},
+                                      "members": {"type": ["array", "null"], "items": {"type": "string"}}}),
+                             _object({"name": {"type": "string"}, "member": {"type": "string"},
+                                      "contains": {"type": "boolean"},
+                                      "matches": {"type": "array", "items": {"type": "string"}, "description": "the member itself, and the set's networks holding an address"}})]},
+                         parameters=[{"name": "member", "in": "query", "required": False,
+                                      "schema": {"type": "string"}}]),
         },
         "/sets/{name}/{action}": {
             "parameters": [{"name": "name", **_PATH},
@@ -141,6 +147,19 @@ OPENAPI: dict[str, Any] = {
                            "(no version: undo the latest config change)",
                            _object({"version": {"type": ["integer", "null"], "minimum": 0}})),
         },
+        "/explain": {
+            "post": {
+                "summary": "Where the routers would send a described request now, and why (writes nothing)",
+                "requestBody": _body(_object({
+                    "ip": {"type": "string", "description": "the client address, as the routers resolve it"},
+                    "host": {"type": "string", "default": "localhost"},
+                    "path": {"type": "string", "default": "/", "description": "with ?query if any"},
+                    "method": {"type": "string", "default": "GET"},
+                    "headers": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "cookies": {"type": "object", "additionalProperties": {"type": "string"}}})),
+                "responses": {"200": _ok(_ref("Explanation")), **_WRITE_ERRORS},
+            },
+        },
     },
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
@@ -153,7 +172,8 @@ OPENAPI: dict[str, Any] = {
                 "description": {"type": "string"}}},
             "RuleSummary": {"type": "object", "properties": {
                 "id": {"type": "string"}, "when": {"type": "object"},
-                "target": {"type": "string"}, "enabled": {"type": "boolean"}}},
+                "target": {"type": "string"}, "enabled": {"type": "boolean"},
+                "description": {"type": "string", "description": "only when the rule has one"}}},
             "Change": {"type": "object", "properties": {
                 "version": {"type": "integer"}, "changed": {"type": "boolean"},
                 "action": {"type": "string"}, "target": {"type": ["string", "null"]},
@@ -190,6 +210,22 @@ OPENAPI: dict[str, Any] = {
                 "until": {"type": ["number", "null"], "description": "the record is ignored after this time (null: never, a record written by hand)"},
                 "reason": {"type": "string"}, "by": {"type": "string", "description": "host:pid of the router that wrote it"},
                 "raw": {"type": "string", "description": "an unreadable record as stored"}}},
+            "Explanation": {"type": "object", "properties": {
+                "target": {"type": "string", "description": "stable or the upstream name that serves it"},
+                "reason": {"type": "string", "description": "rule, no-match, unknown, mode-off, mode-all, override-header, override-cookie, no-upstream, ejected"},
+                "rule": {"type": ["string", "null"]},
+                "upstream": {"type": ["string", "null"], "description": "the URL it is forwarded to; null: served by the app itself"},
+                "ruled": {"type": "object", "description": "what the rules chose, before resolving the upstream"},
+                "mode": _ref("Mode"), "version": {"type": "integer"},
+                "overrides": {"type": "array", "items": {"type": "string"}},
+                "rules": {"type": "array", "items": {"type": "object", "properties": {
+                    "id": {"type": "string"}, "target": {"type": "string"},
+                    "outcome": {"enum": ["matched", "no match", "unknown", "disabled", "not reached"]},
+                    "condition": {"oneOf": [{"type": "null"}, _ref("ConditionTrace")]}}}}}},
+            "ConditionTrace": {"type": "object", "properties": {
+                "condition": {"type": "object"}, "value": {"enum": ["true", "false", "unknown"]},
+                "why": {"type": "string"},
+                "children": {"type": "array", "items": _ref("ConditionTrace")}}},
             "Error": {"type": "object", "properties": {"detail": {"type": "string"}}},
             "ValidationError": {"type": "object", "properties": {"detail": {
                 "type": "array", "items": {"type": "object", "properties": {

@@ -180,7 +180,8 @@ def status_data(store: Store) -> dict[str, Any]:
         raw = {_text(key): _text(value) for key, value in state.config.items()}
     mode_raw, ruleset, rules_problem, upstreams, version = _config_view(raw, store.prefix, problems)
     rules = [] if ruleset is None else [
-        {"id": r.id, "when": r.spec["when"], "target": r.target, "enabled": r.enabled}
+        {"id": r.id, "when": r.spec["when"], "target": r.target, "enabled": r.enabled,
+         **({"description": r.spec["description"]} if r.spec.get("description") else {})}
         for r in ruleset.rules
     ]  # fmt: skip
     ip_lists = _ip_list_problems(store, ruleset, problems)
@@ -333,6 +334,8 @@ def admin_banner(store: Store, address: tuple[str, int], *, auth: bool) -> list[
             "bearer token required (Authorization: Bearer <token>)" if auth
             else "OFF (--insecure-no-auth): loopback clients only"
         ),
+        f"  console  {base}/ (the page for operators: sign in with the token)" if auth
+        else f"  console  {base}/ (the page for operators; any token signs in)",
         f"  OpenAPI  {base}/openapi.json (request bodies: docs/admin-api.md)",
         "  Ctrl-C stops it.",
     ]  # fmt: skip
