@@ -22,6 +22,7 @@ from .health import HealthCheck
 from .metrics import Metrics, metrics_asgi_app, metrics_wsgi_app
 from .outcome import CANARY, STABLE, Decision
 from .rules import DEFAULT_RULES, Rule, RuleSet, openresty_rules, parse_rules
+from .shadow.config import MirrorConfig, parse_mirror
 from .snapshot import MODES, Snapshot
 from .stores import AsyncStore, Change, Store, async_store_from_url, store_from_url
 from .version import __version__
@@ -57,6 +58,7 @@ __all__ = [
     "HTTPCore2Transport",
     "HealthCheck",
     "Metrics",
+    "MirrorConfig",
     "Overrides",
     "RequestFacts",
     "Rule",
@@ -74,6 +76,7 @@ __all__ = [
     "metrics_asgi_app",
     "metrics_wsgi_app",
     "openresty_rules",
+    "parse_mirror",
     "parse_rules",
     "store_from_url",
 ]

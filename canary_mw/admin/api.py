@@ -346,6 +346,23 @@ class AdminAPI:
         change = await self.call(self.store.remove_upstream, name, host=host, actor=p["actor"])
         return _change(change)
 
+    async def get_mirror(self, request: Request, p: dict[str, Any]) -> Response:
+        config = await self.call(self.store.get_config)
+        return JSONResponse({"mirror": config.describe().get("mirror")})
+
+    async def put_mirror(self, request: Request, p: dict[str, Any]) -> Response:
+        return _change(await self.call(self.store.set_mirror, p["body"], actor=p["actor"]))
+
+    async def delete_mirror(self, request: Request, p: dict[str, Any]) -> Response:
+        return _change(await self.call(self.store.clear_mirror, actor=p["actor"]))
+
+    async def mirror_report(self, request: Request, p: dict[str, Any]) -> Response:
+        from ..admin.mirror_cli import _samples  # noqa: PLC0415 - click only when asked
+        from ..shadow.report import report_rows  # noqa: PLC0415
+
+        counts, samples = await self.call(self.store.shadow_report)
+        return JSONResponse({"routes": report_rows(counts), "samples": _samples(samples)})
+
     async def history(self, request: Request, p: dict[str, Any]) -> Response:
         raw = request.query_params.get("limit", "20")
         if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
@@ -471,6 +488,10 @@ def admin_app(
         Route("/upstreams", e(api.get_upstreams), methods=["GET"]),
         Route("/upstreams/{name}", e(api.put_upstream, body=True), methods=["PUT"]),
         Route("/upstreams/{name}", e(api.delete_upstream), methods=["DELETE"]),
+        Route("/mirror", e(api.get_mirror), methods=["GET"]),
+        Route("/mirror", e(api.put_mirror, body=True), methods=["PUT"]),
+        Route("/mirror", e(api.delete_mirror), methods=["DELETE"]),
+        Route("/mirror/report", e(api.mirror_report), methods=["GET"]),
         Route("/history", e(api.history), methods=["GET"]),
         Route("/rollback", e(api.rollback, body=True), methods=["POST"]),
         Route("/explain", e(api.explain, body=True), methods=["POST"]),

@@ -525,4 +525,7 @@ def _accept_store_options_everywhere(group: click.Group) -> None:
             ]  # fmt: skip
 
 
+from .mirror_cli import mirror  # noqa: E402 - it builds on this module's context and errors
+
+main.add_command(mirror)
 _accept_store_options_everywhere(main)

@@ -42,6 +42,34 @@ _WRITE_ERRORS = {
 }  # fmt: skip
 
 
+#: The mirror document (docs/shadow.md), inline so the docs table can be checked field by field.
+_MIRROR: dict[str, Any] = {
+    "type": "object",
+    "required": ["upstream"],
+    "properties": {
+        "upstream": {"type": "string", "format": "uri"},
+        "when": {"type": "object"},
+        "methods": {"type": "array", "items": {"type": "string"}, "default": ["GET", "HEAD"]},
+        "percent": {"type": "number", "minimum": 0, "maximum": 100, "default": 100},
+        "by": {"type": "string", "default": "ip"},
+        "salt": {"type": "string", "default": "mirror"},
+        "max_body": {"type": "integer", "minimum": 0, "default": 65536},
+        "compare": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "boolean", "default": True},
+                "headers": {"type": "array", "items": {"type": "string"}},
+                "body": {"enum": ["json", "digest", "none"], "default": "digest"},
+                "ignore": {"type": "array", "items": {"type": "string"}},
+            },
+        },
+        "queue": {"type": "integer", "minimum": 1, "default": 100},
+        "concurrency": {"type": "integer", "minimum": 1, "default": 4},
+    },
+    "additionalProperties": False,
+}
+
+
 def _read(summary: str, schema: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"summary": summary, "responses": {"200": _ok(schema), **_ERRORS}, **extra}
 
@@ -134,6 +162,16 @@ OPENAPI: dict[str, Any] = {
             "delete": _write("Forget the store's URL for a name",
                              None, parameters=[{"name": "host", "in": "query", "required": False,
                                                 "schema": {"type": "string"}}]),
+        },
+        "/mirror": {
+            "get": _read("The mirror document in force (null: mirroring is off)", _object({"mirror": {"type": ["object", "null"]}})),
+            "put": _write("Mirror stable requests to an upstream and compare the answers (docs/shadow.md)", _MIRROR),
+            "delete": _write("Stop mirroring", None),
+        },
+        "/mirror/report": {
+            "get": _read("Shadow copies per route, summed over every instance, and the latest differences",
+                         _object({"routes": {"type": "array", "items": {"type": "object"}},
+                                  "samples": {"type": "array", "items": {"type": "object"}}})),
         },
         "/history": {
             "get": _read("The latest changes, newest first",

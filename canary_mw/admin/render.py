@@ -53,6 +53,10 @@ def _config_diffs(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[s
         diffs.append(f"rules {_rules_diff(before.get('rules'), after.get('rules'))}")
     if before.get("upstreams") != after.get("upstreams"):
         diffs.append(f"upstreams {_compact(after.get('upstreams'))}")
+    if before.get("mirror") != after.get("mirror"):
+        mirror = after.get("mirror")
+        upstream = mirror.get("upstream") if isinstance(mirror, dict) else None
+        diffs.append(f"mirror {'off' if mirror is None else f'on -> {upstream}'}")
     return diffs
 
 

@@ -196,6 +196,8 @@ async def test_openapi_is_served_valid_and_complete(api: httpx.AsyncClient) -> N
               ("POST", "/sets/{name}/{action}"), ("PUT", "/percent"), ("GET", "/upstreams"),
               ("PUT", "/upstreams/{name}"), ("DELETE", "/upstreams/{name}"),
               ("GET", "/history"), ("POST", "/rollback"), ("POST", "/explain")}  # fmt: skip
+    routes |= {("GET", "/mirror"), ("PUT", "/mirror"), ("DELETE", "/mirror"),
+               ("GET", "/mirror/report")}  # fmt: skip
     assert documented == routes
 
     def template(method: str, path: str) -> tuple[str, str]:
