@@ -199,6 +199,18 @@ def test_an_invalid_rule_shows_the_fields_error_and_writes_nothing(
     confirm(page)
     expect(page.locator("#rule-list li[data-rule=office]")).to_have_count(0)
 
+    # The sticky percentage says how many users a change moves before it is applied.
+    page.locator("#percent-value").fill("20")
+    expect(page.locator("#percent-moves")).to_contain_text(
+        "0% → 20%: moves 20% of users to the canary"
+    )
+    page.click("#percent-form button[type=submit]")
+    expect(page.locator("#rule-list li[data-rule=percent]")).to_contain_text('"percent":20')
+    expect(page.locator("#percent-moves")).to_have_text(
+        "Now 20% of users (sticky: buckets 0-1999 of 10,000)."
+    )
+    store.remove_rule("percent")
+
 
 @pytest.mark.parametrize(
     ("address", "target", "rule"), [("127.0.0.2", "canary", "ips"), ("127.0.0.9", "stable", "")]

@@ -107,6 +107,7 @@ async function signIn(token) {
   $("sign-in").hidden = true;
   $("views").hidden = $("sign-out").hidden = false;
   if (!location.hash) location.hash = "#now";
+  await discover();
   show();
   await refresh();
   timer = setInterval(refresh, POLL_MS);
@@ -160,7 +161,7 @@ function drawChart() {
   for (const name of names) {
     const points = samples.map((sample, index) => {
       totals[name] = (totals[name] || 0) + (sample[name] || 0);
-      const x = (300 * index) / Math.max(1, CHART_POINTS - 1);
+      const x = (300 * (CHART_POINTS - samples.length + index)) / (CHART_POINTS - 1); // newest at the right
       const y = 118 - (110 * (sample[name] || 0)) / peak;
       return `${x.toFixed(1)},${y.toFixed(1)}`;
     });
@@ -196,6 +197,64 @@ function renderNow(data) {
   $("problems").replaceChildren(...data.problems.map((problem) =>
     el("div", { class: "problem" }, el("strong", {}, problem.what), `: ${problem.problem}. In force: ${problem.in_force}. Fix: `, el("code", {}, problem.fix))));
   drawChart();
+}
+
+// The rollout and shadow-traffic endpoints exist in newer admin APIs: the page asks the OpenAPI
+// document (no token needed) which ones this server has, and polls only those.
+const optional = { rollout: false, mirrorReport: false };
+
+async function discover() {
+  try {
+    const response = await fetch("openapi.json", { credentials: "omit", cache: "no-store" });
+    const paths = (await response.json()).paths || {};
+    optional.rollout = "/rollout" in paths;
+    optional.mirrorReport = "/mirror/report" in paths;
+  } catch {
+    // an older or unreachable server: the two cards stay hidden
+  }
+}
+
+function percentOf(rate) {
+  return rate === null || rate === undefined ? "-" : `${(rate * 100).toFixed(2)}%`;
+}
+
+async function renderRollout() {
+  $("rollout-card").hidden = !optional.rollout;
+  if (!optional.rollout) return;
+  let data;
+  try {
+    data = await api("GET", "rollout");
+  } catch (error) {
+    $("rollout-state").textContent = error.message;
+    return;
+  }
+  const rollout = data.rollout;
+  if (!rollout) {
+    $("rollout-state").textContent = "No rollout has been started.";
+  } else {
+    const steps = (rollout.plan && rollout.plan.steps) || [];
+    const percent = rollout.step >= 0 && rollout.step < steps.length ? `${steps[rollout.step]}%` : "-";
+    $("rollout-state").textContent = `${rollout.status}: step ${rollout.step + 1} of ${steps.length} (${percent} to ${rollout.plan ? rollout.plan.upstream : "?"})${rollout.reason ? `; ${rollout.reason}` : ""}`;
+  }
+  $("rollout-windows").replaceChildren(...Object.entries(data.windows || {}).map(([target, window]) =>
+    el("tr", {}, el("td", {}, target), el("td", {}, window.requests), el("td", {}, percentOf(window.error_rate)),
+      el("td", {}, window.p99 === null || window.p99 === undefined ? "-" : `${(window.p99 * 1000).toFixed(0)} ms`))));
+}
+
+async function renderShadow() {
+  $("shadow-card").hidden = !optional.mirrorReport;
+  if (!optional.mirrorReport) return;
+  let data;
+  try {
+    data = await api("GET", "mirror/report");
+  } catch {
+    return;
+  }
+  const differences = (row) => Object.entries(row).filter(([name]) => name.startsWith("mismatch:")).reduce((sum, [, count]) => sum + count, 0);
+  const rows = (data.routes || []).map((row) => el("tr", {}, el("td", {}, row.route), el("td", {}, row.sent ?? 0), el("td", {}, row.matches ?? 0),
+    el("td", {}, differences(row)), el("td", {}, row.errors ?? 0), el("td", {}, row.dropped ?? 0)));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: "6" }, "No shadow copies reported.")));
+  $("shadow-rows").replaceChildren(...rows);
 }
 
 // -- Rules -----------------------------------------------------------------------------------
@@ -434,6 +493,7 @@ async function refresh() {
   renderSets(data);
   renderUpstreams(data);
   document.body.dataset.version = data.version;
+  await Promise.all([renderRollout(), renderShadow()]);
 }
 
 function setMode(mode, question) {
