@@ -11,6 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote
 
 from ..decide import NO_OVERRIDES, Overrides
 from ..engine.builder import SnapshotBuilder
@@ -48,20 +49,39 @@ class RequestDescription:
         if not self.path.startswith("/"):
             raise ConfigurationError(f"path: {self.path!r} must start with '/'")
         path, _, query = self.path.partition("?")
-        pairs = [(b"host", self.host.encode("latin-1"))]
+        pairs = [(b"host", _wire(self.host, "host"))]
         for name, value in self.headers.items():
             if name.lower() in ("host", "cookie"):
                 raise ConfigurationError(f"header {name!r}: give it as the host / cookies")
-            pairs.append((name.lower().encode("latin-1"), value.encode("latin-1")))
+            pairs.append(
+                (_wire(name.lower(), f"header {name!r}"), _wire(value, f"header {name!r}"))
+            )
         if self.cookies:
             cookie = "; ".join(f"{name}={value}" for name, value in self.cookies.items())
-            pairs.append((b"cookie", cookie.encode("latin-1")))
+            pairs.append((b"cookie", _wire(cookie, "cookies")))
         scope = {
-            "type": "http", "method": self.method.upper(), "path": path,
-            "raw_path": path.encode("latin-1"), "query_string": query.encode("latin-1"),
+            # As servers hand a request over: the path percent-decoded, the raw bytes encoded.
+            "type": "http", "method": self.method.upper(), "path": unquote(path),
+            "raw_path": quote(unquote(path), safe=_PATH_SAFE).encode("ascii"),
+            "query_string": quote(query, safe=_QUERY_SAFE).encode("ascii"),
             "headers": pairs, "client": (self.ip, 0) if self.ip is not None else None,
         }  # fmt: skip
         return ASGIFacts(scope)
+
+
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+_QUERY_SAFE = _PATH_SAFE + "?%"
+
+
+def _wire(text: str, what: str) -> bytes:
+    """A header as a server hands it to the router: HTTP/1.1 carries bytes, which ASGI servers
+    give as latin-1."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        raise ConfigurationError(
+            f"{what}: {text!r} cannot be sent in HTTP/1.1 as it is; percent-encode it"
+        ) from None
 
 
 def current_snapshot(store: Store) -> Snapshot:

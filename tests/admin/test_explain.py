@@ -88,6 +88,14 @@ def test_fixed_cases(
         assert {item.outcome for item in explanation.rules} <= {"not reached", "disabled"}
 
 
+@pytest.mark.parametrize("typed", ["/shop/中?q=中", "/shop/%E4%B8%AD?q=%E4%B8%AD"])
+def test_a_path_is_read_as_servers_hand_it_over(typed: str) -> None:
+    facts = RequestDescription(path=typed).facts()
+    assert facts.path == "/shop/中"  # decoded, as rules see it
+    assert facts.query("q") == "中"
+    assert not facts.authority_conflict
+
+
 def test_each_condition_says_its_value_and_what_it_read(store: Store) -> None:
     explanation = explain_request(
         store, RequestDescription(ip="198.51.100.1", cookies={"uid": "7"}, path="/admin")
@@ -175,6 +183,9 @@ async def test_api_explain(store: Store) -> None:
         assert bad.json()["detail"][0]["loc"] == ["body", "ip"]
         extra = await client.post("/explain", json={"ipp": "1.2.3.4"}, headers=headers)
         assert extra.status_code == 422
+        unsendable = await client.post("/explain", json={"headers": {"X-N": "中"}}, headers=headers)
+        assert unsendable.status_code == 422, unsendable.text
+        assert unsendable.json()["detail"][0]["loc"] == ["body", "headers"]
         refused = await client.post("/explain", json=body)
         assert refused.status_code == 401
     assert store.history(5)[0].action != "explain"  # it writes nothing
