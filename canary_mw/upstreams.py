@@ -60,12 +60,26 @@ class Upstream:
     #: The backend's identity for health: scheme, host[:port] and prefix, spelled the same
     #: whichever name or host it is configured under (``http://canary:8000``).
     key: str = ""
+    #: Where connections go, in the form the transports use: ``b"http"``, the host as
+    #: connected to (an IPv6 address without brackets) and the port (the default filled in).
+    raw_scheme: bytes = b"http"
+    raw_host: bytes = b""
+    port: int = 80
 
     def target(self, raw_path: bytes, query: bytes) -> httpx.URL:
         """The upstream URL for a request: the raw path and query kept byte for byte, but
         for bytes outside printable ASCII, which are percent-encoded."""
-        path = self.prefix + escape_unprintable(raw_path)
+        return self.url_for(self.prefix + escape_unprintable(raw_path), escape_unprintable(query))
+
+    def request_target(self, raw_path: bytes, query: bytes) -> bytes:
+        """The origin-form target sent to the upstream, escaped as :meth:`target` escapes
+        it: the same bytes as ``target(raw_path, query).raw_path``."""
+        path = self.prefix + escape_unprintable(raw_path) or b"/"
         query = escape_unprintable(query)
+        return path + b"?" + query if query else path
+
+    def url_for(self, path: bytes, query: bytes) -> httpx.URL:
+        """This upstream's URL with an already escaped path (prefix included) and query."""
         return fast_url(self.url, path, query) or self.url.copy_with(
             raw_path=path + (b"?" + query if query else b"")
         )
@@ -95,7 +109,10 @@ def _parse(name: str, url: object) -> Upstream:
     prefix = parsed.raw_path.rstrip(b"/")
     ws_base = f"{ws_scheme}://{netloc}{prefix.decode('ascii')}"
     key = f"{parsed.scheme}://{netloc}{prefix.decode('ascii')}"
-    return Upstream(name, parsed, netloc.encode("ascii"), ws_base, prefix, key)
+    return Upstream(
+        name, parsed, netloc.encode("ascii"), ws_base, prefix, key,
+        parsed.raw_scheme, parsed.raw_host, parsed.port or default_port,
+    )  # fmt: skip
 
 
 def parse_upstreams(

@@ -18,6 +18,7 @@ from ..upstreams import Upstream
 from .client import make_async_transport
 from .common import ForwarderBase, ForwardObserver, ForwardPolicy
 from .headers import RawHeaders, single_content_length
+from .pool import HTTP11Transport
 from .replies import (
     PAYLOAD_TOO_LARGE,
     REQUEST_TIMEOUT,
@@ -25,6 +26,7 @@ from .replies import (
     ClientTooSlowError,
     ErrorReply,
 )
+from .wire import Incoming, Outgoing, incoming_from_response
 
 __all__ = ["REPLAY_LIMIT", "AsyncHTTPForwarder", "Outcome", "Replayable"]
 
@@ -251,7 +253,7 @@ class AsyncHTTPForwarder(ForwarderBase):
             except ClientTooSlowError:
                 return await _reply(send, REQUEST_TIMEOUT, tag, close=True)
         client = scope.get("client")
-        request = self.upstream_request(
+        request = self.outgoing(
             method=scope["method"], upstream=upstream,
             target=(_raw_path(scope), scope.get("query_string", b"")),
             headers=scope["headers"], peer=str(client[0]) if client else None,
@@ -290,7 +292,7 @@ class AsyncHTTPForwarder(ForwarderBase):
         # a task per message) is needed then.
         out = send if rest is None else _bounded(send, idle)
         try:
-            await out({"type": "http.response.start", "status": response.status_code,
+            await out({"type": "http.response.start", "status": response.status,
                        "headers": headers})  # fmt: skip
             if rest is None:  # the whole body is in: no streaming machinery needed
                 await out({"type": "http.response.body", "body": first})
@@ -301,22 +303,27 @@ class AsyncHTTPForwarder(ForwarderBase):
             # returning without finishing makes the server drop the client's connection.
             logger.warning("canary_mw: client took no response data for %ss: gave it up", idle)
         finally:
-            await response.aclose()
-        return Outcome.DONE, response.status_code
+            await response.close()
+        return Outcome.DONE, response.status
 
     async def _answer(
-        self, request: httpx.Request, upstream: Upstream, tag: RawHeaders
-    ) -> tuple[httpx.Response, RawHeaders, bytes, AsyncIterator[bytes] | None]:
+        self, request: Outgoing, upstream: Upstream, tag: RawHeaders
+    ) -> tuple[Incoming, RawHeaders, bytes, AsyncIterator[bytes] | None]:
         """The upstream's response, the headers to send, and its first body chunk (with the
         rest of the stream, None when that chunk is all): one task from the request to the
         first body byte, which the client leaving cancels (cancelled, the transport closes
         the upstream connection). One task, not one per step: the canary path's hot spot."""
-        response = await self.transport().handle_async_request(request)
+        transport = self.transport()
+        if isinstance(transport, HTTP11Transport):
+            response = await transport.forward(request)
+        else:
+            answer = await transport.handle_async_request(request.httpx_request())
+            response = incoming_from_response(answer, asynchronous=True)
         try:
             headers, declared = self.answered(upstream, response, tag)
             first, rest = await _first_chunk(response, declared)
         except BaseException:
-            await response.aclose()
+            await response.close()
             raise
         return response, headers, first, rest
 
@@ -359,13 +366,13 @@ async def _reply(
 
 
 async def _first_chunk(
-    response: httpx.Response, declared: int | None
+    response: Incoming, declared: int | None
 ) -> tuple[bytes, AsyncIterator[bytes] | None]:
     """The first body chunk, and the rest of the stream (None when the first chunk is the
     whole body). Most canary responses are small with a Content-Length: they are sent in one
     message, without a pump task and a second disconnect watcher. The stream is read to its
     end either way, so the connection can be reused (closing a response early costs it)."""
-    chunks = response.stream.__aiter__()  # type: ignore[union-attr]
+    chunks = response.stream.__aiter__()
     try:
         first: bytes = await chunks.__anext__()
     except StopAsyncIteration:

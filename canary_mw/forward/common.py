@@ -12,8 +12,9 @@ import httpx
 
 from ..upstreams import Upstream
 from .headers import DEFAULT_ADDRESS_HEADERS, RawHeaders, request_headers, response_headers
-from .partition import PARTITION, partition_key
+from .partition import partition_key
 from .replies import ErrorReply, classify, error_kind, is_unreachable
+from .wire import NO_BODY, Incoming, Outgoing
 
 __all__ = [
     "IDEMPOTENT",
@@ -27,8 +28,6 @@ __all__ = [
 logger = logging.getLogger("canary_mw.forward")
 
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-#: The body of a request without one (iterable both ways, so shared by ASGI and WSGI).
-_NO_BODY = httpx.ByteStream(b"")
 
 
 def _origin_form(path: bytes, query: bytes) -> tuple[bytes, bytes]:
@@ -85,7 +84,7 @@ class ForwarderBase:
         """A Content-Length over the limit: refuse before anything reaches the upstream."""
         return self.max_body_size is not None and length is not None and length > self.max_body_size
 
-    def upstream_request(
+    def outgoing(
         self,
         *,
         method: str,
@@ -96,13 +95,10 @@ class ForwarderBase:
         scheme: str,
         body: Any,
         length: int | None,
-    ) -> httpx.Request:
+    ) -> Outgoing:
         """The request for the upstream: raw path and query as received, clean headers, the
         body streamed as it comes (Content-Length when the client gave one, else chunked).
-
-        Built from a ready stream (``stream=``), so httpx adds nothing: the framing and Host
-        headers are set here, once, instead of httpx encoding the content and then searching
-        the headers for what it would add (a measurable part of each forwarded request)."""
+        The framing and Host headers are set here, once, in wire form (wire.py says why)."""
         outgoing = request_headers(
             list(headers),
             client=peer.encode("latin-1") if peer else None,
@@ -115,24 +111,41 @@ class ForwarderBase:
             address_headers=self.policy.address_headers,
         )
         if body is None:
-            stream = _NO_BODY
+            body = NO_BODY
+        elif length:
+            outgoing.append((b"content-length", b"%d" % length))
         else:
-            stream = body
-            if length:
-                outgoing.append((b"content-length", b"%d" % length))
-            else:
-                outgoing.append((b"transfer-encoding", b"chunked"))
-        url = upstream.target(*_origin_form(*target))
+            outgoing.append((b"transfer-encoding", b"chunked"))
         # Pooled connections are kept per user (partition.py): a canary's late bytes can
         # only ever reach the user whose exchange they belong to.
-        extensions = {"timeout": self._timeout, PARTITION: partition_key(outgoing)}
-        return httpx.Request(method, url, headers=outgoing, stream=stream, extensions=extensions)
+        return Outgoing(
+            method, upstream, upstream.request_target(*_origin_form(*target)), outgoing, body,
+            partition_key(outgoing), self._timeout,
+        )  # fmt: skip
+
+    def upstream_request(
+        self,
+        *,
+        method: str,
+        upstream: Upstream,
+        target: tuple[bytes, bytes],
+        headers: Iterable[tuple[bytes, bytes]],
+        peer: str | None,
+        scheme: str,
+        body: Any,
+        length: int | None,
+    ) -> httpx.Request:
+        """:meth:`outgoing` as an ``httpx.Request``, for any httpx transport."""
+        return self.outgoing(
+            method=method, upstream=upstream, target=target, headers=headers, peer=peer,
+            scheme=scheme, body=body, length=length,
+        ).httpx_request()  # fmt: skip
 
     def failed(
         self,
         exc: httpx.HTTPError,
         upstream: Upstream,
-        request: httpx.Request,
+        request: Outgoing,
         *,
         body_read: bool,
         fallback: bool,
@@ -141,7 +154,7 @@ class ForwarderBase:
         serve the request instead: fallback is on, the method is idempotent, the upstream
         never got the request, and nothing of the body was read."""
         self._observer.forwarded(upstream, error_kind(exc))
-        target = request.url.raw_path.decode("latin-1")  # as sent, not as b'...'
+        target = request.target.decode("latin-1")  # as sent, not as b'...'
         logger.warning(
             "canary_mw: upstream %r failed before responding to %s %s: %s: %s",
             upstream.name, request.method, target, type(exc).__name__, exc,
@@ -152,12 +165,12 @@ class ForwarderBase:
         return classify(exc)
 
     def answered(
-        self, upstream: Upstream, response: httpx.Response, tag: RawHeaders
+        self, upstream: Upstream, incoming: Incoming, tag: RawHeaders
     ) -> tuple[RawHeaders, int | None]:
         """The upstream answered: its headers to pass on (hop-by-hop removed, our tag added)
         and the body length it declared (None: unknown, or not a single valid number)."""
         self._observer.forwarded(upstream, None)
-        headers, length = response_headers(response.headers.raw, drop=self._response_drop)
+        headers, length = response_headers(incoming.headers, drop=self._response_drop)
         headers.extend(tag)
         return headers, length
 

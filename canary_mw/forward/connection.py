@@ -15,12 +15,13 @@ connection a request gets.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
 from .http11 import Exchange, RetryableError, may_retry, readable_now
+from .wire import Incoming
 
 __all__ = ["HTTP11Connection"]
 
@@ -147,13 +148,14 @@ class HTTP11Connection(asyncio.Protocol):
     # -- one exchange ----------------------------------------------------------------------
     async def exchange(
         self,
-        request: httpx.Request,
+        method: str,
+        body: AsyncIterable[bytes],
         exchange: Exchange,
         timeouts: dict[str, float | None],
         release: Release,
-    ) -> httpx.Response:
-        """Send ``request`` (framed by ``exchange``, new for each attempt); return the
-        response once its head is in (the body streams from it). ``release`` is called
+    ) -> Incoming:
+        """Send the request ``exchange`` frames (new for each attempt) with ``body``; return
+        the answer once its head is in (the body streams from it). ``release`` is called
         exactly once, when this exchange is over. Raises RetryableError when ``may_retry``
         allows sending the request again."""
         reused = self.exchanges > 0
@@ -161,27 +163,24 @@ class HTTP11Connection(asyncio.Protocol):
         self._exchange = exchange
         try:
             state = self._state = _State(self.loop)
-            await self._send(request, exchange, state, timeouts.get("write"))
+            await self._send(body, exchange, state, timeouts.get("write"))
             await _wait(state.head, timeouts.get("read"), httpx.ReadTimeout, "read timed out")
         except httpx.RemoteProtocolError as exc:
             self.close()
             release(self, False)
-            if may_retry(request.method, exchange, reused=reused):
+            if may_retry(method, exchange, reused=reused):
                 raise RetryableError(exc) from None
             raise
         except BaseException:  # timeouts, a client that left (cancelled), body errors
             self.close()
             release(self, False)
             raise
-        return httpx.Response(
-            exchange.status, headers=exchange.headers,
-            stream=_ResponseBody(self, exchange, state, timeouts.get("read"), release),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
-        )  # fmt: skip
+        stream = _ResponseBody(self, exchange, state, timeouts.get("read"), release)
+        return Incoming(exchange.status, exchange.reason, exchange.headers, stream, stream.aclose)
 
     async def _send(
         self,
-        request: httpx.Request,
+        body: AsyncIterable[bytes],
         exchange: Exchange,
         state: _State,
         write_timeout: float | None,
@@ -193,7 +192,7 @@ class HTTP11Connection(asyncio.Protocol):
             transport.write(exchange.head + exchange.end_body())
             return
         pending = exchange.head  # goes out with the first chunk: one segment, not two
-        async for chunk in request.stream:  # type: ignore[union-attr]
+        async for chunk in body:
             if state.head.done() or self.closed:
                 # The upstream answered early (e.g. 413) or closed: stop sending (a write to
                 # a closed uvloop transport raises). The body stays unfinished, so the core

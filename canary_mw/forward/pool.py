@@ -23,6 +23,7 @@ import asyncio
 import socket
 import ssl
 from collections import deque
+from collections.abc import AsyncIterable
 
 import httpx
 
@@ -30,6 +31,7 @@ from .connection import HTTP11Connection
 from .http11 import Exchange, RetryableError
 from .idle import IdleConnections
 from .partition import PARTITION
+from .wire import Incoming, Outgoing
 
 __all__ = ["HTTP11Transport"]
 
@@ -68,26 +70,50 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise RuntimeError("the transport is closed")
         url = request.url
         scheme = url.raw_scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
         port = url.port or _DEFAULT_PORTS[scheme]
         origin = (scheme, url.raw_host, port, request.extensions.get(PARTITION, b""))
-        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        incoming = await self._round_trip(
+            request.method, origin, url.raw_path, request.headers.raw,
+            request.stream, request.extensions.get("timeout", {}),  # type: ignore[arg-type]
+        )  # fmt: skip
+        return httpx.Response(
+            incoming.status, headers=incoming.headers, stream=incoming.stream,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": incoming.reason},
+        )  # fmt: skip
+
+    async def forward(self, outgoing: Outgoing) -> Incoming:
+        """The forwarders' way in: the request in wire form, no httpx models (wire.py)."""
+        return await self._round_trip(
+            outgoing.method, outgoing.origin, outgoing.target, outgoing.headers,
+            outgoing.body, outgoing.timeouts,
+        )  # fmt: skip
+
+    async def _round_trip(
+        self,
+        method: str,
+        origin: Origin,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: AsyncIterable[bytes],
+        timeouts: dict[str, float | None],
+    ) -> Incoming:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
         # A head that cannot be sent fails here, before it costs a connection.
-        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
+        exchange = Exchange(method, target, headers)
         connection = await self._acquire(origin, timeouts)
         try:
-            return await connection.exchange(request, exchange, timeouts, self._release)
+            return await connection.exchange(method, body, exchange, timeouts, self._release)
         except RetryableError:
             pass  # closed while idle, before any answer: once more, on a fresh connection
-        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
+        exchange = Exchange(method, target, headers)
         connection = await self._acquire(origin, timeouts, fresh=True)
         try:
-            return await connection.exchange(request, exchange, timeouts, self._release)
+            return await connection.exchange(method, body, exchange, timeouts, self._release)
         except RetryableError as exc:  # a fresh connection is never retried: unreachable
             raise exc.error from None
 

@@ -22,13 +22,14 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import httpx
 
 from .http11 import Exchange, RetryableError, may_retry, readable_now
 from .idle import IdleConnections
 from .partition import PARTITION
+from .wire import Incoming, Outgoing
 
 __all__ = ["HTTP11SyncTransport"]
 
@@ -99,25 +100,49 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        if self._closed:
-            raise RuntimeError("the transport is closed")
         url = request.url
         scheme = url.raw_scheme
         if scheme not in _DEFAULT_PORTS:
             raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
         port = url.port or _DEFAULT_PORTS[scheme]
         origin = (scheme, url.raw_host, port, request.extensions.get(PARTITION, b""))
-        timeouts: Timeouts = request.extensions.get("timeout", {})
+        incoming = self._round_trip(
+            request.method, origin, url.raw_path, request.headers.raw,
+            request.stream, request.extensions.get("timeout", {}),  # type: ignore[arg-type]
+        )  # fmt: skip
+        return httpx.Response(
+            incoming.status, headers=incoming.headers, stream=incoming.stream,
+            extensions={"http_version": b"HTTP/1.1", "reason_phrase": incoming.reason},
+        )  # fmt: skip
+
+    def forward(self, outgoing: Outgoing) -> Incoming:
+        """The forwarders' way in: the request in wire form, no httpx models (wire.py)."""
+        return self._round_trip(
+            outgoing.method, outgoing.origin, outgoing.target, outgoing.headers,
+            outgoing.body, outgoing.timeouts,
+        )  # fmt: skip
+
+    def _round_trip(
+        self,
+        method: str,
+        origin: Origin,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: Iterable[bytes],
+        timeouts: Timeouts,
+    ) -> Incoming:
+        if self._closed:
+            raise RuntimeError("the transport is closed")
         # A head that cannot be sent fails here, before it costs a connection.
-        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
+        exchange = Exchange(method, target, headers)
         try:
-            return self._exchange(self._acquire(origin, timeouts), request, exchange, timeouts)
+            return self._exchange(self._acquire(origin, timeouts), method, body, exchange, timeouts)
         except RetryableError:
             pass  # closed while idle, before any answer: once more, on a fresh connection
-        exchange = Exchange(request.method, url.raw_path, request.headers.raw)
+        exchange = Exchange(method, target, headers)
         connection = self._acquire(origin, timeouts, fresh=True)
         try:
-            return self._exchange(connection, request, exchange, timeouts)
+            return self._exchange(connection, method, body, exchange, timeouts)
         except RetryableError as exc:  # a fresh connection is never retried: unreachable
             raise exc.error from None
 
@@ -125,33 +150,31 @@ class HTTP11SyncTransport(httpx.BaseTransport):
     def _exchange(
         self,
         connection: _Connection,
-        request: httpx.Request,
+        method: str,
+        body: Iterable[bytes],
         exchange: Exchange,
         timeouts: Timeouts,
-    ) -> httpx.Response:
+    ) -> Incoming:
         reused = connection.exchanges > 0
         connection.exchanges += 1
         try:
-            self._send(connection, request, exchange, timeouts.get("write"))
+            self._send(connection, body, exchange, timeouts.get("write"))
             _receive_head(connection, exchange, timeouts.get("read"))
         except httpx.RemoteProtocolError as exc:
             self._release(connection, False)
-            if may_retry(request.method, exchange, reused=reused):
+            if may_retry(method, exchange, reused=reused):
                 raise RetryableError(exc) from None
             raise
         except BaseException:  # timeouts, body errors, a worker being stopped
             self._release(connection, False)
             raise
-        return httpx.Response(
-            exchange.status, headers=exchange.headers,
-            stream=_ResponseBody(self, connection, exchange),
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": exchange.reason},
-        )  # fmt: skip
+        stream = _ResponseBody(self, connection, exchange)
+        return Incoming(exchange.status, exchange.reason, exchange.headers, stream, stream.close)
 
     def _send(
         self,
         connection: _Connection,
-        request: httpx.Request,
+        body: Iterable[bytes],
         exchange: Exchange,
         write_timeout: float | None,
     ) -> None:
@@ -165,7 +188,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         # body stays unfinished, so the core never lets this connection be reused: the
         # upstream would read the next request as the rest of this body.
         pending = exchange.head  # goes out with the first chunk: one send, not two
-        for chunk in request.stream:  # type: ignore[union-attr]
+        for chunk in body:
             wire = exchange.frame(chunk)
             if wire:
                 if not _send_listening(connection, exchange, pending + wire, write_timeout):

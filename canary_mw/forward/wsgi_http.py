@@ -17,6 +17,8 @@ from .client import make_sync_transport
 from .common import ForwarderBase, ForwardObserver, ForwardPolicy
 from .headers import RawHeaders, single_content_length
 from .replies import PAYLOAD_TOO_LARGE, BodyTooLargeError, ErrorReply, classify
+from .sync_pool import HTTP11SyncTransport
+from .wire import Incoming, incoming_from_response
 
 __all__ = ["ForwardedBody", "SyncHTTPForwarder", "environ_headers"]
 
@@ -158,7 +160,7 @@ class ForwardedBody:
     ``first`` is the body's first chunk, read before ``start_response`` (a failure then is
     still our 502, not the server's 500); ``rest`` the stream it came from."""
 
-    def __init__(self, response: httpx.Response, first: bytes, rest: Iterator[bytes]):
+    def __init__(self, response: Incoming, first: bytes, rest: Iterator[bytes]):
         self._response = response
         self._first = first
         self._rest = rest
@@ -259,13 +261,18 @@ class SyncHTTPForwarder(ForwarderBase):
                 body.prime()
             except BodyTooLargeError:
                 return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
-        request = self.upstream_request(
+        request = self.outgoing(
             method=environ.get("REQUEST_METHOD", "GET"), upstream=upstream,
             target=request_target(environ), headers=raw, peer=environ.get("REMOTE_ADDR"),
             scheme=environ.get("wsgi.url_scheme", "http"), body=body, length=length,
         )  # fmt: skip
         try:
-            response = self.transport().handle_request(request)
+            transport = self.transport()
+            if isinstance(transport, HTTP11SyncTransport):
+                response = transport.forward(request)
+            else:
+                answer = transport.handle_request(request.httpx_request())
+                response = incoming_from_response(answer, asynchronous=False)
         except BodyTooLargeError:
             return _reply(start_response, PAYLOAD_TOO_LARGE, tag)
         except httpx.HTTPError as exc:
@@ -281,7 +288,7 @@ class SyncHTTPForwarder(ForwarderBase):
         headers, _ = self.answered(upstream, response, tag)
         # The first body bytes are read before start_response: once it is called, a failure
         # can only be the server's own 500 page (gunicorn) instead of our 502.
-        rest = response.iter_raw()
+        rest = iter(response.stream)
         try:
             first = next(rest, b"")
         except httpx.HTTPError as exc:
@@ -294,7 +301,7 @@ class SyncHTTPForwarder(ForwarderBase):
             raise
         try:
             start_response(
-                _status_line(response.status_code, response.reason_phrase),
+                _status_line(response.status, response.reason.decode("ascii", "ignore")),
                 [(name, value) for name, value in _native(headers) if not is_hop_by_hop(name)],
             )
         except BaseException:

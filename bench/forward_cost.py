@@ -1,0 +1,182 @@
+"""CPU cost of one forwarded (canary) request inside the router's process, without a load
+generator: each router is called directly in a loop, forwarding to a real canary (the
+benchmark's trivial backend under uvicorn, in its own process).
+
+    python bench/forward_cost.py            # both sides, about half a minute
+    python bench/forward_cost.py --profile  # and a cProfile of each canary path
+
+What it prints is this process's CPU time per request (the canary's own is not counted),
+in rounds that alternate the cases, so whatever else the machine does hits them alike:
+the median over rounds, and each case's ratio to the bare Flask app's (WSGI) cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import pstats
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import ROOT, free_port
+
+ROUNDS, PER_ROUND, WARM = 15, 400, 500
+
+
+def _canary() -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "bench.apps:backend", "--port", str(port),
+         "--log-level", "warning", "--http", "httptools", "--loop", "uvloop"],
+        cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return process, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise SystemExit("the canary did not start")
+
+
+# -- WSGI ------------------------------------------------------------------------------------
+def _environ() -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "GET", "PATH_INFO": "/", "QUERY_STRING": "", "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "wrk", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
+    }  # fmt: skip
+
+
+def _start_response(status: str, headers: Any, exc_info: Any = None) -> Callable[[bytes], None]:
+    return lambda data: None
+
+
+def _wsgi_loop(app: Any) -> Callable[[int], None]:
+    def run(count: int) -> None:
+        for _ in range(count):
+            body = app(_environ(), _start_response)
+            for _chunk in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+
+    return run
+
+
+def wsgi_cases(canary_url: str) -> dict[str, Callable[[int], None]]:
+    from flask import Flask
+
+    from canary_mw import CanaryWSGI, store_from_url
+
+    flask = Flask(__name__)
+    flask.add_url_rule("/", "index", lambda: "This is version 1\n")
+    store = store_from_url("memory://")
+    store.set_mode("all")
+    router = CanaryWSGI(flask.wsgi_app, store=store, canary_url=canary_url)
+    return {"bare Flask app": _wsgi_loop(flask), "CanaryWSGI canary path": _wsgi_loop(router)}
+
+
+# -- ASGI ------------------------------------------------------------------------------------
+def _scope() -> dict[str, Any]:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": "/", "raw_path": b"/", "query_string": b"", "root_path": "",
+        "headers": [(b"host", b"127.0.0.1:8000"), (b"user-agent", b"wrk")],
+        "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+    }  # fmt: skip
+
+
+def asgi_cases(
+    canary_url: str, loop: asyncio.AbstractEventLoop
+) -> dict[str, Callable[[int], None]]:
+    import httpx
+
+    from bench.apps import backend
+    from canary_mw import CanaryRouter, async_store_from_url
+
+    async def receive() -> Any:  # a client that neither sends nor leaves
+        await asyncio.get_running_loop().create_future()
+
+    async def send(message: Any) -> None:
+        pass
+
+    def make(**options: Any) -> Callable[[int], None]:
+        store = async_store_from_url("memory://")
+        loop.run_until_complete(store.set_mode("all"))
+        router = CanaryRouter(backend, store=store, canary_url=canary_url, **options)
+
+        async def many(count: int) -> None:
+            for _ in range(count):
+                await router(_scope(), receive, send)
+
+        return lambda count: loop.run_until_complete(many(count))
+
+    return {
+        "CanaryRouter canary path": make(),
+        "CanaryRouter canary path, httpx's transport": make(transport=httpx.AsyncHTTPTransport()),
+    }
+
+
+def measure(cases: dict[str, Callable[[int], None]]) -> dict[str, float]:
+    """Median CPU µs per request of each case, over rounds that alternate them."""
+    for run in cases.values():
+        run(WARM)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(ROUNDS):
+        for name, run in cases.items():
+            started = time.process_time()
+            run(PER_ROUND)
+            samples[name].append((time.process_time() - started) / PER_ROUND * 1e6)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def profile(name: str, run: Callable[[int], None]) -> None:
+    profiler = cProfile.Profile()
+    profiler.enable()
+    run(3000)
+    profiler.disable()
+    print(f"\n-- {name}: cProfile, by own time")
+    pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    import uvloop
+
+    process, canary_url = _canary()
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        cases = {**wsgi_cases(canary_url), **asgi_cases(canary_url, loop)}
+        results = measure(cases)
+        bare = results["bare Flask app"]
+        for name, cost in results.items():
+            print(f"{name:<46} {cost:7.1f} µs CPU/request  ({cost / bare:.2f}x bare Flask)")
+        if args.profile:
+            for name, run in cases.items():
+                if "canary" in name:
+                    profile(name, run)
+    finally:
+        process.terminate()
+        process.wait()
+
+
+if __name__ == "__main__":
+    main()
