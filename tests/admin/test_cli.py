@@ -338,6 +338,7 @@ def test_docs_admin_snippet_works_as_written(url: str, store: Store, tmp_path: P
     assert f"canary-mw admin API on http://127.0.0.1:{port}" in printed
     assert "auth     bearer token required" in printed
     assert f"OpenAPI  http://127.0.0.1:{port}/openapi.json" in printed
+    assert f"console  http://127.0.0.1:{port}/ (the page for operators" in printed
 
 
 def test_admin_without_a_token_says_how_to_run(url: str) -> None:
