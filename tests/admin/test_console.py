@@ -264,3 +264,45 @@ def test_every_view_loads_offline_under_the_policy_and_fits_a_phone(
         screenshot(page, f"phone-{view}")
     assert page.elsewhere == []  # type: ignore[attr-defined]
     assert page.errors == []  # type: ignore[attr-defined]
+
+
+def test_sets_in_bulk_and_an_upstream_per_host(page: Page, admin: AppServer, store: Store) -> None:
+    store.set_mode("rules")
+    store.add_ips("ips", ["127.0.0.2"])
+    sign_in(page, admin)
+    page.click("#views a[href='#sets']")
+    page.fill("#set-name", "ips")
+    page.fill("#set-members", "10.9.0.1, 10.9.0.2\n10.9.0.3 10.8.0.0/16")
+    page.click("#set-add")
+    expect(page.locator("#set-done")).to_contain_text("add: 4 changed")
+    page.fill("#set-search", "10.8.7.7")
+    page.click("#set-search-button")
+    expect(page.locator("#set-search-result")).to_have_text(
+        "Yes: 10.8.7.7 is in ips (through 10.8.0.0/16)."
+    )
+    page.fill("#set-members", "10.9.0.1 10.9.0.2 10.9.0.3 10.8.0.0/16")
+    page.click("#set-remove")
+    expect(page.locator("#set-done")).to_contain_text("remove: 4 changed")
+    page.fill("#set-members", "10.9.0.1/8")
+    page.click("#set-add")
+    expect(page.locator("#set-error")).to_contain_text("did you mean 10.0.0.0/8?")
+    assert not {"10.9.0.1", "10.0.0.0/8"} & store.members("ips")
+
+    page.click("#views a[href='#upstreams']")
+    page.fill("#upstream-name", "canary")
+    page.fill("#upstream-url", "http://127.0.0.1:9")
+    page.fill("#upstream-host", "shop.example.com")
+    page.click("#upstream-form button[type=submit]")
+    row = page.locator("#upstream-rows tr", has_text="shop.example.com")
+    expect(row).to_contain_text("http://127.0.0.1:9")
+    screenshot(page, "upstreams")
+    page.click("#views a[href='#explain']")
+    page.fill("#explain-ip", "127.0.0.2")
+    page.fill("#explain-host", "shop.example.com")
+    page.click("#explain-form button[type=submit]")
+    expect(page.locator("#explain-result")).to_contain_text("Forwarded to http://127.0.0.1:9")
+    page.click("#views a[href='#upstreams']")
+    row.locator("button", has_text="Remove").click()
+    confirm(page)
+    expect(row).to_have_count(0)
+    assert store.get_config().describe()["upstreams"] in (None, {})
