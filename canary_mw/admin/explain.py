@@ -8,11 +8,12 @@ membership the rules ask about (as a router's lookups would), then hands the req
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote
 
+from .. import conditions as c
 from ..decide import NO_OVERRIDES, Overrides
 from ..engine.builder import SnapshotBuilder
 from ..errors import ConfigurationError
@@ -97,13 +98,25 @@ def current_snapshot(store: Store) -> Snapshot:
     return builder.current
 
 
+def _nodes(node: c.Node) -> Iterator[c.Node]:
+    yield node
+    if isinstance(node, (c.All, c.Any)):
+        for child in node.children:
+            yield from _nodes(child)
+    elif isinstance(node, c.Not):
+        yield from _nodes(node.child)
+
+
 def _answers(store: Store, facts: RequestFacts, snapshot: Snapshot) -> dict[Probe, bool]:
-    """Every membership the rules ask about for this request, looked up in the store."""
+    """Every membership any condition of the rules asks about for this request, looked up in
+    the store: also those behind a condition that decides first (``all`` stops at the first
+    false), so the trace shows every condition's value, not "unknown"."""
     answers: dict[Probe, bool] = {}
     for _ in range(MAX_ROUNDS):
         pending: list[Probe] = []
-        for rule in snapshot.rules:
-            rule.condition.evaluate(facts, snapshot, answers, pending)
+        for rule in snapshot.ruleset.rules:
+            for node in _nodes(rule.condition):
+                node.evaluate(facts, snapshot, answers, pending)
         wanted = [probe for probe in dict.fromkeys(pending) if probe not in answers]
         if not wanted:
             break

@@ -107,6 +107,13 @@ def test_each_condition_says_its_value_and_what_it_read(store: Store) -> None:
     assert qa.children[1].children[0].why == "path is '/admin'"
     vip = rule(explanation, "vip").condition
     assert "cookie uid is '7', is not in the set 'vip'" in vip.children[0].why
+    # A condition the evaluation never reaches (all stops at the first false) still has its
+    # value, looked up in the store.
+    store.add_members("beta", ["42"])
+    when = {"all": [{"method": "DELETE"}, {"cookie": "uid", "in_set": "beta"}]}
+    store.add_rule({"id": "beta", "when": when}, position=0)
+    behind = explain_request(store, RequestDescription(cookies={"uid": "42"}))
+    assert [child.value for child in rule(behind, "beta").condition.children] == [False, True]
     percent = rule(explanation, "percent").condition
     assert "in bucket" in percent.why
     assert "(30%)" in percent.why
