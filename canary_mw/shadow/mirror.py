@@ -47,7 +47,7 @@ def _declares_body(headers: Iterable[tuple[bytes, bytes]]) -> bool:
 
 
 def _template(scope: Scope) -> str | None:
-    route = scope.get("route")  # Starlette / FastAPI name the route they matched
+    route = scope.get("route")  # FastAPI puts the route it matched in the (shared) scope
     path = getattr(route, "path", None) or getattr(route, "path_format", None)
     return path if isinstance(path, str) else None
 

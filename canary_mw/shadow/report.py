@@ -6,7 +6,7 @@ Counters per route: ``sent``, ``dropped`` (the queue was full), ``errors`` (no a
 5xx where stable answered below 500), ``matches``, ``mismatch:status``, ``mismatch:header``,
 ``mismatch:body``; plus ``skipped:body`` (a request body over ``max_body``, or one the stable
 app did not read whole: not mirrored). A route is the method and the path template when the
-framework names one (Starlette's ``scope["route"]``), else the first path segment.
+framework names one (FastAPI's ``scope["route"]``), else the first path segment.
 """
 
 from __future__ import annotations

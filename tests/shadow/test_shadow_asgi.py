@@ -165,14 +165,23 @@ def _p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-def test_a_sleeping_canary_never_slows_stable_and_the_queue_is_bounded(setup: Setup) -> None:
+def _redis_commands(redis: RedisServer) -> int:
+    stats = redis.client().info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values())
+
+
+def test_a_sleeping_canary_never_slows_stable_and_the_queue_is_bounded(
+    setup: Setup, redis_srv: RedisServer
+) -> None:
     """The canary sleeps 2 s per copy. Every stable answer arrives long before any copy's
     answer could, the queue holds QUEUE copies and CONCURRENCY are in flight: the rest are
     dropped and counted."""
     setup.mirror()
     setup.in_force(setup.a)
     requests = 30
-    on, off = [], []
+    on: list[float] = []
+    off: list[float] = []
+    commands_before = _redis_commands(redis_srv)
     began = time.monotonic()
     for index in range(requests):
         for server, timings in ((setup.a, on), (setup.off, off)):
@@ -180,6 +189,11 @@ def test_a_sleeping_canary_never_slows_stable_and_the_queue_is_bounded(setup: Se
             response = setup.client.get(f"{server.url}/slow/{index}")
             timings.append(time.perf_counter() - started)
             assert response.status_code == 200
+    elapsed = time.monotonic() - began
+    # No Redis call per request: the routers' background reads and the folds of the counts
+    # (one pipeline a second) are all there is, whatever the number of requests.
+    commands = _redis_commands(redis_srv) - commands_before
+    assert commands < 30 * (1 + elapsed), (commands, elapsed)
     # Structure: the copies take 2 s each; had one been waited for, a stable answer would too.
     assert max(on) < 1.0, sorted(on)[-3:]
     assert _p99(on) < max(5 * _p99(off), _p99(off) + 0.2), (_p99(on), _p99(off))
