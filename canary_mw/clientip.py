@@ -151,6 +151,11 @@ class ClientIPResolver:
     def trusts_any_proxy(self) -> bool:
         return self._any
 
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        """The client-address headers read when the peer is a trusted proxy."""
+        return self._headers
+
     def is_trusted(self, address: IPAddress) -> bool:
         return self._trust_all or address in self._trusted
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Hashable, Iterable, Mapping, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -172,6 +172,14 @@ class RequestFacts:
             address = self._client_ip = self._resolver.resolve(self._peer(), self.header)
         return address
 
+    def client_ip_key(self) -> Hashable:
+        """Everything ``client_ip`` is computed from, unparsed: the peer, and the proxy
+        headers when a proxy is trusted (what the decision memo keys an address rule by)."""
+        resolver = self._resolver
+        if not resolver.trusts_any_proxy:
+            return self._peer()
+        return (self._peer(), *[self.header(name) for name in resolver.header_names])
+
     def cookie(self, name: str) -> str | None:
         header = self.header("cookie")
         return cookie_value(header, name) if header else None
@@ -234,8 +242,15 @@ class ASGIFacts(RequestFacts):
         """More than one Host line (RFC 9112 §3.2 makes that a 400), an absolute-form target
         (``GET http://a/ HTTP/1.1``, passed on by uvicorn's h11 parser) whose authority is not
         the Host header's, or a target that is neither (``@127.0.0.1:6379/``, also h11's)."""
-        pairs = self._scope.get("headers", ())
-        target: bytes = self._scope.get("raw_path") or b"/"
+        scope = self._scope
+        pairs = scope.get("headers", ())
+        target: bytes = scope.get("raw_path") or b"/"
+        if target[:1] == b"/" and b"." not in target and b"%" not in target:
+            # The common case, decided with the fewest steps: a path with no dot segment
+            # possible, so only a repeated Host can conflict.
+            if len(self.raw_headers()) == len(pairs):
+                return False
+            return sum(1 for name, _ in pairs if name == b"host") > 1
         if has_dot_segment(target.partition(b"?")[0]):
             return True
         if target[:1] == b"/" or target == b"*":
@@ -251,6 +266,10 @@ class ASGIFacts(RequestFacts):
     def header(self, name: str) -> str | None:
         value = self.raw_headers().get(_header_key(name))
         return None if value is None else value.decode("latin-1")
+
+    def cookie(self, name: str) -> str | None:
+        header = self.raw_headers().get(b"cookie")
+        return cookie_value(header.decode("latin-1"), name) if header else None
 
     def _peer(self) -> str | None:
         client = self._scope.get("client")

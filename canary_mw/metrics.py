@@ -14,9 +14,9 @@ target summed over every instance from the store.
 
 from __future__ import annotations
 
-import bisect
 import threading
 import weakref
+from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,7 +73,7 @@ class Metrics:
         cell = cells.get(key)
         if cell is None:
             cell = cells[key] = [0.0] * (len(BUCKETS) + 2)
-        cell[bisect.bisect_left(BUCKETS, seconds)] += 1
+        cell[bisect_left(BUCKETS, seconds)] += 1
         cell[-1] += seconds
 
     def upstream_error(self, upstream: str, error: str) -> None:

@@ -5,9 +5,10 @@ metrics, the decision log, and what the forwarder and the health checker report.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
+from logging import DEBUG
+from time import perf_counter
 from typing import Any
 
 from .facts import RequestFacts
@@ -50,15 +51,17 @@ class RouterParts:
         self.metrics = metrics
         self.targets = targets
         self.health = health
+        self._traffic = engine.traffic  # the engine empties it in place when it flushes
 
     def record(self, decision: Decision, status: int, started: float, facts: RequestFacts) -> None:
-        """Count a finished request: traffic per target, metrics, the debug decision log."""
-        self.engine.traffic[decision.target] += 1
-        if self.metrics is not None:
-            self.metrics.request(
-                decision.target, decision.reason, status, time.perf_counter() - started
-            )
-        if decision_log.isEnabledFor(logging.DEBUG):
+        """Count a finished request: traffic per target, metrics, the debug decision log.
+        Runs for every request: each attribute read and call here is paid per request."""
+        target = decision.target
+        self._traffic[target] += 1
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.request(target, decision.reason, status, perf_counter() - started)
+        if decision_log.isEnabledFor(DEBUG):
             decision_log.debug(
                 "%s %s -> %s (%s %s)", facts.method, facts.path, decision.target,
                 decision.reason, decision.rule_id or "",

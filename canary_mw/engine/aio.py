@@ -67,7 +67,7 @@ class AsyncEngine(EngineCore):
         """The decision from memory alone, without awaiting: it may be ``unknown`` with
         ``pending`` probes for :meth:`resolve`. Call :meth:`start` in this loop first.
         (Awaiting ``decide`` costs a coroutine per request; the hot path avoids it.)"""
-        decision = decide(facts, self.builder.current, self.cache, self.overrides)
+        decision = self.memo.decide(facts, self.builder.current)
         if self.cache.stale and not self.breaker.is_open:
             # Answers given out past their TTL: read them again, nobody waits for them.
             self._batcher.ask(self.cache.take_stale(REVALIDATE_BATCH))

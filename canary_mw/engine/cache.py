@@ -24,7 +24,9 @@ class MembershipCache:
     cached, so a change notification can never be undone by a lookup that was in flight.
     """
 
-    __slots__ = ("_clock", "_data", "_lock", "generation", "maxsize", "stale", "stale_for", "ttl")
+    __slots__ = (
+        "_clock", "_data", "_lock", "epoch", "generation", "maxsize", "stale", "stale_for", "ttl",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -41,6 +43,10 @@ class MembershipCache:
         self._data: dict[Probe, tuple[bool, float]] = {}  # probe -> (answer, fresh until)
         self._lock = threading.Lock()
         self.generation = 0
+        #: Bumped whenever an answer already given out may no longer be given: a clear, an
+        #: eviction, a cached answer replaced by a different one. The decision memo
+        #: (``memo.py``) drops what it remembered when it changes.
+        self.epoch = 0
         #: Probes given out past their TTL since the last ``take_stale()``.
         self.stale: set[Probe] = set()
 
@@ -56,6 +62,21 @@ class MembershipCache:
             self.stale.add(probe)
             return answer
         return None
+
+    def get_fresh_until(self, probe: Probe) -> tuple[bool | None, float]:
+        """``get(probe)``, and until when that answer is given out as it is: 0.0 for an answer
+        given out stale (it is being read again) or no answer."""
+        entry = self._data.get(probe)
+        if entry is None:
+            return None, 0.0
+        answer, fresh_until = entry
+        now = self._clock()
+        if now < fresh_until:
+            return answer, fresh_until
+        if now < fresh_until + self.stale_for:
+            self.stale.add(probe)
+            return answer, 0.0
+        return None, 0.0
 
     def take_stale(self, limit: int) -> list[Probe]:
         """Up to ``limit`` of the probes to read again (they leave the stale set)."""
@@ -77,14 +98,18 @@ class MembershipCache:
             self.stale.difference_update(answers)
             data = self._data
             for probe, value in answers.items():
-                data.pop(probe, None)  # re-inserting moves it to the young end
+                old = data.pop(probe, None)  # re-inserting moves it to the young end
+                if old is not None and old[0] != value:
+                    self.epoch += 1
                 while len(data) >= self.maxsize:
                     del data[next(iter(data))]
+                    self.epoch += 1
                 data[probe] = (value, expires)
 
     def clear(self) -> None:
         with self._lock:
             self.generation += 1
+            self.epoch += 1
             self._data = {}
             self.stale = set()
 

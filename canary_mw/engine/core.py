@@ -19,6 +19,7 @@ from ..stores.layout import StoreState
 from .breaker import CircuitBreaker
 from .builder import SnapshotBuilder
 from .cache import MembershipCache
+from .memo import DecisionMemo
 from .settings import EngineSettings
 
 __all__ = ["EngineCore"]
@@ -82,6 +83,8 @@ class EngineCore:
             threshold=settings.breaker_threshold, reset_timeout=settings.breaker_reset
         )
         self.builder = SnapshotBuilder(default_rules)
+        #: Decisions remembered per snapshot by the inputs its rules read (memo.py).
+        self.memo = DecisionMemo(self.cache, overrides)
         #: Completed background refresh attempts (successful or not), for status and tests.
         self.refreshes = 0
         #: Failed request-time lookups and background refreshes, for metrics.
@@ -101,7 +104,7 @@ class EngineCore:
 
     def _first_pass(self, facts: RequestFacts) -> tuple[Decision, Snapshot]:
         snapshot = self.builder.current
-        return decide(facts, snapshot, self.cache, self.overrides), snapshot
+        return self.memo.decide(facts, snapshot), snapshot
 
     def _next_pass(
         self,
@@ -153,7 +156,9 @@ class EngineCore:
         """The counts to flush, every TRAFFIC_FLUSH seconds (none while idle)."""
         if time.monotonic() - self._traffic_flushed < TRAFFIC_FLUSH or not self.traffic:
             return None
-        counts, self.traffic = dict(self.traffic), Counter()
+        # Emptied in place: the routers hold this Counter (RouterParts.record).
+        counts = dict(self.traffic)
+        self.traffic.clear()
         self._traffic_flushed = time.monotonic()
         return counts
 
