@@ -109,6 +109,8 @@ def mirror() -> None:
 @click.option("--compare-header", "headers", multiple=True,
               help="A response header compared (repeatable).")  # fmt: skip
 @click.option("--no-status", is_flag=True, help="Do not compare the status codes.")
+@click.option("--learn", type=int, default=None, help="Send the first N GET/HEAD copies of "
+              "each route twice and ignore what differs between the two (default 0).")  # fmt: skip
 @click.option(
     "--queue",
     type=int,
@@ -127,7 +129,7 @@ def mirror() -> None:
 def mirror_set(ctx: Context, upstream: str | None, when: str | None, methods: tuple[str, ...],
                percent: float | None, by: str | None, max_body: int | None,
                body_mode: str | None, ignore: tuple[str, ...], headers: tuple[str, ...],
-               no_status: bool, queue: int | None, concurrency: int | None,
+               no_status: bool, learn: int | None, queue: int | None, concurrency: int | None,
                document: TextIO | None) -> None:  # fmt: skip
     """Mirror stable requests to UPSTREAM (a URL) and compare the answers."""
     with one_line_errors():
@@ -156,6 +158,8 @@ def mirror_set(ctx: Context, upstream: str | None, when: str | None, methods: tu
                 compare["headers"] = list(headers)
             if no_status:
                 compare["status"] = False
+            if learn is not None:
+                compare["learn"] = learn
             if compare:
                 spec["compare"] = compare
         _report(ctx.store.set_mirror(spec, actor=ctx.actor), "mirror set")

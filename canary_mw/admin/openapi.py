@@ -61,6 +61,7 @@ _MIRROR: dict[str, Any] = {
                 "headers": {"type": "array", "items": {"type": "string"}},
                 "body": {"enum": ["json", "digest", "none"], "default": "digest"},
                 "ignore": {"type": "array", "items": {"type": "string"}},
+                "learn": {"type": "integer", "minimum": 0, "maximum": 1000, "default": 0},
             },
         },
         "queue": {"type": "integer", "minimum": 1, "default": 100},

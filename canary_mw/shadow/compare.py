@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Compare
 
-__all__ = ["Answer", "Difference", "compare", "json_differences"]
+__all__ = ["Answer", "Difference", "compare", "json_differences", "noise"]
 
 #: A report keeps this many differences per comparison (the first ones, in document order).
 MAX_DIFFERENCES = 20
@@ -100,7 +100,9 @@ def _digest(body: bytes) -> str:
     return "sha256:" + hashlib.sha256(body).hexdigest()[:16]
 
 
-def _body(stable: Answer, shadow: Answer, spec: Compare) -> list[Difference]:
+def _body(
+    stable: Answer, shadow: Answer, spec: Compare, learned: Sequence[tuple[str, ...]] = ()
+) -> list[Difference]:
     if spec.body == "none" or stable.truncated or shadow.truncated:
         return []
     if spec.body == "json":
@@ -109,19 +111,30 @@ def _body(stable: Answer, shadow: Answer, spec: Compare) -> list[Difference]:
         except ValueError:
             pass  # not JSON on one side: fall back to the bytes
         else:
-            return json_differences(left, right, spec.ignore)
+            return json_differences(left, right, (*spec.ignore, *learned))
     if stable.body == shadow.body:
         return []
     return [Difference("body", "", _digest(stable.body), _digest(shadow.body))]
 
 
-def compare(stable: Answer, shadow: Answer, spec: Compare) -> list[Difference]:
-    """What differs between the two answers, as configured; empty when they match."""
+def compare(
+    stable: Answer, shadow: Answer, spec: Compare, learned: Collection[str] = ()
+) -> list[Difference]:
+    """What differs between the two answers, as configured; empty when they match.
+    ``learned``: noise (see :func:`noise`): header names and JSON paths not compared."""
     found: list[Difference] = []
     if spec.status and stable.status != shadow.status:
         found.append(Difference("status", "", str(stable.status), str(shadow.status)))
     for name in spec.headers:
         left, right = stable.header(name), shadow.header(name)
-        if left != right:
+        if left != right and name not in learned:
             found.append(Difference("header", name, str(left), str(right)))
-    return found + _body(stable, shadow, spec)
+    paths = [tuple(path.split("/")[1:]) for path in learned if path.startswith("/")]
+    return found + _body(stable, shadow, spec, paths)
+
+
+def noise(first: Answer, second: Answer, spec: Compare) -> set[str]:
+    """What differs between two answers of the *same* version to the same request: the
+    configured headers and JSON paths (a status or a whole-body digest is never noise)."""
+    differences = compare(first, second, Compare(False, spec.headers, spec.body, spec.ignore))
+    return {d.field for d in differences if d.field}

@@ -39,7 +39,7 @@ _FIELDS = frozenset(
     {"upstream", "when", "methods", "percent", "by", "salt", "max_body", "compare",
      "queue", "concurrency"}
 )  # fmt: skip
-_COMPARE_FIELDS = frozenset({"status", "headers", "body", "ignore"})
+_COMPARE_FIELDS = frozenset({"status", "headers", "body", "ignore", "learn"})
 _SAFE = ("GET", "HEAD")
 #: Request and response bodies are never held beyond this, whatever max_body says.
 MAX_BODY_LIMIT = 16 * 1024 * 1024
@@ -59,6 +59,9 @@ class Compare:
     body: str = "digest"
     #: JSON paths never compared: ``/a/b``, ``*`` matches any key or index at its level.
     ignore: tuple[tuple[str, ...], ...] = ()
+    #: Noise learning (Diffy's trick): the first ``learn`` GET/HEAD copies of each route are
+    #: sent twice; what differs between the canary's two answers is ignored from then on.
+    learn: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,9 @@ def _compare(spec: object) -> Compare:
     body = spec.get("body", "digest")
     if body not in BODY_MODES:
         raise _fail("compare.body", f"expected one of {list(BODY_MODES)}, got {body!r}")
+    learn = spec.get("learn", 0)
+    if not isinstance(learn, int) or isinstance(learn, bool) or not 0 <= learn <= 1000:
+        raise _fail("compare.learn", f"expected an integer from 0 to 1000, got {learn!r}")
     headers = _strings(spec.get("headers", []), "compare.headers", "header names")
     ignore = _strings(spec.get("ignore", []), "compare.ignore", "JSON paths")
     for path in ignore:
@@ -130,7 +136,7 @@ def _compare(spec: object) -> Compare:
             raise _fail("compare.ignore", f"a path starts with '/' (like '/meta/time'): {path!r}")
     return Compare(
         status, tuple(h.lower() for h in headers), body,
-        tuple(tuple(p.split("/")[1:]) for p in ignore),
+        tuple(tuple(p.split("/")[1:]) for p in ignore), learn,
     )  # fmt: skip
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import threading
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +24,7 @@ import httpx
 
 from ..forward.common import ForwarderBase, ForwardPolicy
 from ..upstreams import Upstream
-from .compare import Answer, compare
+from .compare import Answer, compare, noise
 from .config import MirrorConfig
 from .report import ShadowReport
 from .tee import ANSWER_LIMIT
@@ -36,6 +37,8 @@ logger = logging.getLogger("canary_mw.shadow")
 SHADOW_HEADER = (b"x-canary-shadow", b"1")
 #: Seconds a whole copy (connect, send, read) may take before it counts as an error.
 COPY_DEADLINE = 30.0
+#: Routes whose noise is learned (each keeps at most MAX_NOISE fields) in one process.
+MAX_LEARNING_ROUTES, MAX_NOISE = 200, 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +84,27 @@ class _Core:
     def __init__(self, policy: ForwardPolicy, report: ShadowReport):
         self._requests = ForwarderBase(shadow_policy(policy), _NoObserver())
         self.report = report
+        self._noise: dict[str, set[str]] = {}
+        self._learned: Counter[str] = Counter()
+
+    def wants_twin(self, job: Job) -> bool:
+        """Whether to send this copy twice and learn the noise from the two answers (only
+        safe methods: a copy with side effects is never sent twice)."""
+        learn = job.config.compare.learn
+        return (
+            learn > 0 and job.method in ("GET", "HEAD") and self._learned[job.route] < learn
+            and (job.route in self._learned or len(self._learned) < MAX_LEARNING_ROUTES)
+        )  # fmt: skip
+
+    def learn(self, job: Job, first: Answer | None, second: Answer | None) -> None:
+        self._learned[job.route] += 1
+        if first is None or second is None or first.status != second.status:
+            return
+        known = self._noise.setdefault(job.route, set())
+        for field in sorted(noise(first, second, job.config.compare)):
+            if len(known) >= MAX_NOISE:
+                break
+            known.add(field)
 
     def request(self, job: Job) -> httpx.Request:
         body = job.body
@@ -98,7 +122,8 @@ class _Core:
         if answer is None or (answer.status >= 500 > job.stable.status):
             report.count(route, "errors")
             return
-        differences = compare(job.stable, answer, job.config.compare)
+        learned = frozenset(self._noise.get(route, ()))  # a copy: threads may be learning
+        differences = compare(job.stable, answer, job.config.compare, learned)
         if not differences:
             report.count(route, "matches")
             return
@@ -154,16 +179,21 @@ class AsyncSender(_Core):
                 return
             self._busy += 1
             try:
-                answer = await asyncio.wait_for(self._send(job), COPY_DEADLINE)
-            except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
-                logger.debug("canary_mw: shadow copy of %s failed: %r", job.request_line, exc)
-                answer = None
-            except Exception:  # a bug must not kill the worker and silently stop the copies
-                logger.exception("canary_mw: shadow copy of %s failed", job.request_line)
-                answer = None
+                answer = await self._answer(job)
+                if answer is not None and self.wants_twin(job):
+                    self.learn(job, answer, await self._answer(job))
             finally:
                 self._busy -= 1
             self.judge(job, answer)
+
+    async def _answer(self, job: Job) -> Answer | None:
+        try:
+            return await asyncio.wait_for(self._send(job), COPY_DEADLINE)
+        except (httpx.HTTPError, OSError, asyncio.TimeoutError) as exc:
+            logger.debug("canary_mw: shadow copy of %s failed: %r", job.request_line, exc)
+        except Exception:  # a bug must not kill the worker and silently stop the copies
+            logger.exception("canary_mw: shadow copy of %s failed", job.request_line)
+        return None
 
     async def _send(self, job: Job) -> Answer:
         response = await self._transport_for(job.config).handle_async_request(self.request(job))
@@ -244,17 +274,22 @@ class ThreadSender(_Core):
             with self._lock:
                 self._busy += 1
             try:
-                answer: Answer | None = self._send(job)
-            except (httpx.HTTPError, OSError) as exc:
-                logger.debug("canary_mw: shadow copy of %s failed: %r", job.request_line, exc)
-                answer = None
-            except Exception:
-                logger.exception("canary_mw: shadow copy of %s failed", job.request_line)
-                answer = None
+                answer = self._answer(job)
+                if answer is not None and self.wants_twin(job):
+                    self.learn(job, answer, self._answer(job))
             finally:
                 with self._lock:
                     self._busy -= 1
             self.judge(job, answer)
+
+    def _answer(self, job: Job) -> Answer | None:
+        try:
+            return self._send(job)
+        except (httpx.HTTPError, OSError) as exc:
+            logger.debug("canary_mw: shadow copy of %s failed: %r", job.request_line, exc)
+        except Exception:  # a bug must not kill the thread and silently stop the copies
+            logger.exception("canary_mw: shadow copy of %s failed", job.request_line)
+        return None
 
     def _send(self, job: Job) -> Answer:
         response = self._transport_for().handle_request(self.request(job))

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from canary_mw.shadow.compare import Answer, Difference, compare
+from canary_mw.shadow.compare import Answer, Difference, compare, noise
 from canary_mw.shadow.config import Compare
 
 
@@ -65,6 +65,35 @@ def test_compare(
         shown = [(k, f, s[:7], h[:7]) for k, f, s, h in shown]
         assert found[0].stable != found[0].shadow
     assert shown == expected
+
+
+NOISE = [
+    ("nothing differs", j({"a": 1}), j({"a": 1}), JSON, set()),
+    ("a timestamp and an id", j({"t": 1, "id": "x", "v": 1}), j({"t": 2, "id": "y", "v": 1}),
+     JSON, {"/t", "/id"}),
+    ("configured ignores are not learned again", j({"t": 1, "u": 1}), j({"t": 2, "u": 2}),
+     Compare(body="json", ignore=(("t",),)), {"/u"}),
+    ("a configured header", j({}, etag="1"), j({}, etag="2"),
+     Compare(headers=("etag",), body="json"), {"etag"}),
+    ("status and whole-body digests are never noise", Answer(200, (), b"a"),
+     Answer(500, (), b"b"), JSON, set()),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("first", "second", "spec", "expected"),
+                         [case[1:] for case in NOISE], ids=[case[0] for case in NOISE])  # fmt: skip
+def test_noise_is_what_differs_between_two_answers_of_one_version(
+    first: Answer, second: Answer, spec: Compare, expected: set[str]
+) -> None:
+    assert noise(first, second, spec) == expected
+
+
+def test_learned_noise_is_not_compared() -> None:
+    stable = j({"t": 1, "price": 10, "items": [{"id": 1}]}, etag="a")
+    shadow = j({"t": 2, "price": 12, "items": [{"id": 2}]}, etag="b")
+    spec = Compare(headers=("etag",), body="json")
+    learned = {"/t", "/items/0/id", "etag"}
+    assert compare(stable, shadow, spec, learned) == [Difference("body", "/price", "10", "12")]
 
 
 def test_long_values_are_shortened_and_differences_capped() -> None:

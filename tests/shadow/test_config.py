@@ -28,7 +28,9 @@ INVALID: list[tuple[Any, str]] = [
     ({"upstream": UP, "compare": {"body": "xml"}}, "compare.body: expected one of"),
     ({"upstream": UP, "compare": {"ignore": ["time"]}}, "a path starts with '/'"),
     ({"upstream": UP, "compare": {"status": "yes"}}, "compare.status: expected true or false"),
-    ({"upstream": UP, "compare": {"learn": True}}, "unknown field(s) ['learn']"),
+    ({"upstream": UP, "compare": {"learn": True}}, "compare.learn: expected an integer"),
+    ({"upstream": UP, "compare": {"learn": 1001}}, "compare.learn: expected an integer"),
+    ({"upstream": UP, "compare": {"noise": 1}}, "unknown field(s) ['noise']"),
 ]
 
 

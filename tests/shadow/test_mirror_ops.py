@@ -100,7 +100,7 @@ def test_command_line(url: str, store: Store) -> None:
     result = cli(url, "mirror", "set", "http://canary:8000", "--method", "GET", "--method",
                  "POST", "--body", "json", "--ignore", "/time", "--percent", "10", "--by",
                  "random", "--when", '{"path_prefix": "/api"}', "--compare-header",
-                 "content-type", "--queue", "5", "--concurrency", "2", "--max-body", "10")  # fmt: skip
+                 "content-type", "--learn", "3", "--queue", "5", "--concurrency", "2", "--max-body", "10")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "mirror set: mirror on -> http://canary:8000 (version" in result.output
     stored = json.loads(store.get_config().mirror or "null")
@@ -108,7 +108,8 @@ def test_command_line(url: str, store: Store) -> None:
         "upstream": "http://canary:8000", "methods": ["GET", "POST"], "percent": 10.0,
         "by": "random", "when": {"path_prefix": "/api"}, "max_body": 10, "queue": 5,
         "concurrency": 2,
-        "compare": {"body": "json", "ignore": ["/time"], "headers": ["content-type"]},
+        "compare": {"body": "json", "ignore": ["/time"], "headers": ["content-type"],
+                    "learn": 3},
     }  # fmt: skip
     status = json.loads(cli(url, "mirror", "status", "--json").output.split("\n", 1)[-1]
                         if url.startswith("memory") else cli(url, "mirror", "status", "--json").output)  # fmt: skip

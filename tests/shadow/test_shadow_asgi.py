@@ -133,6 +133,22 @@ def test_json_diff_names_the_field_not_the_timestamp_and_500_is_an_error(setup: 
     assert shadows == {"1"}  # X-Canary-Shadow: 1 on every copy
 
 
+def test_learned_noise_hides_the_timestamp_without_configuring_it(setup: Setup) -> None:
+    """compare.learn: the first copy of the route goes to the canary twice; its two answers
+    differ in ``time``, which is ignored from then on: the report shows the price only."""
+    setup.mirror(compare={"body": "json", "learn": 1})
+    setup.in_force(setup.a)
+    assert setup.client.get(setup.a.url + "/json/learn").status_code == 200
+
+    def sample() -> dict[str, Any] | None:
+        found = [s for s in setup.report()[1] if s["request"] == "GET /json/learn"]
+        return found[0] if found else None
+
+    found = wait_until(sample, timeout=10, what="the sample")
+    assert [d["field"] for d in found["differences"]] == ["/price"]
+    assert len([e for e in setup.seen()["seen"] if e["path"] == "/json/learn"]) == 2
+
+
 def test_post_is_mirrored_only_when_listed_and_arrives_byte_identical(setup: Setup) -> None:
     setup.mirror()
     body = os.urandom(40_000)
