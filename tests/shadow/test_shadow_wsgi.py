@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -75,6 +76,41 @@ def test_wsgi_copies_are_compared_and_bodies_arrive_whole(
         ]
         wait_until(lambda: store.shadow_report()[0].get("POST /upload/* matches") == 1,
                    timeout=5, what="the POST copy counted as a match")  # fmt: skip
+    finally:
+        client.close()
+        store.close()
+
+
+def test_wsgi_queue_is_bounded_and_drops_are_counted(
+    servers: tuple[AppServer, AppServer, str],
+) -> None:
+    """The canary sleeps 2 s per copy; one in flight and one waiting per process: the rest of
+    the copies are dropped and counted, and no stable answer waits for one."""
+    canary, router, url = servers
+    store = store_from_url(url)
+    client = httpx.Client(timeout=10)
+    try:
+        store.set_mirror({"upstream": canary.url, "queue": 1, "concurrency": 1,
+                          "when": {"path_prefix": "/slow"}})  # fmt: skip
+
+        def copied_once() -> bool:  # the change is in force: a first copy reached the canary
+            client.get(router.url + "/slow/first")
+            entries = client.get(canary.url + "/_seen").json()["seen"]
+            return any(entry["path"] == "/slow/first" for entry in entries)
+
+        wait_until(copied_once, timeout=10, interval=0.2, what="the mirror in force")
+
+        def dropped() -> int:
+            return store.shadow_report()[0].get("GET /slow/* dropped", 0)
+
+        before = dropped()  # a probe's own copy may have been dropped (at most one)
+        for index in range(10):
+            started = time.monotonic()
+            assert client.get(f"{router.url}/slow/{index}").status_code == 200
+            assert time.monotonic() - started < 1.0  # a copy takes 2 s: none was waited for
+
+        # At most one more in flight and one waiting: 8 of the 10 copies or more are dropped.
+        wait_until(lambda: dropped() - before >= 8, timeout=5, what="the drops counted")
     finally:
         client.close()
         store.close()
