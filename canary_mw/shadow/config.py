@@ -169,7 +169,7 @@ def parse_mirror(document: object) -> MirrorConfig:
     if isinstance(document, (str, bytes)):
         try:
             document = json.loads(document)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested absurdly deep
             raise _fail("document", f"not JSON: {exc}") from None
     if not isinstance(document, Mapping):
         raise _fail("document", 'expected an object such as {"upstream": "http://canary:8000"}')

@@ -13,6 +13,7 @@ UP = "http://canary:8000"
 
 INVALID: list[tuple[Any, str]] = [
     ("not json", "not JSON"),
+    ("[" * 100_000 + "]" * 100_000, "not JSON"),
     ([], "expected an object"),
     ({}, "say where the copies go"),
     ({"upstream": "ftp://x"}, "http:// or https://"),
