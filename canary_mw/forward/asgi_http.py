@@ -261,10 +261,8 @@ class AsyncHTTPForwarder(ForwarderBase):
         )  # fmt: skip
         # One watch from the request until the first body byte: without it, a departed client
         # would hold the upstream connection until the read timeout (``_stream`` watches after).
-        watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
-        watch.add_done_callback(_retrieve)
         try:
-            got = await _unless_client_left(self._answer(request, upstream, tag), watch)
+            got = await _unless_client_left(self._answer(request, upstream, tag), receive, body)
             if got is None:  # the client left: the exchange was cancelled, its connection closed
                 return Outcome.DONE, 0
             response, headers, first, rest = got
@@ -284,8 +282,6 @@ class AsyncHTTPForwarder(ForwarderBase):
             if reply is None:
                 return Outcome.FALLBACK, 0
             return await _reply(send, reply, tag)
-        finally:
-            watch.cancel()  # before anything else reads ``receive``
         # A client that stops reading makes the server's send wait (backpressure) with the
         # upstream connection held: each send gets the write timeout, as nginx's send_timeout.
         # A body read whole has already given its connection back: no bound (nor its cost,
@@ -385,20 +381,52 @@ async def _first_chunk(
 
 
 async def _unless_client_left(
-    work: Coroutine[Any, Any, _T], watch: asyncio.Future[None]
+    work: Coroutine[Any, Any, _T], receive: Receive, body: _Body | None
 ) -> _T | None:
-    """The result of ``work``, or None when ``watch`` finished first (the client left); then
-    ``work`` is cancelled and has finished by the time this returns."""
-    task = asyncio.ensure_future(work)
+    """The result of ``work``, or None when the client left first: then ``work`` was
+    cancelled (its transport closed the upstream connection) and has finished.
+
+    ``work`` runs in the caller's task and a watch task cancels that task when the client
+    leaves: one task per request instead of a second one for ``work`` and an
+    ``asyncio.wait`` over both (this runs for every canary request)."""
+    task = asyncio.current_task()
+    if task is None:  # not run by a task (never under an ASGI server): nothing to cancel
+        return await work
+    departure = _Departure(task)
+    watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
+    watch.add_done_callback(departure)
     try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.wait((task,))
-    if task.cancelled():
+        return await work
+    except asyncio.CancelledError:
+        if not departure.fired:
+            raise  # cancelled from outside (the server is stopping): not ours to swallow
+        uncancel = getattr(task, "uncancel", None)  # Python 3.11+: undo our own cancel
+        if uncancel is not None:
+            uncancel()
         return None
-    return task.result()
+    finally:
+        departure.armed = False
+        watch.cancel()  # before anything else reads ``receive``
+
+
+class _Departure:
+    """The watch's done callback: cancels the forwarding task if the watch finished while
+    the forwarder was still waiting for the answer (the client left, or receive failed)."""
+
+    __slots__ = ("armed", "fired", "task")
+
+    def __init__(self, task: asyncio.Task[Any]):
+        self.task = task
+        self.armed = True
+        self.fired = False
+
+    def __call__(self, watch: asyncio.Future[None]) -> None:
+        if not watch.cancelled():
+            watch.exception()  # retrieved, so a failed receive is never logged as unretrieved
+        if self.armed:  # disarmed once the answer is in: the callback may run after that
+            self.armed = False
+            self.fired = True
+            self.task.cancel()
 
 
 def _bounded(send: Send, limit: float | None) -> Send:
