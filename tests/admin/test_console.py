@@ -199,6 +199,23 @@ def test_an_invalid_rule_shows_the_fields_error_and_writes_nothing(
     confirm(page)
     expect(page.locator("#rule-list li[data-rule=office]")).to_have_count(0)
 
+    # Edit (the rule as JSON), reorder, disable: each one PUT of the whole list, nothing lost.
+    users = page.locator("#rule-list li[data-rule=users]")
+    users.locator("button", has_text="Edit").click()
+    edited = '{"id": "users", "when": {"cookie": "canary_user", "in_set": "users"}, "description": "VIPs"}'
+    page.fill("#rule-json", edited)
+    page.click("#rule-submit")
+    expect(users).to_contain_text('{"cookie":"canary_user","in_set":"users"}')
+    users.locator("button", has_text="Up").click()
+    expect(page.locator("#rule-list li").first).to_have_attribute("data-rule", "users")
+    users.locator("button", has_text="Disable").click()
+    expect(users).to_have_class("rule disabled")
+    stored = store.get_rules()
+    assert stored is not None
+    assert [(rule.id, rule.enabled) for rule in stored.rules] == [("users", False), ("ips", True)]
+    assert stored.rules[0].spec["description"] == "VIPs"  # kept through the reorder
+    store.clear_rules()
+
     # The sticky percentage says how many users a change moves before it is applied.
     page.locator("#percent-value").fill("20")
     expect(page.locator("#percent-moves")).to_contain_text(
