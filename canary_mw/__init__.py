@@ -21,6 +21,7 @@ from .forward.transports import AiohttpTransport, HTTPCore2Transport
 from .health import HealthCheck
 from .metrics import Metrics, metrics_asgi_app, metrics_wsgi_app
 from .outcome import CANARY, STABLE, Decision
+from .rollout import Rollout, RolloutPlan, Thresholds, Verdict, Window, judge
 from .rules import DEFAULT_RULES, Rule, RuleSet, openresty_rules, parse_rules
 from .shadow.config import MirrorConfig, parse_mirror
 from .snapshot import MODES, Snapshot
@@ -61,18 +62,24 @@ __all__ = [
     "MirrorConfig",
     "Overrides",
     "RequestFacts",
+    "Rollout",
+    "RolloutPlan",
     "Rule",
     "RuleError",
     "RuleSet",
     "Snapshot",
     "Store",
     "StoreError",
+    "Thresholds",
     "UpstreamError",
+    "Verdict",
     "WSGIFacts",
+    "Window",
     "__version__",
     "admin_app",
     "async_store_from_url",
     "decide",
+    "judge",
     "metrics_asgi_app",
     "metrics_wsgi_app",
     "openresty_rules",

@@ -33,6 +33,8 @@ from .health import AsyncChecker, BackendHealth, BlockingChecker, HealthCheck
 from .ipmatch import parse_ip
 from .metrics import Metrics, default_metrics
 from .parts import RouterParts
+from .rollout.controller import RolloutAgent
+from .rollout.runner import AsyncRolloutRunner, Background, ThreadRolloutRunner
 from .rules import DEFAULT_RULES, RuleSet, parse_rules
 from .stores import (
     DEFAULT_LOOKUP_TIMEOUT,
@@ -95,6 +97,8 @@ class CanaryConfig:
     lookup_timeout: float | None = None
     health: HealthCheck | None = None
     metrics: bool | Metrics = True
+    #: Take part in rollouts (docs/rollouts.md): fold telemetry, drive them under a lease.
+    rollouts: bool = True
     engine_options: EngineSettings | Mapping[str, Any] | None = None
 
     # What the parts are built from, computed once from the options above (not options).
@@ -158,7 +162,7 @@ class CanaryConfig:
     def _check_kinds(self) -> None:
         if self.health is not None and not isinstance(self.health, HealthCheck):
             raise ConfigurationError("health must be a HealthCheck(path=..., interval=...) or None")
-        for name in ("fallback", "preserve_host"):
+        for name in ("fallback", "preserve_host", "rollouts"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(
                     f"{name} must be True or False, got {getattr(self, name)!r}"
@@ -311,4 +315,10 @@ def compose(config: CanaryConfig, side: Side) -> RouterParts:
             health, parts.backends, parts.share_health, headers=[config.loop_guard],
             after_round=parts.after_round,
         )  # fmt: skip
+    if config.rollouts and metrics is not None:
+        # Telemetry comes from the metrics the router keeps: without them, no rollout agent.
+        agent = RolloutAgent(store.layout, metrics=metrics)
+        runner_kind = AsyncRolloutRunner if side is ASYNC else ThreadRolloutRunner
+        runner = runner_kind(store, agent)
+        parts.checker = runner if parts.checker is None else Background(parts.checker, runner)
     return parts

@@ -32,6 +32,7 @@ from . import render
 from .console import console_routes
 from .explain import RequestDescription, explain_request
 from .openapi import OPENAPI
+from .rollout_api import rollout_routes
 
 __all__ = ["admin_app"]
 
@@ -494,6 +495,7 @@ def admin_app(
         Route("/mirror/report", e(api.mirror_report), methods=["GET"]),
         Route("/history", e(api.history), methods=["GET"]),
         Route("/rollback", e(api.rollback, body=True), methods=["POST"]),
+        *rollout_routes(api),
         Route("/explain", e(api.explain, body=True), methods=["POST"]),
         *console_routes(),
     ]

@@ -22,6 +22,7 @@ from ..errors import CanaryError, ConfigurationError
 from ..rules import parse_rules
 from ..stores import DEFAULT_ACTOR, Change, Store, store_from_url
 from . import render
+from .rollout_cli import rollout
 
 __all__ = ["main"]
 
@@ -505,6 +506,9 @@ def _override(attribute: str) -> Callable[[click.Context, click.Parameter, str |
             setattr(ctx.ensure_object(Context), attribute, value)
 
     return callback
+
+
+main.add_command(rollout)
 
 
 def _accept_store_options_everywhere(group: click.Group) -> None:

@@ -186,6 +186,32 @@ OPENAPI: dict[str, Any] = {
                            "(no version: undo the latest config change)",
                            _object({"version": {"type": ["integer", "null"], "minimum": 0}})),
         },
+        "/rollout": {
+            "get": _read("The latest rollout, and canary vs stable for its current step", _ref("RolloutStatus")),
+            "post": {
+                "summary": "Start a rollout (docs/rollouts.md): the first step at once, or at `at`",
+                "requestBody": _body(_object({
+                    "upstream": {"type": "string", "default": "canary"},
+                    "by": {"type": "string", "default": "ip", "description": "ip, cookie:NAME, header:NAME or query:NAME"},
+                    "steps": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}, "default": [1, 5, 25, 50, 100]},
+                    "hold": {"type": ["string", "number"], "default": "10m", "description": "seconds, or 30s / 10m / 2h"},
+                    "max_error_rate_increase": {"type": ["string", "number"], "default": "0.5%", "description": "a fraction (0.005) or a percentage string (0.5%)"},
+                    "max_p99_ratio": {"type": "number", "minimum": 1, "default": 1.3},
+                    "min_requests": {"type": "integer", "minimum": 1, "default": 200},
+                    "latency_slack": {"type": ["string", "number"], "default": "25ms", "description": "latency increase (median, p99) never judged a failure: seconds, or 25ms"},
+                    "on_success": {"enum": ["promote", "hold"], "default": "promote"},
+                    "confirm_url": {"type": ["string", "null"], "format": "uri"},
+                    "notify_url": {"type": ["string", "null"], "format": "uri"},
+                    "at": {"type": ["number", "null"], "description": "start time, seconds since the epoch"},
+                    "interval": {"type": ["string", "number"], "default": "5s", "description": "telemetry window"}})),
+                "responses": {"200": _ok(_ref("RolloutStatus")), **_WRITE_ERRORS},
+            },
+        },
+        "/rollout/{command}": {
+            "parameters": [{"name": "command", "in": "path", "required": True,
+                            "schema": {"enum": ["pause", "resume", "abort", "promote"]}}],
+            "post": _read("Pause, resume, abort (restores what was in force before) or promote the active rollout", _ref("RolloutStatus")),
+        },
         "/explain": {
             "post": {
                 "summary": "Where the routers would send a described request now, and why (writes nothing)",
@@ -265,6 +291,12 @@ OPENAPI: dict[str, Any] = {
                 "condition": {"type": "object"}, "value": {"enum": ["true", "false", "unknown"]},
                 "why": {"type": "string"},
                 "children": {"type": "array", "items": _ref("ConditionTrace")}}},
+            "RolloutStatus": {"type": "object", "properties": {
+                "changed": {"type": "boolean", "description": "in answers to POST"},
+                "action": {"type": "string", "description": "in answers to POST"},
+                "rollout": {"type": ["object", "null"], "description": "the record: plan, status (scheduled, running, waiting, paused, succeeded, promoted, rolled_back, aborted), step (from 0), percent, verdict, reason, prior, generation"},
+                "windows": {"type": "object", "description": "per target (the upstream and stable): requests, errors, buckets, error_rate, p99 for the current step, over every instance",
+                            "additionalProperties": {"type": "object"}}}},
             "Error": {"type": "object", "properties": {"detail": {"type": "string"}}},
             "ValidationError": {"type": "object", "properties": {"detail": {
                 "type": "array", "items": {"type": "object", "properties": {

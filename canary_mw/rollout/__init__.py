@@ -4,5 +4,6 @@
 from __future__ import annotations
 
 from .judge import Thresholds, Verdict, Window, judge
+from .plan import Rollout, RolloutPlan
 
-__all__ = ["Thresholds", "Verdict", "Window", "judge"]
+__all__ = ["Rollout", "RolloutPlan", "Thresholds", "Verdict", "Window", "judge"]

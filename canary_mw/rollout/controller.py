@@ -26,6 +26,7 @@ from ..outcome import STABLE
 from ..stores.layout import Layout
 from .judge import PASS, Verdict, Window, judge
 from .plan import DRIVEN, Rollout, Transition, next_transition
+from .render import event_for
 from .storage import (
     LeaseLostError,
     StaleRecordError,
@@ -61,13 +62,7 @@ class Post:
 
 def event(transition: Transition, actor: str) -> dict[str, Any]:
     """The notification for a transition (what ``--notify-url`` receives)."""
-    rollout = transition.after
-    return {
-        "event": transition.action, "rollout": rollout.id, "status": rollout.status,
-        "upstream": rollout.plan.upstream, "step": rollout.step + 1,
-        "steps": len(rollout.plan.steps), "percent": rollout.percent, "reason": rollout.reason,
-        "verdict": rollout.verdict, "actor": actor, "time": time.time(),
-    }  # fmt: skip
+    return event_for(transition.after, transition.action, actor)
 
 
 def default_holder() -> str:

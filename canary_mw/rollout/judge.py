@@ -11,10 +11,12 @@ Two metrics, each classified ``pass`` / ``marginal`` / ``fail`` with the numbers
   excess that is not significant is marginal.
 * **Latency**: Mann-Whitney U over the binned latencies (each request is its histogram
   bucket; ties within a bucket count half), as Kayenta's judge compares distributions
-  without assuming a shape. It fails when the canary is slower with p < 0.01 *and* the
-  effect is at least medium (Vargha-Delaney A = P(canary slower) >= 0.64); it is marginal
-  at p < 0.05 and A >= 0.56. Independently, the p99 bound: with ``limit`` = stable's p99
-  (interpolated within its bucket) x ``max_p99_ratio``, the canary fails when significantly
+  without assuming a shape. It fails when the canary is slower with p < 0.01, its median
+  is more than ``latency_slack`` above stable's, *and* the effect is at least medium
+  (Vargha-Delaney A = P(canary slower) >= 0.64); it is marginal at p < 0.05 and A >= 0.56
+  (with the same median condition). Independently, the p99 bound: with ``limit`` = the larger of
+  stable's p99 (interpolated within its bucket) x ``max_p99_ratio`` and stable's p99 +
+  ``latency_slack`` (25 ms: the canary is a network hop away), the canary fails when significantly
   more than 1% of its requests are slower than ``limit`` (one-sided binomial z > 2.326),
   and is marginal when its own p99 is above ``limit`` without that significance.
 
@@ -74,6 +76,9 @@ class Thresholds:
     max_error_rate_increase: float = 0.005
     max_p99_ratio: float = 1.3
     min_requests: int = 200
+    #: Seconds of latency increase (at the median and at p99) never judged a failure: the
+    #: canary is a network hop away and stable is served in-process.
+    latency_slack: float = 0.025
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_error_rate_increase < 1:
@@ -85,12 +90,15 @@ class Thresholds:
             raise ConfigurationError(f"max_p99_ratio must be >= 1, got {self.max_p99_ratio!r}")
         if not isinstance(self.min_requests, int) or self.min_requests < 1:
             raise ConfigurationError(f"min_requests must be >= 1, got {self.min_requests!r}")
+        if not 0 <= self.latency_slack < 60:
+            raise ConfigurationError(f"latency_slack is in seconds, got {self.latency_slack!r}")
 
     def to_json(self) -> dict[str, Any]:
         return {
             "max_error_rate_increase": self.max_error_rate_increase,
             "max_p99_ratio": self.max_p99_ratio,
             "min_requests": self.min_requests,
+            "latency_slack": self.latency_slack,
         }
 
 
@@ -193,7 +201,11 @@ def share_above(buckets: Sequence[int], bounds: Sequence[float], limit: float) -
 
 
 def latency(
-    canary: Window, stable: Window, max_ratio: float, bounds: Sequence[float]
+    canary: Window,
+    stable: Window,
+    max_ratio: float,
+    bounds: Sequence[float],
+    slack: float = 0.0,
 ) -> dict[str, Any]:
     z, effect = mann_whitney(canary.buckets, stable.buckets)
     p99_c = quantile(canary.buckets, bounds, 0.99)
@@ -201,20 +213,28 @@ def latency(
     ratio = p99_c / p99_s if p99_s > 0 else math.inf
     # A p99 over a few hundred requests is a handful of them: the bound fails only when
     # significantly more than 1% of the canary's requests are slower than it allows.
-    slow = share_above(canary.buckets, bounds, p99_s * max_ratio)
+    limit = max(p99_s * max_ratio, p99_s + slack)
+    slow = share_above(canary.buckets, bounds, limit)
     samples = max(sum(canary.buckets), 1)
     z_tail = (slow - 0.01) / math.sqrt(0.01 * 0.99 / samples)
-    tail_fails = ratio > max_ratio and z_tail > Z_FAIL
-    if tail_fails or (z > Z_FAIL and effect >= EFFECT_FAIL):
+    over = p99_c > limit
+    tail_fails = over and z_tail > Z_FAIL
+    # A shift of the whole distribution counts only when the median moved by more than the
+    # slack: with thousands of requests, a millisecond's hop is "significant" and harmless.
+    median_c = quantile(canary.buckets, bounds, 0.5)
+    median_s = quantile(stable.buckets, bounds, 0.5)
+    shifted = median_c - median_s > slack
+    if tail_fails or (shifted and z > Z_FAIL and effect >= EFFECT_FAIL):
         result = FAIL
-    elif ratio > max_ratio or (z > Z_MARGINAL and effect >= EFFECT_MARGINAL):
+    elif over or (shifted and z > Z_MARGINAL and effect >= EFFECT_MARGINAL):
         result = MARGINAL
     else:
         result = PASS
     return {
         "result": result, "canary_p99": _round(p99_c), "stable_p99": _round(p99_s),
-        "p99_ratio": _round(ratio), "max_p99_ratio": max_ratio,
+        "p99_ratio": _round(ratio), "max_p99_ratio": max_ratio, "p99_limit": _round(limit),
         "share_over_bound": _round(slow), "tail_z": _round(z_tail),
+        "canary_median": _round(median_c), "stable_median": _round(median_s),
         "mann_whitney_z": _round(z), "p_canary_slower": _round(effect),
     }  # fmt: skip
 
@@ -242,7 +262,9 @@ def judge(
         return Verdict(INSUFFICIENT, {"sample": numbers}, canary, stable)
     metrics = {
         "errors": error_rate(canary, stable, thresholds.max_error_rate_increase),
-        "latency": latency(canary, stable, thresholds.max_p99_ratio, bounds),
+        "latency": latency(
+            canary, stable, thresholds.max_p99_ratio, bounds, thresholds.latency_slack
+        ),
     }
     worst = max((numbers["result"] for numbers in metrics.values()), key=_RANK.__getitem__)
     return Verdict(worst, metrics, canary, stable)

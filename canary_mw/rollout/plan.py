@@ -43,7 +43,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
-def parse_duration(value: str | float, what: str = "duration") -> float:
+def parse_duration(value: str | float, what: str = "duration", allow_zero: bool = False) -> float:
     """Seconds from ``90``, ``1.5s``, ``10m``, ``2h``, ``1d``."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
@@ -52,7 +52,7 @@ def parse_duration(value: str | float, what: str = "duration") -> float:
         if not match:
             raise ConfigurationError(f"{what} must look like 30s, 10m or 2h; got {value!r}")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
-    if not math.isfinite(seconds) or seconds <= 0:
+    if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not allow_zero):
         raise ConfigurationError(f"{what} must be positive, got {value!r}")
     return seconds
 

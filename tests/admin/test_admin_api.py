@@ -11,7 +11,7 @@ import httpx
 import pytest
 from openapi_spec_validator import validate
 
-from canary_mw import ConfigurationError
+from canary_mw import ConfigurationError, RolloutPlan
 from canary_mw.admin.api import admin_app
 from canary_mw.admin.openapi import OPENAPI
 from canary_mw.stores import Store, store_from_url
@@ -75,6 +75,11 @@ ENDPOINTS: list[tuple[str, str, Any, list[tuple[Any, list[Any]]]]] = [
     ("DELETE", "/upstreams/canary?host=shop.example.com", None, []),
     ("GET", "/history?limit=5", None, []),
     ("POST", "/rollback", {"version": 0}, [({"version": "1"}, ["body", "version"]), ({"version": 999}, ["body"])]),
+    ("GET", "/rollout", None, []),
+    ("POST", "/rollout", {"by": "cookie:uid", "steps": [5, 50], "hold": "10m"}, [
+        ({"steps": [50, 5]}, ["body"]), ({"hold": "soon"}, ["body"]), ({"nope": 1}, ["body"]),
+    ]),
+    ("POST", "/rollout/pause", None, []),
     ("POST", "/explain", {"ip": "203.0.113.7", "cookies": {"uid": "42"}}, [
         ({"ip": "nope"}, ["body", "ip"]), ({"path": "cart"}, ["body", "path"]),
         ({"headers": {"X-QA": 1}}, ["body", "headers", "X-QA"]), ({"ipp": "1"}, ["body", "ipp"]),
@@ -105,6 +110,8 @@ async def test_endpoint(
 ) -> None:
     store.add_members("users", ["alice"])
     store.set_upstream("canary", "http://canary-a:8000", host="shop.example.com")
+    if path.startswith("/rollout/"):  # a command needs a rollout to act on
+        store.start_rollout(RolloutPlan(), actor="setup")
     before = store.get_config().version
 
     missing = await call(api, method, path, body, {})
@@ -198,6 +205,7 @@ async def test_openapi_is_served_valid_and_complete(api: httpx.AsyncClient) -> N
               ("GET", "/history"), ("POST", "/rollback"), ("POST", "/explain")}  # fmt: skip
     routes |= {("GET", "/mirror"), ("PUT", "/mirror"), ("DELETE", "/mirror"),
                ("GET", "/mirror/report")}  # fmt: skip
+    routes |= {("GET", "/rollout"), ("POST", "/rollout"), ("POST", "/rollout/{command}")}
     assert documented == routes
 
     def template(method: str, path: str) -> tuple[str, str]:

@@ -61,12 +61,22 @@ CASES = [
 )
 def test_fixed_vectors(canary: Window, outcome: str, per_metric: tuple[str, str] | None) -> None:
     minimum = 50 if canary.requests == 50 and canary.buckets[2] == 20 else 200
-    verdict = judge(canary, STABLE, Thresholds(min_requests=minimum))
+    # No slack: these vectors shift latencies by a bucket or two, a few milliseconds.
+    verdict = judge(canary, STABLE, Thresholds(min_requests=minimum, latency_slack=0))
     assert verdict.outcome == outcome, verdict.to_json()
     if per_metric is not None:
         assert (verdict.metrics["errors"]["result"], verdict.metrics["latency"]["result"]) == (
             per_metric
         )
+
+
+def test_a_shift_within_the_slack_is_no_latency_verdict() -> None:
+    # Every canary request one bucket up (10-25 ms -> 25-50 ms): significant, a large
+    # effect, and a median 12.5 ms higher: within the default 25 ms slack, so it passes.
+    canary = window(2000, 0, b0_05=2000)
+    stable = window(2000, 0, b0_025=2000)
+    assert judge(canary, stable).metrics["latency"]["result"] == PASS
+    assert judge(canary, stable, Thresholds(latency_slack=0.01)).outcome == FAIL
 
 
 def test_one_error_in_fifty_is_not_a_verdict_even_when_fifty_is_enough() -> None:
