@@ -77,6 +77,7 @@ class ForwarderBase:
         self._is_trusted_peer = policy.is_trusted_peer
         self._request_extra = policy.request_extra
         self._response_drop = policy.response_drop
+        self._bodiless_drop = policy.response_drop | {b"content-length"}
         self._request_drop = policy.request_drop
         self._observer = observer
 
@@ -170,7 +171,11 @@ class ForwarderBase:
         """The upstream answered: its headers to pass on (hop-by-hop removed, our tag added)
         and the body length it declared (None: unknown, or not a single valid number)."""
         self._observer.forwarded(upstream, None)
-        headers, length = response_headers(incoming.headers, drop=self._response_drop)
+        # A 304's Content-Length describes the representation, not bytes on the wire (RFC
+        # 9110 §8.6), and a 204 has none: passed on, servers wait for a body that never
+        # comes (uvicorn's httptools protocol drops the client's connection).
+        drop = self._bodiless_drop if incoming.status in (204, 304) else self._response_drop
+        headers, length = response_headers(incoming.headers, drop=drop)
         headers.extend(tag)
         return headers, length
 
