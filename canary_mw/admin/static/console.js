@@ -115,6 +115,7 @@ async function signIn(token) {
 
 function signOut(message = "") {
   sessionStorage.removeItem(TOKEN_KEY);
+  for (const name of Object.keys(shown)) delete shown[name];
   clearInterval(timer);
   for (const view of document.querySelectorAll(".view")) view.hidden = true;
   $("views").hidden = $("sign-out").hidden = true;
@@ -478,6 +479,15 @@ async function submitExplain(event) {
 }
 
 // -- polling ---------------------------------------------------------------------------------
+const shown = {};
+
+function unlessUnchanged(name, value, render) {
+  const key = JSON.stringify(value);
+  if (shown[name] === key) return;
+  shown[name] = key;
+  render();
+}
+
 async function refresh() {
   let data;
   try {
@@ -489,9 +499,11 @@ async function refresh() {
   status = data;
   recordTraffic(data.traffic);
   renderNow(data);
-  renderRules(data);
-  renderSets(data);
-  renderUpstreams(data);
+  // Lists are rebuilt only when what they show changed: a button must not be replaced
+  // under the pointer by an identical one every poll.
+  unlessUnchanged("rules", [data.rules, data.rules_source], () => renderRules(data));
+  unlessUnchanged("sets", data.sets, () => renderSets(data));
+  unlessUnchanged("upstreams", [data.upstreams, data.health], () => renderUpstreams(data));
   document.body.dataset.version = data.version;
   await Promise.all([renderRollout(), renderShadow()]);
 }
