@@ -34,7 +34,7 @@ ALL_TO_CANARY = [{"id": "all", "when": {"path_prefix": "/"}, "target": "canary"}
 
 class MisbehavingCanary:
     """``GET /ok`` | ``/size`` | ``/hang`` | ``/stall`` | ``/reset`` | ``/code?503`` | ``/slow?ms`` |
-    ``/big?bytes``. Idle keep-alive connections are closed after ``idle_close`` seconds."""
+    ``/held`` (until ``release`` is set) | ``/big?bytes``. Idle keep-alive connections are closed after ``idle_close`` seconds."""
 
     def __init__(self, idle_close: float = 0.1):
         self.idle_close = idle_close
@@ -43,6 +43,9 @@ class MisbehavingCanary:
         self.closed_by_peer: dict[str, float] = {}  # request path → when the router hung up
         self.requests: list[str] = []
         self.open = 0
+        self.held = 0  # /held requests waiting for release, and the most there ever were
+        self.held_peak = 0
+        self.release = threading.Event()
         self._lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -118,6 +121,15 @@ class MisbehavingCanary:
         if path == "/slow":
             time.sleep(int(arg) / 1000)
             conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+            return True
+        if path == "/held":  # answered once the test says so
+            with self._lock:
+                self.held += 1
+                self.held_peak = max(self.held_peak, self.held)
+            self.release.wait(30)
+            with self._lock:
+                self.held -= 1
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld")
             return True
         if path == "/big":
             size = int(arg)
@@ -259,26 +271,39 @@ def test_stale_keep_alive(router: AppServer, observed: Callable[[str], None]) ->
 @pytest.mark.fault(
     "canary", "more concurrent requests than the pool (4)", "fast 503 for the rest; full recovery"
 )
-def test_pool_exhaustion(router: AppServer, observed: Callable[[str], None]) -> None:
-    def one(_: int) -> tuple[int, float]:
-        start = time.monotonic()
-        # POST: not idempotent, so no fallback to stable hides the pool's answer.
-        status = httpx.post(router.url + "/slow?700", content=b"x", timeout=30).status_code
-        return status, time.monotonic() - start
+def test_pool_exhaustion(canary: MisbehavingCanary, observed: Callable[[str], None]) -> None:
+    """Conditions, not durations: 12 requests for a pool of 4 while the canary holds every
+    answer; 4 reach it (never more), the other 8 get their 503 while those 4 are still
+    held; once released, the 4 get their answer and the pool serves again."""
+    timeout = {"connect": 1, "read": 30, "write": 2, "pool": 0.5}
+    router = _router(canary, timeout=timeout, limits={"max_connections": 4})
+    canary.release.clear()
 
-    with ThreadPoolExecutor(12) as pool:
-        results = list(pool.map(one, range(12)))
-    served = [took for status, took in results if status == 200]
-    refused = [took for status, took in results if status == 503]
-    observed(
-        f"{len(served)} served, {len(refused)} got 503 after at most {max(refused, default=0):.2f} s"
-    )
-    assert len(served) + len(refused) == 12
-    assert 1 <= len(served) <= 4
-    assert refused
-    assert max(refused) < 0.5 + SLACK  # the pool timeout, not the canary's 1.5 s
-    with ThreadPoolExecutor(4) as pool:  # recovered: the full pool is usable again
-        assert [status for status, _ in pool.map(one, range(4))] == [200] * 4
+    def one(path: str) -> int:
+        # POST: not idempotent, so no fallback to stable hides the pool's answer.
+        return httpx.post(router.url + path, content=b"x", timeout=60).status_code
+
+    try:
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(one, "/held") for _ in range(12)]
+            wait_until(lambda: canary.held == 4, timeout=20, what="4 requests at the canary")
+            wait_until(lambda: sum(f.done() for f in futures) == 8, timeout=20,
+                       what="the 8 requests the pool had no room for answered")  # fmt: skip
+            refused = [f.result() for f in futures if f.done()]
+            still_held = canary.held
+            canary.release.set()
+            statuses = [f.result() for f in futures]
+        observed(f"{statuses.count(200)} served, {statuses.count(503)} got 503 while the "
+                 f"canary held {still_held}; at most {canary.held_peak} at the canary at once")  # fmt: skip
+        assert refused == [503] * 8
+        assert still_held == 4  # refused while the served ones were still waiting
+        assert canary.held_peak == 4
+        assert sorted(statuses) == [200] * 4 + [503] * 8
+        with ThreadPoolExecutor(4) as pool:  # recovered: the full pool is usable again
+            assert list(pool.map(one, ["/ok"] * 4)) == [200] * 4
+    finally:
+        canary.release.set()
+        router.cleanup()
 
 
 @pytest.mark.fault(
