@@ -135,6 +135,31 @@ def test_the_leader_dies_and_the_other_router_carries_on(
     assert f":{leader_pid}:" not in last.actor
 
 
+def test_a_paused_leader_wakes_up_and_writes_nothing(
+    setup: tuple[Store, AppServer, list[AppServer]],
+) -> None:
+    store, _, routers = setup
+    plan = RolloutPlan(**{**PLAN.to_json(), "steps": (20, 50), "thresholds": PLAN.thresholds,
+                          "on_success": "hold"})  # fmt: skip
+    with Load(routers) as load:
+        store.start_rollout(plan, actor="alice")
+        lease = wait_until(lambda: store._run(_get(store, "rollout:lease")), timeout=10,
+                           what="a leader")  # fmt: skip
+        leader_pid = int(lease.split(":")[-2])
+        os.kill(leader_pid, signal.SIGSTOP)  # a GC pause, a frozen VM: it still believes it leads
+        try:
+            wait_until(lambda: store._run(_get(store, "rollout:lease")) not in (None, lease),
+                       timeout=20, what="another leader")  # fmt: skip
+        finally:
+            os.kill(leader_pid, signal.SIGCONT)
+        until(store, "succeeded", timeout=40, load=load)
+    entries = store.history(30)
+    steps = [e.detail["step"] for e in entries if e.action in ("rollout step", "rollout start")]
+    assert sorted(steps) == [1, 2]  # each step exactly once
+    finals = [e for e in entries if e.action == "rollout succeed"]
+    assert len(finals) == 1
+
+
 def _get(store: Store, name: str):  # type: ignore[no-untyped-def]
     (value,) = yield [(None, ("GET", store.layout.prefix + name))]
     return value.decode() if isinstance(value, bytes) else value
