@@ -30,6 +30,16 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="runs per row (the median is kept)")
     parser.add_argument("--only", nargs="*", default=None,
                         help="groups: asgi transports openresty wsgi canary outage streaming")  # fmt: skip
+    parser.add_argument(
+        "--connections",
+        type=int,
+        nargs="+",
+        default=[10, 50],
+        help="wrk connection counts to run every row at (default: 10 50)",
+    )
+    parser.add_argument("--cases", nargs="*", default=[],
+                        help="only the rows whose name contains one of these (the bare app and "
+                             "the yardsticks a row is paired with always run)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args()
     binary = shutil.which("redis-server")
@@ -51,7 +61,8 @@ def main() -> int:
     canary = Server("canary", uvicorn("bench.apps:backend", canary_port), port=canary_port,
                     env={"MESSAGE": "This is version 2"})  # fmt: skip
     stable = Server("stable", uvicorn("bench.apps:backend", stable_port), port=stable_port)
-    ctx = scenarios.Context(args.seconds, redis_port, canary, repeats=args.repeats)
+    ctx = scenarios.Context(args.seconds, redis_port, canary, repeats=args.repeats,
+                            connections=tuple(args.connections), cases=tuple(args.cases))  # fmt: skip
     ctx.extra["redis_pids"] = descendants(redis_process.pid)
     try:
         if "asgi" in groups:

@@ -56,9 +56,14 @@ class Context:
     redis_port: int
     canary: Server
     repeats: int = 3  # runs per row; the median (by req/s) is kept: the machine is shared
+    connections: tuple[int, ...] = (10, 50)  # wrk connection counts; each row is run at each
+    cases: tuple[str, ...] = ()  # only rows whose name contains one of these (all when empty)
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def wanted(self, name: str) -> bool:
+        return not self.cases or any(case.lower() in name.lower() for case in self.cases)
 
     @property
     def redis_url(self) -> str:
@@ -113,7 +118,7 @@ def measure(ctx: Context, group: str, name: str, server: Server, script: str | N
     run by run (bare, server, bare, server...), and the ratio is the median of each pair's:
     the machine is shared, and its speed drifts between runs more than the router costs."""
     rows = []
-    for connections in (10, 50):
+    for connections in ctx.connections:
         turns = [(bare, []), (server, list(extra_pids))] if bare else [(server, list(extra_pids))]
         for turn, _ in turns:
             load(turn.url + "/", connections, 1, script)  # warm up: connections, caches
@@ -202,8 +207,10 @@ def asgi(ctx: Context) -> None:
         ("95/5 mix, OpenResty keys", {"openresty": True, "trusted": True}, MIX_95_5),
     ]  # fmt: skip
     for name, options, script in cases:
+        if not ctx.wanted(name):
+            continue
         server = router(ctx, name, **options)
-        if "Redis-set" in name:
+        if "Redis-set" in name and ctx.connections == (10, 50):
             ctx.extra["redis_cmds"] = redis_commands(ctx, server, script)
         measure(ctx, "asgi", name, server, script,
                 canary_pids if "canary" in name or "mix" in name else [], bare=bare)  # fmt: skip
@@ -213,6 +220,8 @@ def asgi(ctx: Context) -> None:
     for app, name in (("pure_noop", "pure ASGI middleware, no-op (floor)"),
                       ("pure_tag", "pure ASGI middleware adding one header (floor)"),
                       ("base_http_noop", "BaseHTTPMiddleware no-op (for scale)")):  # fmt: skip
+        if not ctx.wanted(name):
+            continue
         port = free_port()
         floor = Server(app, uvicorn(f"bench.apps:{app}", port, factory=True), port=port)
         measure(ctx, "asgi", name, floor, None, bare=bare)
@@ -220,6 +229,8 @@ def asgi(ctx: Context) -> None:
     bare.stop()
     # The same comparison with an endpoint that does some work of its own (Starlette routing
     # and a JSON body): what the fixed per-request cost means for a typical app.
+    if not ctx.wanted("Starlette JSON app + router, Redis-set rule"):
+        return
     port = free_port()
     bare = Server("realistic", uvicorn("bench.apps:realistic", port, factory=True), port=port)
     rules = [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]
@@ -283,6 +294,8 @@ def wsgi(ctx: Context) -> None:
     cases = [("Flask + CanaryWSGI, stable path, Redis-set rule", {"default_rules": [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}]}, COOKIE_USERS),
              ("Flask + CanaryWSGI, canary path", "all", None)]  # fmt: skip
     for name, options, script in cases:
+        if not ctx.wanted(name):
+            continue
         server = _wsgi_router(ctx, name, options)
         measure(ctx, "wsgi", name, server, script, ctx.canary.pids() if "canary" in name else [],
                 bare=bare)  # fmt: skip
@@ -374,7 +387,10 @@ def openresty(ctx: Context, stable: Server) -> None:
         for name, script in (("OpenResty stable path (keepalive)", CLIENT_IP),
                              ("OpenResty canary path (keepalive)", CANARY_CLIENT),
                              ("OpenResty 95/5 mix (keepalive)", MIX_95_5)):  # fmt: skip
-            measure(ctx, "openresty", name, server, script, backends)
+            if ctx.wanted(name):
+                measure(ctx, "openresty", name, server, script, backends)
+    if not ctx.wanted("OpenResty stable path (connect per request)"):
+        return
     with _openresty(ctx, stable, pool=0) as server:
         measure(
             ctx, "openresty", "OpenResty stable path (connect per request)", server, CLIENT_IP,

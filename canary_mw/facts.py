@@ -286,7 +286,10 @@ class WSGIFacts(RequestFacts):
     __slots__ = ("_environ",)
 
     def __init__(self, environ: MutableMapping[str, Any], resolver: ClientIPResolver = _NO_PROXIES):
-        super().__init__(resolver)
+        # Set the slots directly: this runs for every request.
+        self._resolver = resolver
+        self._client_ip = _UNSET
+        self._query = _UNSET
         self._environ = environ
 
     @property
