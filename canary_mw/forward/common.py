@@ -124,23 +124,9 @@ class ForwarderBase:
             partition_key(outgoing), self._timeout,
         )  # fmt: skip
 
-    def upstream_request(
-        self,
-        *,
-        method: str,
-        upstream: Upstream,
-        target: tuple[bytes, bytes],
-        headers: Iterable[tuple[bytes, bytes]],
-        peer: str | None,
-        scheme: str,
-        body: Any,
-        length: int | None,
-    ) -> httpx.Request:
-        """:meth:`outgoing` as an ``httpx.Request``, for any httpx transport."""
-        return self.outgoing(
-            method=method, upstream=upstream, target=target, headers=headers, peer=peer,
-            scheme=scheme, body=body, length=length,
-        ).httpx_request()  # fmt: skip
+    def upstream_request(self, **request: Any) -> httpx.Request:
+        """:meth:`outgoing` (same keywords) as an ``httpx.Request``, for any httpx transport."""
+        return self.outgoing(**request).httpx_request()
 
     def failed(
         self,
