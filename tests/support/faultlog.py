@@ -8,6 +8,7 @@ turns the file written here into that table.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from collections.abc import Callable
@@ -80,14 +81,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _rows:
         return
-    previous: dict[str, dict[str, Any]] = {}
-    if RESULTS.exists():  # a partial run (-k, one file) updates its rows and keeps the rest
-        try:
-            previous = {row["test"]: row for row in json.loads(RESULTS.read_text())}
-        except (ValueError, KeyError, TypeError):
-            previous = {}
-    previous.update(_rows)
-    RESULTS.write_text(json.dumps(sorted(previous.values(), key=_order), indent=1) + "\n")
+    # Read, merge, write under a lock: parallel workers (pytest -n) finish at once.
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous: dict[str, dict[str, Any]] = {}
+        if RESULTS.exists():  # a partial run (-k, one file) updates its rows, keeps the rest
+            try:
+                previous = {row["test"]: row for row in json.loads(RESULTS.read_text())}
+            except (ValueError, KeyError, TypeError):
+                previous = {}
+        previous.update(_rows)
+        RESULTS.write_text(json.dumps(sorted(previous.values(), key=_order), indent=1) + "\n")
 
 
 def _order(row: dict[str, Any]) -> tuple[str, str]:
