@@ -132,7 +132,7 @@ def markdown(ctx: Context, command: str) -> str:
             continue
         base = {
             c: _find(ctx.rows, "bare ASGI app" if group != "wsgi" else "bare Flask app", c)
-            for c in (10, 50)
+            for c in ctx.connections
         }
         lines += [f"## {title}", "", "| scenario | conns | req/s | vs bare | p50 ms | p99 ms | CPU µs/req | + vs bare | peak RSS MiB | errors |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip

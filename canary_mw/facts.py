@@ -248,7 +248,9 @@ class ASGIFacts(RequestFacts):
         if target[:1] == b"/" and b"." not in target and b"%" not in target:
             # The common case, decided with the fewest steps: a path with no dot segment
             # possible, so only a repeated Host can conflict.
-            if len(self.raw_headers()) == len(pairs):
+            headers = dict(pairs)
+            if len(headers) == len(pairs):  # no name repeats: raw_headers() as it would be
+                self._headers = headers
                 return False
             return sum(1 for name, _ in pairs if name == b"host") > 1
         if has_dot_segment(target.partition(b"?")[0]):
@@ -268,7 +270,10 @@ class ASGIFacts(RequestFacts):
         return None if value is None else value.decode("latin-1")
 
     def cookie(self, name: str) -> str | None:
-        header = self.raw_headers().get(b"cookie")
+        headers = self._headers
+        if headers is _UNSET:
+            headers = self.raw_headers()
+        header = headers.get(b"cookie")
         return cookie_value(header.decode("latin-1"), name) if header else None
 
     def _peer(self) -> str | None:

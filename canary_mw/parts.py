@@ -9,7 +9,6 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
-from functools import partial
 from logging import DEBUG
 from time import perf_counter
 from typing import Any
@@ -36,7 +35,9 @@ def _recorder(traffic: Counter[str], metrics: Metrics | None) -> Record:
     for every request of every app, and inside a server each call and attribute read costs
     several times what it does in a loop (bench/inproc.py)."""
     counts = metrics.counts if metrics is not None else None
-    debug = partial(decision_log.isEnabledFor, DEBUG)
+    # isEnabledFor's own answer cache (emptied by logging whenever a level changes), read
+    # without the call; isEnabledFor fills it.
+    levels: dict[int, bool] = getattr(decision_log, "_cache", {})
 
     def record(decision: Decision, status: int, started: float, facts: RequestFacts) -> None:
         target = decision.target
@@ -50,7 +51,10 @@ def _recorder(traffic: Counter[str], metrics: Metrics | None) -> Record:
                 cell = cells[key] = new_cell()
             cell[bisect_left(BUCKETS, seconds)] += 1
             cell[-1] += seconds
-        if debug():
+        debug = levels.get(DEBUG)
+        if debug is None:
+            debug = decision_log.isEnabledFor(DEBUG)
+        if debug:
             decision_log.debug(
                 "%s %s -> %s (%s %s)", facts.method, facts.path, decision.target,
                 decision.reason, decision.rule_id or "",
