@@ -264,6 +264,7 @@ OPENAPI: dict[str, Any] = {
                     "entries": {"type": "integer"}, "problem": {"type": ["string", "null"]}}}},
                 "sets": {"type": "object", "additionalProperties": {"type": ["integer", "null"]}},
                 "traffic": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "rollout": _ref("RolloutStatus"),
                 "problems": {"type": "array", "description": "invalid data in the store: what, what is wrong, what routers keep in force, how to fix it",
                              "items": {"type": "object", "properties": {
                                  "what": {"type": "string"}, "problem": {"type": "string"},

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigurationError, RuleError, StoreError
+from ..rollout.render import lines_from_json, status_json
 from ..rules import DEFAULT_RULES, RuleSet, parse_rules
 from ..snapshot import MODES
 from ..stores import AuditEntry, Change, Store
@@ -221,7 +222,14 @@ def status_data(store: Store) -> dict[str, Any]:
                 "routers keep the members they last read; lookups in it are unknown (stable)",
                 f"redis-cli DEL {store.prefix}set:{name}, then canary-mw ip/user add",
             ))  # fmt: skip
+    try:
+        rollout = status_json(store.rollout_status())
+    except (StoreError, ConfigurationError) as exc:
+        rollout = {"rollout": None, "windows": {}}
+        problems.append(_problem(f"{store.prefix}config rollout", str(exc), "no rollout is driven",
+                                 f"redis-cli HDEL {store.prefix}config rollout"))  # fmt: skip
     return {
+        "rollout": rollout,
         "store": store.url,
         "prefix": store.prefix,
         "version": version,
@@ -294,6 +302,10 @@ def status_lines(data: Mapping[str, Any]) -> list[str]:
         lines.append(f"traffic  {shares}  (all instances, since the counters were created)")
     else:
         lines.append("traffic  (none reported yet)")
+    rollout = lines_from_json(data.get("rollout") or {})
+    if rollout:
+        lines.append(f"rollout  {rollout[0].removeprefix('rollout ')}")
+        lines += [f"  {line}" for line in rollout[1:]]
     if data["problems"]:
         lines.append("problems (invalid data in the store; routers keep routing)")
         for problem in data["problems"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -11,7 +12,7 @@ from ..outcome import STABLE
 from .judge import Window, quantile
 from .plan import Rollout, step_of
 
-__all__ = ["event_for", "status_json", "status_lines"]
+__all__ = ["event_for", "lines_from_json", "status_json", "status_lines"]
 
 
 def event_for(rollout: Rollout, action: str, actor: str) -> dict[str, Any]:
@@ -101,3 +102,16 @@ def status_lines(view: Mapping[str, Any], now: float | None = None) -> list[str]
     if rollout.verdict:
         lines.append(_verdict_line(rollout.verdict))
     return lines
+
+
+def lines_from_json(data: Mapping[str, Any], now: float | None = None) -> list[str]:
+    """``status_lines`` for a ``status_json`` view (what ``canary-mw status`` keeps)."""
+    record = data.get("rollout")
+    if record is None:
+        return []
+    windows = {
+        target: Window(int(w["requests"]), int(w["errors"]), tuple(w["buckets"]))
+        for target, w in data.get("windows", {}).items()
+    }
+    rollout = Rollout.loads(json.dumps(record))
+    return status_lines({"rollout": rollout, "windows": windows}, now)
