@@ -28,6 +28,7 @@ from .forward.client import (
     checked_timeout,
 )
 from .forward.common import ForwardPolicy
+from .forward.partition import IDENTITY_HEADERS
 from .forward.wsgi_http import SyncHTTPForwarder
 from .health import AsyncChecker, BackendHealth, BlockingChecker, HealthCheck
 from .ipmatch import parse_ip
@@ -78,6 +79,9 @@ class CanaryConfig:
     upstreams: Mapping[str, str] | None = None
     trusted_proxies: Sequence[str] = ()
     client_ip_headers: Sequence[str] = DEFAULT_CLIENT_IP_HEADERS
+    #: Headers that tell users apart besides Cookie, Authorization and X-Api-Key (pooled
+    #: canary connections are kept per user: docs/security.md).
+    identity_headers: Sequence[str] = ()
     force_header: str | None = None
     force_cookie: str | None = None
     default_rules: RuleSet | Mapping[str, Any] | Sequence[Any] | str = DEFAULT_RULES
@@ -108,6 +112,7 @@ class CanaryConfig:
     rules: RuleSet = field(init=False, repr=False, compare=False)
     tag: bytes | None = field(init=False, repr=False, compare=False)
     loop: bytes = field(init=False, repr=False, compare=False)
+    identity: frozenset[bytes] = field(init=False, repr=False, compare=False)
     http_timeout: httpx.Timeout = field(init=False, repr=False, compare=False)
     engine_settings: EngineSettings = field(init=False, repr=False, compare=False)
 
@@ -119,6 +124,7 @@ class CanaryConfig:
             "rules": self._rules(),
             "tag": None if self.tag_header is None else _header_name("tag_header", self.tag_header),
             "loop": _header_name("loop_header", self.loop_header),
+            "identity": self._identity(),
             "http_timeout": checked_timeout(self.timeout),
             "engine_settings": EngineSettings.coerce(self.engine_options),
         }
@@ -128,6 +134,15 @@ class CanaryConfig:
         self._check_kinds()
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: set once, here
+
+    def _identity(self) -> frozenset[bytes]:
+        names = self.identity_headers
+        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+            raise ConfigurationError(
+                f"identity_headers must be a list of header names such as ['X-Session-Token'], "
+                f"got {names!r}"
+            )
+        return IDENTITY_HEADERS | {_header_name("identity_headers", name) for name in names}
 
     def _upstreams(self) -> dict[str, Upstream]:
         parsed = parse_upstreams(self.canary_url, self.upstreams)
@@ -234,6 +249,7 @@ class CanaryConfig:
             limits=self.limits,
             max_body_size=self.max_body_size,
             address_headers=self.address_headers,
+            identity_headers=self.identity,
         )
 
 

@@ -12,7 +12,7 @@ import httpx
 
 from ..upstreams import Upstream
 from .headers import DEFAULT_ADDRESS_HEADERS, RawHeaders, request_headers, response_headers
-from .partition import partition_key
+from .partition import IDENTITY_HEADERS, partition_key
 from .replies import ErrorReply, classify, error_kind, is_unreachable
 from .wire import NO_BODY, Incoming, Outgoing
 
@@ -66,6 +66,8 @@ class ForwardPolicy:
     max_body_size: int | None = None
     #: The client-address headers a trusted proxy writes (client_ip_headers, lower-case).
     address_headers: frozenset[bytes] = DEFAULT_ADDRESS_HEADERS
+    #: The headers whose values keep pooled connections apart, per user (partition.py).
+    identity_headers: frozenset[bytes] = IDENTITY_HEADERS
 
 
 class ForwarderBase:
@@ -78,6 +80,7 @@ class ForwarderBase:
         self._request_extra = policy.request_extra
         self._response_drop = policy.response_drop
         self._bodiless_drop = policy.response_drop | {b"content-length"}
+        self._identity = policy.identity_headers
         self._request_drop = policy.request_drop
         self._observer = observer
 
@@ -121,7 +124,7 @@ class ForwarderBase:
         # only ever reach the user whose exchange they belong to.
         return Outgoing(
             method, upstream, upstream.request_target(*_origin_form(*target)), outgoing, body,
-            partition_key(outgoing), self._timeout,
+            partition_key(outgoing, self._identity), self._timeout,
         )  # fmt: skip
 
     def upstream_request(self, **request: Any) -> httpx.Request:

@@ -15,10 +15,11 @@ A user is what the forwarded request says about who is asking: its credentials (
 nobody trusted). The key is a digest of those, so the pool does not keep the secrets
 themselves. Requests that carry no credentials share one key per client address.
 
-Not covered: identity carried anywhere else (a token in the query string, a custom header)
-from clients at one address. The canary then sees requests that differ only there, and a
-late copy can still reach another such client: keep such canaries' answers exact, or put
-the credential in one of the headers above.
+An application whose users are told apart by another header (``X-Session-Token``, say) names
+it in the ``identity_headers`` option, and it counts too. Not covered: identity in the query
+string from clients at one address. The canary then sees requests that differ only there,
+and a late copy can still reach another such client: keep such canaries' answers exact, or
+put the credential in a header.
 
 Transports read the key from ``request.extensions[PARTITION]``; a request without it (a
 transport used directly) uses the shared key ``b""``.
@@ -31,19 +32,22 @@ from collections.abc import Iterable
 
 from .headers import CLIENT_ADDRESS_HEADERS
 
-__all__ = ["PARTITION", "partition_key"]
+__all__ = ["IDENTITY_HEADERS", "PARTITION", "partition_key"]
 
 #: The httpx request extension holding the key.
 PARTITION = "canary_mw.partition"
-_IDENTITY = frozenset({b"cookie", b"authorization", b"x-api-key"}) | CLIENT_ADDRESS_HEADERS
+#: The headers that always say who is asking (lower-case); ``identity_headers`` adds to them.
+IDENTITY_HEADERS = frozenset({b"cookie", b"authorization", b"x-api-key"}) | CLIENT_ADDRESS_HEADERS
 
 
-def partition_key(headers: Iterable[tuple[bytes, bytes]]) -> bytes:
-    """A digest of the headers that say who is asking (see the module docstring)."""
+def partition_key(
+    headers: Iterable[tuple[bytes, bytes]], identity: frozenset[bytes] = IDENTITY_HEADERS
+) -> bytes:
+    """A digest of the headers named in ``identity`` (lower-case): who is asking."""
     digest = hashlib.blake2b(digest_size=16)
     for name, value in headers:
         lowered = name.lower()
-        if lowered in _IDENTITY:
+        if lowered in identity:
             # Name and length first: no two different header lists hash the same bytes.
             digest.update(b"%s:%d:" % (lowered, len(value)))
             digest.update(value)

@@ -60,6 +60,8 @@ ROUTERS = [
         ({**GOOD, "engine_options": {"cache_size": -1}}, "cache_size must be an integer >= 0"),
         ({**GOOD, "engine_options": {"nope": 1}}, r"unknown engine_options \['nope'\]"),
         ({**GOOD, "transport": "h11"}, "httpx.AsyncBaseTransport .* or an httpx.BaseTransport"),
+        ({**GOOD, "identity_headers": "X-Session"}, r"a list of header names such as \['X-Session-Token'\]"),
+        ({**GOOD, "identity_headers": ["X Session"]}, "identity_headers must be a header name"),
     ],
 )  # fmt: skip
 def test_both_routers_and_the_config_refuse_the_same_mistakes(
