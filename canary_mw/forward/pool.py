@@ -4,9 +4,10 @@ Why not httpx's own transport: its pool (httpcore) checks every pooled connectio
 request and goes through anyio for each read and write; behind uvicorn it forwarded about
 400 requests per second on the benchmark machine, where this one forwards several times
 more (``python bench/run.py --only asgi transports``; figures in docs/benchmark.md). It is still
-an ``httpx.AsyncBaseTransport``: requests and responses are httpx's, errors are httpx's,
-and any other transport (httpx's, ``AiohttpTransport``, ``respx.MockTransport``) can be
-passed as ``CanaryRouter(transport=...)`` instead.
+an ``httpx.AsyncBaseTransport`` (``handle_async_request``), errors are httpx's, and any other
+transport (httpx's, ``AiohttpTransport``, ``respx.MockTransport``) can be passed as
+``CanaryRouter(transport=...)`` instead; the router itself calls ``forward``, which takes and
+returns the exchange in wire form (``wire.py``), without httpx's models.
 
 Scope, on purpose: HTTP/1.1 (and 1.0 responses), ``http`` and ``https`` upstreams, no
 proxies from the environment, no HTTP/2, no retries except one, by ``http11.may_retry``: an
