@@ -59,6 +59,7 @@ class ShadowReport:
         self.totals: Counter[tuple[str, str]] = Counter()
         self._routes: set[str] = set()
         self._flushed = time.monotonic()
+        _register()
         _REPORTS.add(self)
 
     def count(self, route: str, counter: str, n: int = 1) -> None:
@@ -120,7 +121,17 @@ class _Collector:
         yield family
 
 
-REGISTRY.register(_Collector())
+_registered = threading.Lock()
+_collectors: list[_Collector] = []
+
+
+def _register() -> None:
+    """Add the collector to prometheus_client's registry once, when a router first mirrors
+    (not at import: an app that never mirrors exports no shadow family)."""
+    with _registered:
+        if not _collectors:
+            _collectors.append(_Collector())
+            REGISTRY.register(_collectors[0])
 
 
 def report_rows(counts: Mapping[str, int]) -> list[dict[str, Any]]:

@@ -215,6 +215,7 @@ class AsyncSender(_Core):
         for task in list(self._workers):
             with contextlib.suppress(BaseException):
                 await task
+        self._workers.clear()  # their done callbacks may not have run yet
         if self._transport is not None:
             await self._transport.aclose()
 
