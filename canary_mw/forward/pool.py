@@ -31,14 +31,9 @@ import httpx
 from .connection import HTTP11Connection
 from .http11 import Exchange, RetryableError
 from .idle import IdleConnections
-from .partition import PARTITION
-from .wire import Incoming, Outgoing
+from .wire import Incoming, Origin, Outgoing, origin_of, response_from_incoming
 
 __all__ = ["HTTP11Transport"]
-
-#: Where a connection goes, and whose it is: (scheme, host, port, partition.py's key).
-Origin = tuple[bytes, bytes, int, bytes]
-_DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
 class HTTP11Transport(httpx.AsyncBaseTransport):
@@ -71,20 +66,11 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         self._closed = False
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.raw_scheme
-        if scheme not in _DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
-        port = url.port or _DEFAULT_PORTS[scheme]
-        origin = (scheme, url.raw_host, port, request.extensions.get(PARTITION, b""))
         incoming = await self._round_trip(
-            request.method, origin, url.raw_path, request.headers.raw,
+            request.method, origin_of(request), request.url.raw_path, request.headers.raw,
             request.stream, request.extensions.get("timeout", {}),  # type: ignore[arg-type]
         )  # fmt: skip
-        return httpx.Response(
-            incoming.status, headers=incoming.headers, stream=incoming.stream,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": incoming.reason},
-        )  # fmt: skip
+        return response_from_incoming(incoming)
 
     async def forward(self, outgoing: Outgoing) -> Incoming:
         """The forwarders' way in: the request in wire form, no httpx models (wire.py)."""

@@ -28,15 +28,11 @@ import httpx
 
 from .http11 import Exchange, RetryableError, may_retry, readable_now
 from .idle import IdleConnections
-from .partition import PARTITION
-from .wire import Incoming, Outgoing
+from .wire import Incoming, Origin, Outgoing, origin_of, response_from_incoming
 
 __all__ = ["HTTP11SyncTransport"]
 
-#: Where a connection goes, and whose it is: (scheme, host, port, partition.py's key).
-Origin = tuple[bytes, bytes, int, bytes]
 Timeouts = dict[str, "float | None"]
-_DEFAULT_PORTS = {b"http": 80, b"https": 443}
 READ_SIZE = 64 * 1024
 _UNSET = -1.0  # a socket timeout no caller asks for: the first settimeout always happens
 
@@ -100,20 +96,11 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         self._closed = False
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        url = request.url
-        scheme = url.raw_scheme
-        if scheme not in _DEFAULT_PORTS:
-            raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
-        port = url.port or _DEFAULT_PORTS[scheme]
-        origin = (scheme, url.raw_host, port, request.extensions.get(PARTITION, b""))
         incoming = self._round_trip(
-            request.method, origin, url.raw_path, request.headers.raw,
+            request.method, origin_of(request), request.url.raw_path, request.headers.raw,
             request.stream, request.extensions.get("timeout", {}),  # type: ignore[arg-type]
         )  # fmt: skip
-        return httpx.Response(
-            incoming.status, headers=incoming.headers, stream=incoming.stream,
-            extensions={"http_version": b"HTTP/1.1", "reason_phrase": incoming.reason},
-        )  # fmt: skip
+        return response_from_incoming(incoming)
 
     def forward(self, outgoing: Outgoing) -> Incoming:
         """The forwarders' way in: the request in wire form, no httpx models (wire.py)."""

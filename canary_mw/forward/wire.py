@@ -22,11 +22,21 @@ import httpx
 from ..upstreams import Upstream
 from .partition import PARTITION
 
-__all__ = ["NO_BODY", "Incoming", "Outgoing", "incoming_from_response"]
+__all__ = [
+    "NO_BODY",
+    "Incoming",
+    "Outgoing",
+    "incoming_from_response",
+    "origin_of",
+    "response_from_incoming",
+]
 
 #: The body of a request without one (iterable both ways, so shared by ASGI and WSGI).
 NO_BODY = httpx.ByteStream(b"")
 RawHeaders = list[tuple[bytes, bytes]]
+#: Where a connection goes, and whose it is: (scheme, host, port, partition.py's key).
+Origin = tuple[bytes, bytes, int, bytes]
+_DEFAULT_PORTS = {b"http": 80, b"https": 443}
 
 
 @dataclass(slots=True)
@@ -47,7 +57,7 @@ class Outgoing:
     timeouts: dict[str, float | None]
 
     @property
-    def origin(self) -> tuple[bytes, bytes, int, bytes]:
+    def origin(self) -> Origin:
         """Where the connection goes, and whose it is: (scheme, host, port, partition)."""
         upstream = self.upstream
         return (upstream.raw_scheme, upstream.raw_host, upstream.port, self.partition)
@@ -81,3 +91,21 @@ def incoming_from_response(response: httpx.Response, *, asynchronous: bool) -> I
     reason = response.extensions.get("reason_phrase", b"")
     close = response.aclose if asynchronous else response.close
     return Incoming(response.status_code, reason, response.headers.raw, response.stream, close)
+
+
+# -- the default transports used directly, as httpx transports -----------------------------
+def origin_of(request: httpx.Request) -> Origin:
+    """Where an ``httpx.Request``'s connection goes, and whose it is."""
+    url = request.url
+    scheme = url.raw_scheme
+    if scheme not in _DEFAULT_PORTS:
+        raise httpx.UnsupportedProtocol(f"cannot forward to a {scheme.decode()!r} URL")
+    port = url.port or _DEFAULT_PORTS[scheme]
+    return (scheme, url.raw_host, port, request.extensions.get(PARTITION, b""))
+
+
+def response_from_incoming(incoming: Incoming) -> httpx.Response:
+    return httpx.Response(
+        incoming.status, headers=incoming.headers, stream=incoming.stream,
+        extensions={"http_version": b"HTTP/1.1", "reason_phrase": incoming.reason},
+    )  # fmt: skip
