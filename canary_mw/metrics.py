@@ -35,18 +35,33 @@ def new_cell() -> list[float]:
     return [0.0] * (len(BUCKETS) + 2)
 
 
-class _Counts(threading.local):
-    """One thread's counts; registered with the owner so scrapes see every thread's."""
+class _Table:
+    """One thread's counts, as plain attributes: a scrape (or the rollout agent) reads them
+    from another thread."""
 
-    def __init__(self, owner: Metrics):
+    __slots__ = ("cells", "fallbacks", "upstream_errors")
+
+    def __init__(self) -> None:
         # (target, reason, status) -> latency bucket counts..., then the sum of latencies.
         # One table for requests, responses and latency: one dict lookup per request; the
         # three metrics are folded out of it at scrape time.
         self.cells: dict[tuple[str, str, int], list[float]] = {}
         self.upstream_errors: dict[tuple[str, str], int] = {}
         self.fallbacks: dict[str, int] = {}
+
+
+class _Counts(threading.local):
+    """The calling thread's table. Its attributes are per thread, so what the owner keeps
+    for scrapes is each thread's ``_Table`` itself, not this object (read from the scraping
+    thread, this object's attributes would be that thread's own)."""
+
+    def __init__(self, owner: Metrics):
+        table = _Table()
+        self.cells = table.cells
+        self.upstream_errors = table.upstream_errors
+        self.fallbacks = table.fallbacks
         with owner._lock:
-            owner._threads.append(self)
+            owner._threads.append(table)
 
 
 def _add(total: dict[Any, float], part: dict[Any, int]) -> None:
@@ -64,7 +79,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = REGISTRY, namespace: str = "canary_mw"):
         self.namespace = namespace
         self._lock = threading.Lock()
-        self._threads: list[_Counts] = []
+        self._threads: list[_Table] = []
         self._counts = _Counts(self)
         self._engines: weakref.WeakSet[Any] = weakref.WeakSet()
         self._ejected: dict[str, bool] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import httpx
@@ -111,3 +112,23 @@ async def test_the_metrics_endpoint_serves_them() -> None:
         text = (await client.get("/")).text
     assert 'canary_mw_requests_total{reason="no-match",target="stable"} 1.0' in text
     assert 'canary_mw_request_duration_seconds_bucket{le="0.005",target="stable"} 1.0' in text
+
+
+def test_a_scrape_from_another_thread_sees_every_threads_counts() -> None:
+    # WSGI servers count in their request threads; Prometheus is served by yet another one.
+    metrics = Metrics(registry=None)
+
+    def serve(target: str) -> None:
+        for _ in range(3):
+            metrics.request(target, "rule", 200, 0.003)
+        metrics.fallback("canary")
+
+    workers = [threading.Thread(target=serve, args=(t,)) for t in ("stable", "canary", "stable")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    counters, durations = metrics.totals()
+    assert counters["requests"] == {("stable", "rule"): 6, ("canary", "rule"): 3}
+    assert counters["fallbacks"] == {"canary": 3}
+    assert sum(durations["stable"][:-1]) == 6
