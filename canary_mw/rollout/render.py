@@ -9,7 +9,7 @@ from typing import Any
 
 from ..metrics import BUCKETS
 from ..outcome import STABLE
-from .judge import Window, quantile
+from .judge import Window, judge, quantile
 from .plan import Rollout, step_of
 
 __all__ = ["event_for", "lines_from_json", "status_json", "status_lines"]
@@ -99,6 +99,11 @@ def status_lines(view: Mapping[str, Any], now: float | None = None) -> list[str]
             rate = "-" if data["error_rate"] is None else f"{data['error_rate'] * 100:.2f}%"
             p99 = "-" if data["p99"] is None else f"{data['p99'] * 1000:.0f} ms"
             lines.append(f"{target:10}{window.requests:>10}{window.errors:>8}{rate:>12}{p99:>10}")
+    canary, stable = windows.get(plan.upstream), windows.get(STABLE)
+    if rollout.status in ("running", "waiting") and canary is not None and stable is not None:
+        # What the judge would say of the step so far (the controller acts on the same).
+        now_verdict = judge(canary, stable, plan.thresholds).to_json()
+        lines.append(_verdict_line(now_verdict).replace("last verdict:", "so far:", 1))
     if rollout.verdict:
         lines.append(_verdict_line(rollout.verdict))
     return lines

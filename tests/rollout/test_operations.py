@@ -139,12 +139,6 @@ def _wsgi_ok(environ: Any, start_response: Any) -> list[bytes]:
     return [b"stable"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Metrics keeps each thread's counts as attributes of a threading.local, which read "
-    "from another thread (the agent's, a Prometheus scrape's) are that thread's own, empty: "
-    "Metrics.totals() sees only the calling thread's requests (metrics.py, for the lead)",
-)
 def test_a_wsgi_router_folds_its_telemetry_from_a_thread(fresh_redis: RedisServer) -> None:
     store = store_from_url(fresh_redis.url)
     store.start_rollout(RolloutPlan(by="cookie:uid", steps=(10, 50), hold=60, interval=0.2))
