@@ -25,7 +25,7 @@ from ..metrics import BUCKETS, Metrics
 from ..outcome import STABLE
 from ..stores.layout import Layout
 from .judge import PASS, Verdict, Window, judge
-from .plan import DRIVEN, Rollout, Transition, next_transition
+from .plan import DRIVEN, Rollout, Transition, kill_switch_pause, next_transition
 from .render import event_for
 from .storage import (
     LeaseLostError,
@@ -115,7 +115,7 @@ class RolloutAgent:
         windows = take_windows(self.metrics) if self.metrics is not None else {}
         rollout: Rollout | None
         try:
-            _, rollout = yield read_rollout(self.layout)
+            config, rollout = yield read_rollout(self.layout)
         except ConfigurationError as exc:
             self._report(str(exc))
             return IDLE_TICK
@@ -133,7 +133,12 @@ class RolloutAgent:
         self.lease = value if value.partition(":")[2] == self.holder else ""
         if not self.lease:
             return interval
-        transition = yield from self._decide(rollout, now)
+        if config.mode == "off" and rollout.status != "scheduled":
+            # Someone pulled the kill switch: nothing is judged while nobody gets the canary,
+            # and no step may turn it off again. A person resumes once it is back on.
+            transition: Transition | None = kill_switch_pause(rollout)
+        else:
+            transition = yield from self._decide(rollout, now)
         if transition is None:
             return interval
         try:

@@ -311,5 +311,11 @@ def operator_transition(rollout: Rollout, command: str, now: float) -> Transitio
     raise ConfigurationError(f"unknown rollout command {command!r}")
 
 
+def kill_switch_pause(rollout: Rollout) -> Transition:
+    """The mode is ``off``: the rollout pauses (it never turns the kill switch off itself)."""
+    after = _moved(rollout, status="paused", reason="the kill switch is on (mode off)")
+    return Transition(after, "rollout pause", None, {})
+
+
 def step_of(steps: Sequence[float], index: int) -> str:
     return f"{index + 1}/{len(steps)} ({steps[index]:g}%)" if index >= 0 else "not started"

@@ -147,7 +147,8 @@ def config_fields(config: StoredConfig, transition: Transition) -> dict[str, str
     """The routing config after ``transition`` (mode and rules only)."""
     rollout = transition.after
     if transition.config == "percent":
-        mode = config.mode if config.mode in (None, "rules") else "rules"
+        # A kill switch stays on (a resume under it waits for a person to lift it).
+        mode = config.mode if config.mode in (None, "rules", "off") else "rules"
         return {"mode": mode, "rules": _rules_with(config, rollout_rule(rollout, rollout.percent))}
     if transition.config == "restore":
         prior = rollout.prior
@@ -156,7 +157,9 @@ def config_fields(config: StoredConfig, transition: Transition) -> dict[str, str
             StoredConfig(None, None, 0), None
         ):
             rules = None  # the defaults were in force, as no document: so again
-        return {"mode": prior.get("mode"), "rules": rules}
+        # A kill switch pulled during the rollout is a later decision than the mode before it.
+        mode = "off" if config.mode == "off" else prior.get("mode")
+        return {"mode": mode, "rules": rules}
     if transition.config == "promote":
         if rollout.plan.upstream == "canary":
             return {"mode": "all", "rules": config.rules}

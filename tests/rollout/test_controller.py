@@ -254,3 +254,33 @@ def test_exactly_one_agent_acts_and_another_takes_over(store: Store) -> None:
     assert store.rollout_status()["rollout"].status == "running"
     steps = [e.detail.get("step") for e in store.history(50) if e.action == "rollout step"]
     assert len(steps) == len(set(steps))  # no step applied twice
+
+
+def test_the_kill_switch_pauses_the_rollout_and_stays_on(store: Store) -> None:
+    clock, hooks = Clock(), Upstreams()
+    fleet = Fleet(store, clock, hooks)
+    start(store, clock)
+    fleet.second()
+    store.set_mode("off")
+    fleet.second()
+    rollout = store.rollout_status()["rollout"]
+    assert (rollout.status, rollout.reason) == ("paused", "the kill switch is on (mode off)")
+    store.rollout_command("resume")  # resumed under the kill switch: paused again, still off
+    fleet.second()
+    assert store.rollout_status()["rollout"].status == "paused"
+    assert store.get_config().mode == "off"
+    store.set_mode("rules")
+    store.rollout_command("resume")
+    fleet.until("promoted")
+
+
+def test_a_rollout_started_under_the_kill_switch_waits_for_it(store: Store) -> None:
+    store.set_mode("off")
+    fleet = Fleet(store, Clock(), Upstreams())
+    start(store, fleet.clock)
+    assert store.get_config().mode == "off"  # never lifted by the rollout
+    fleet.second()
+    assert store.rollout_status()["rollout"].status == "paused"
+    store.rollout_command("abort")  # the rule goes, the kill switch stays
+    assert store.get_config().mode == "off"
+    assert "rollout" not in (store.get_config().rules or "")
