@@ -30,12 +30,12 @@ from tests.support.servers import RedisServer, wait_until
 _names = iter(range(1_000_000))
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest, prefix: str) -> Iterator[Store]:
     if request.param == "memory":
         url = f"memory://rollout-storage-{next(_names)}"
-    else:
-        server: RedisServer = request.getfixturevalue("redis_srv")
+    else:  # the scripts' keys share the prefix's hash tag: one slot in Redis Cluster
+        server = request.getfixturevalue({"redis": "redis_srv"}.get(request.param, "cluster"))
         url = str(server.url)
     opened = store_from_url(url, prefix=prefix)
     yield opened
