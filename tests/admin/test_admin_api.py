@@ -75,6 +75,12 @@ ENDPOINTS: list[tuple[str, str, Any, list[tuple[Any, list[Any]]]]] = [
     ("DELETE", "/upstreams/canary?host=shop.example.com", None, []),
     ("GET", "/history?limit=5", None, []),
     ("POST", "/rollback", {"version": 0}, [({"version": "1"}, ["body", "version"]), ({"version": 999}, ["body"])]),
+    ("GET", "/mirror", None, []),
+    ("PUT", "/mirror", {"upstream": "http://canary-b:8000", "compare": {"body": "json"}}, [
+        ({"upstream": "ftp://x"}, ["body"]), ({}, ["body"]), ({"upstream": "http://c:1", "queue": 0}, ["body"]),
+    ]),
+    ("DELETE", "/mirror", None, []),
+    ("GET", "/mirror/report", None, []),
     ("GET", "/rollout", None, []),
     ("POST", "/rollout", {"by": "cookie:uid", "steps": [5, 50], "hold": "10m"}, [
         ({"steps": [50, 5]}, ["body"]), ({"hold": "soon"}, ["body"]), ({"nope": 1}, ["body"]),
@@ -112,6 +118,8 @@ async def test_endpoint(
     store.set_upstream("canary", "http://canary-a:8000", host="shop.example.com")
     if path.startswith("/rollout/"):  # a command needs a rollout to act on
         store.start_rollout(RolloutPlan(), actor="setup")
+    if (method, path) == ("DELETE", "/mirror"):  # stopping needs a mirror to stop
+        store.set_mirror({"upstream": "http://canary-a:8000"}, actor="setup")
     before = store.get_config().version
 
     missing = await call(api, method, path, body, {})
