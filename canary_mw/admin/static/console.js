@@ -488,7 +488,12 @@ function unlessUnchanged(name, value, render) {
   render();
 }
 
+let refreshes = 0;
+
 async function refresh() {
+  // A poll sent before a write can answer after the refresh that write asked for: only the
+  // latest answer is shown, or the page would show (and then write back) the state before it.
+  const mine = ++refreshes;
   let data;
   try {
     data = await api("GET", "status");
@@ -496,6 +501,7 @@ async function refresh() {
     if (error.status === 401 || error.status === 403) signOut("Your token was refused: " + error.message);
     return;
   }
+  if (mine !== refreshes) return;
   status = data;
   recordTraffic(data.traffic);
   renderNow(data);
