@@ -199,13 +199,20 @@ class ASGIFacts(RequestFacts):
 
     __slots__ = ("_headers", "_scope")
 
-    def __init__(self, scope: Mapping[str, Any], resolver: ClientIPResolver = _NO_PROXIES):
+    def __init__(
+        self,
+        scope: Mapping[str, Any],
+        resolver: ClientIPResolver = _NO_PROXIES,
+        headers: dict[bytes, bytes] = _UNSET,
+    ):
+        """``headers``: ``raw_headers()`` when the caller has built it already (only
+        ``dict(scope["headers"])`` when no name repeats)."""
         # Set the slots directly: this runs for every request.
         self._resolver = resolver
         self._client_ip = _UNSET
         self._query = _UNSET
         self._scope = scope
-        self._headers: dict[bytes, bytes] = _UNSET
+        self._headers = headers
 
     @property
     def method(self) -> str:
