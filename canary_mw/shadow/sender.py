@@ -173,6 +173,8 @@ class AsyncSender(_Core):
             try:
                 job = await asyncio.wait_for(self._queue.get(), 5.0)
             except asyncio.TimeoutError:
+                if not self._queue.empty():
+                    continue  # a copy came in as the wait ended: it must not wait for the next
                 return  # idle: let the task go; offer starts another when needed
             if len(self._workers) > job.config.concurrency:
                 self._queue.put_nowait(job)  # concurrency was lowered: this worker retires
@@ -269,7 +271,9 @@ class ThreadSender(_Core):
             try:
                 job = jobs.get(timeout=5.0)
             except queue.Empty:
-                with self._lock:
+                with self._lock:  # offer puts under this lock: no copy can slip in unseen
+                    if jobs.qsize():
+                        continue
                     self._threads -= 1
                 return
             with self._lock:
