@@ -33,7 +33,7 @@ from .storage import (
     fold_windows,
     lease,
     read_rollout,
-    read_windows,
+    step_windows,
     write_transition,
 )
 from .telemetry import take_windows
@@ -162,19 +162,7 @@ class RolloutAgent:
     def _decide(self, rollout: Rollout, now: float) -> Generator[Op, Any, Transition | None]:
         verdict, confirmed = None, None
         if rollout.status in ("running", "waiting"):
-            interval = rollout.plan.interval
-            # Windows entirely inside the step: the one the step began in mixes percentages.
-            first = math.floor(rollout.step_started / interval) + 1
-            last = math.floor(now / interval)
-            targets = (rollout.plan.upstream, STABLE)
-            size = len(BUCKETS) + 1
-            windows = yield read_windows(self.layout, targets, first, last, size)
-            if windows[STABLE].requests < rollout.plan.thresholds.min_requests:
-                # At 100% stable serves (almost) nobody: its baseline is then what it served
-                # since the rollout began.
-                since = math.floor(rollout.start_at / interval) + 1
-                earlier = yield read_windows(self.layout, (STABLE,), since, last, size)
-                windows = {**windows, STABLE: earlier[STABLE]}
+            windows, _ = yield step_windows(self.layout, rollout, now, len(BUCKETS) + 1)
             verdict = verdict_for(rollout, windows)
             if rollout.status == "waiting" and verdict.outcome == PASS:
                 payload = {"event": "rollout confirm", "rollout": rollout.id,

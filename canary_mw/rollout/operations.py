@@ -4,18 +4,16 @@ plans: ``AsyncStore`` / ``Store`` run them (``start_rollout``, ``rollout_command
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
 from ..errors import ConfigurationError
 from ..metrics import BUCKETS
-from ..outcome import STABLE
 from ..stores.layout import Layout
 from ..stores.plans import Plan
 from .judge import Window
 from .plan import Rollout, RolloutPlan, Transition, enter_step, operator_transition, start
-from .storage import StaleRecordError, prior_of, read_rollout, read_windows, write_transition
+from .storage import StaleRecordError, prior_of, read_rollout, step_windows, write_transition
 
 __all__ = ["begin", "command", "status"]
 
@@ -69,16 +67,13 @@ def status(layout: Layout, now: float | None = None) -> Plan[dict[str, Any]]:
     """The record and, for the current step, canary and stable side by side."""
     _, rollout = yield from read_rollout(layout)
     if rollout is None:
-        return {"rollout": None, "windows": {}}
+        return {"rollout": None, "windows": {}, "baseline": "step"}
     windows: dict[str, Window] = {}
+    baseline = "step"
     if rollout.step >= 0:
         now = time.time() if now is None else now
-        interval = rollout.plan.interval
-        first = math.floor(rollout.step_started / interval) + 1
-        last = math.floor(now / interval)
-        targets = (rollout.plan.upstream, STABLE)
-        windows = yield from read_windows(layout, targets, first, last, len(BUCKETS) + 1)
-    return {"rollout": rollout, "windows": windows}
+        windows, baseline = yield from step_windows(layout, rollout, now, len(BUCKETS) + 1)
+    return {"rollout": rollout, "windows": windows, "baseline": baseline}
 
 
 def record(view: Any) -> Rollout | None:

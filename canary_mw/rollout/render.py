@@ -37,6 +37,7 @@ def status_json(view: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "rollout": None if rollout is None else rollout.to_json(),
         "windows": {target: _window_json(window) for target, window in windows.items()},
+        "baseline": view.get("baseline", "step"),
     }
 
 
@@ -98,7 +99,12 @@ def status_lines(view: Mapping[str, Any], now: float | None = None) -> list[str]
             data = _window_json(window)
             rate = "-" if data["error_rate"] is None else f"{data['error_rate'] * 100:.2f}%"
             p99 = "-" if data["p99"] is None else f"{data['p99'] * 1000:.0f} ms"
-            lines.append(f"{target:10}{window.requests:>10}{window.errors:>8}{rate:>12}{p99:>10}")
+            name = (
+                f"{target}*" if target == STABLE and view.get("baseline") == "rollout" else target
+            )
+            lines.append(f"{name:10}{window.requests:>10}{window.errors:>8}{rate:>12}{p99:>10}")
+        if view.get("baseline") == "rollout":
+            lines.append("* since the rollout began: in this step stable served too few")
     canary, stable = windows.get(plan.upstream), windows.get(STABLE)
     if rollout.status in ("running", "waiting") and canary is not None and stable is not None:
         # What the judge would say of the step so far (the controller acts on the same).
@@ -119,4 +125,5 @@ def lines_from_json(data: Mapping[str, Any], now: float | None = None) -> list[s
         for target, w in data.get("windows", {}).items()
     }
     rollout = Rollout.loads(json.dumps(record))
-    return status_lines({"rollout": rollout, "windows": windows}, now)
+    view = {"rollout": rollout, "windows": windows, "baseline": data.get("baseline", "step")}
+    return status_lines(view, now)

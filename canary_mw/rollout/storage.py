@@ -18,11 +18,13 @@ The record itself is the config hash's ``rollout`` field (JSON).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from ..errors import ConfigurationError, StoreError
+from ..outcome import STABLE
 from ..stores import plans as store_plans
 from ..stores.layout import AUDIT_LENGTH, Command, Layout
 from ..stores.memory import NATIVE_SCRIPTS, CommandError, MemoryBackend
@@ -39,6 +41,7 @@ __all__ = [
     "lease",
     "read_rollout",
     "read_windows",
+    "step_windows",
     "write_transition",
 ]
 
@@ -260,6 +263,27 @@ def fold_windows(
                 commands.append((None, ("HINCRBY", key, f"b{number}", count)))
         commands.append((None, ("EXPIRE", key, ttl)))
     return commands
+
+
+def step_windows(
+    layout: Layout, rollout: Rollout, now: float, size: int
+) -> Plan[tuple[dict[str, Window], str]]:
+    """What the judge compares for the current step: the canary's and stable's windows
+    entirely inside the step (the one it began in mixes percentages), and where stable's come
+    from: ``"step"``, or ``"rollout"`` when stable served too few in the step (at 100 % it
+    serves almost nobody) and its baseline is what it served since the rollout began."""
+    interval = rollout.plan.interval
+    first = math.floor(rollout.step_started / interval) + 1
+    last = math.floor(now / interval)
+    targets = (rollout.plan.upstream, STABLE)
+    windows = yield from read_windows(layout, targets, first, last, size)
+    if windows[STABLE].requests >= rollout.plan.thresholds.min_requests:
+        return windows, "step"
+    since = math.floor(rollout.start_at / interval) + 1
+    if since >= first:  # the first step: there is no earlier traffic
+        return windows, "step"
+    earlier = yield from read_windows(layout, (STABLE,), since, last, size)
+    return {**windows, STABLE: earlier[STABLE]}, "rollout"
 
 
 def _window(raw: object, size: int) -> Window:

@@ -15,9 +15,11 @@ import pytest
 
 from canary_mw.errors import ConfigurationError
 from canary_mw.metrics import Metrics
+from canary_mw.rollout import operations
 from canary_mw.rollout.controller import RolloutAgent
 from canary_mw.rollout.judge import Thresholds
-from canary_mw.rollout.plan import RolloutPlan
+from canary_mw.rollout.plan import RolloutPlan, operator_transition
+from canary_mw.rollout.render import status_lines
 from canary_mw.rollout.runner import run_tick
 from canary_mw.rollout.storage import LeaseLostError, write_transition
 from canary_mw.stores import Store, store_from_url
@@ -246,8 +248,6 @@ def test_exactly_one_agent_acts_and_another_takes_over(store: Store) -> None:
         time.sleep(0.05)
     # The old leader wakes up with a transition it decided before: the fence refuses it.
     rollout = store.rollout_status()["rollout"]
-    from canary_mw.rollout.plan import operator_transition
-
     transition = operator_transition(rollout, "abort", clock.now)
     with pytest.raises(LeaseLostError):
         store._run(write_transition(store.layout, "old", transition, expected=rollout, fence=stale))
@@ -284,3 +284,20 @@ def test_a_rollout_started_under_the_kill_switch_waits_for_it(store: Store) -> N
     store.rollout_command("abort")  # the rule goes, the kill switch stays
     assert store.get_config().mode == "off"
     assert "rollout" not in (store.get_config().rules or "")
+
+
+def test_at_100_percent_stable_is_judged_by_what_it_served_before(store: Store) -> None:
+    clock, hooks = Clock(), Upstreams()
+    fleet = Fleet(store, clock, hooks)
+    plan = RolloutPlan(**{**PLAN.to_json(), "steps": (50, 100), "thresholds": PLAN.thresholds})
+    start(store, clock, plan)
+    fleet.until("running")
+    while store.rollout_status()["rollout"].percent < 100:
+        fleet.second()
+    for _ in range(4):
+        fleet.second()
+    view = store._run(operations.status(store.layout, now=clock.now))
+    assert view["baseline"] == "rollout"
+    assert view["windows"]["stable"].requests > 1000  # from the 50 % step
+    assert "* since the rollout began" in "\n".join(status_lines(view, clock.now))
+    fleet.until("promoted")

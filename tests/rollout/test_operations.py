@@ -89,7 +89,7 @@ async def _ok(scope: Any, receive: Any, send: Any) -> None:
 async def test_no_redis_call_per_request_while_a_rollout_runs(fresh_redis: RedisServer) -> None:
     store = store_from_url(fresh_redis.url)
     plan = RolloutPlan(by="cookie:uid", steps=(10, 50), hold=60, interval=0.2)
-    store.start_rollout(plan)
+    started = store.start_rollout(plan)
     router = CanaryRouter(_ok, store=fresh_redis.url, canary_url="http://127.0.0.1:9",
                           metrics=Metrics(registry=None))  # fmt: skip
     transport = httpx.ASGITransport(app=router)
@@ -98,6 +98,8 @@ async def test_no_redis_call_per_request_while_a_rollout_runs(fresh_redis: Redis
         async with httpx.AsyncClient(transport=transport, base_url="http://app") as client:
             for _ in range(20):  # warm: snapshot loaded, agent started
                 await client.get("/")
+            while time.time() < started.step_started + 2 * plan.interval:  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # the step's first window is not judged: get past it
             admin.config_resetstat()
             for _ in range(2000):
                 assert (await client.get("/")).status_code == 200
@@ -141,7 +143,11 @@ def _wsgi_ok(environ: Any, start_response: Any) -> list[bytes]:
 
 def test_a_wsgi_router_folds_its_telemetry_from_a_thread(fresh_redis: RedisServer) -> None:
     store = store_from_url(fresh_redis.url)
-    store.start_rollout(RolloutPlan(by="cookie:uid", steps=(10, 50), hold=60, interval=0.2))
+    started = store.start_rollout(
+        RolloutPlan(by="cookie:uid", steps=(10, 50), hold=60, interval=0.2)
+    )
+    # The step's first window is not judged (it mixes percentages): serve after it.
+    wait_until(lambda: time.time() > started.step_started + 0.4, timeout=5, what="a window")
     router = CanaryWSGI(_wsgi_ok, store=fresh_redis.url, canary_url="http://127.0.0.1:9",
                         metrics=Metrics(registry=None))  # fmt: skip
     environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_NAME": "app",
