@@ -297,7 +297,8 @@ OPENAPI: dict[str, Any] = {
                 "action": {"type": "string", "description": "in answers to POST"},
                 "rollout": {"type": ["object", "null"], "description": "the record: plan, status (scheduled, running, waiting, paused, succeeded, promoted, rolled_back, aborted), step (from 0), percent, verdict, reason, prior, generation"},
                 "windows": {"type": "object", "description": "per target (the upstream and stable): requests, errors, buckets, error_rate, p99 for the current step, over every instance",
-                            "additionalProperties": {"type": "object"}}}},
+                            "additionalProperties": {"type": "object"}},
+                "baseline": {"enum": ["step", "rollout"], "description": "where stable's window comes from: the step, or (when stable served too few in it, as at 100 %) since the rollout began"}}},
             "Error": {"type": "object", "properties": {"detail": {"type": "string"}}},
             "ValidationError": {"type": "object", "properties": {"detail": {
                 "type": "array", "items": {"type": "object", "properties": {
