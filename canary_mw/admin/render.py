@@ -222,6 +222,7 @@ def status_data(store: Store) -> dict[str, Any]:
                 "routers keep the members they last read; lookups in it are unknown (stable)",
                 f"redis-cli DEL {store.prefix}set:{name}, then canary-mw ip/user add",
             ))  # fmt: skip
+    mirror = _mirror_view(raw.get("mirror"), store.prefix, problems)
     try:
         rollout = status_json(store.rollout_status())
     except (StoreError, ConfigurationError) as exc:
@@ -229,6 +230,7 @@ def status_data(store: Store) -> dict[str, Any]:
         problems.append(_problem(f"{store.prefix}config rollout", str(exc), "no rollout is driven",
                                  f"redis-cli HDEL {store.prefix}config rollout"))  # fmt: skip
     return {
+        "mirror": mirror,
         "rollout": rollout,
         "store": store.url,
         "prefix": store.prefix,
@@ -245,6 +247,22 @@ def status_data(store: Store) -> dict[str, Any]:
         "traffic": traffic,
         "problems": problems,
     }
+
+
+def _mirror_view(raw: Any, prefix: str, problems: list[dict[str, str]]) -> Any:
+    """The stored mirror document (docs/shadow.md), None when off, or as stored when invalid
+    (with a problem saying so)."""
+    if raw is None:
+        return None
+    from ..shadow.config import parse_mirror  # noqa: PLC0415 - only when a mirror is stored
+
+    try:
+        return json.loads(parse_mirror(raw).document)
+    except ConfigurationError as exc:
+        in_force = "routers keep the last valid mirror; one started since has none"
+        fix = "canary-mw mirror set URL ... (or canary-mw mirror off)"
+        problems.append(_problem(f"{prefix}config mirror", str(exc), in_force, fix))
+        return raw
 
 
 def _collect_sets(condition: Any, sets: set[str]) -> None:
@@ -302,6 +320,13 @@ def status_lines(data: Mapping[str, Any]) -> list[str]:
         lines.append(f"traffic  {shares}  (all instances, since the counters were created)")
     else:
         lines.append("traffic  (none reported yet)")
+    mirror = data.get("mirror")
+    if isinstance(mirror, Mapping):
+        methods = ", ".join(mirror.get("methods", ["GET", "HEAD"]))
+        lines.append(f"mirror   on -> {mirror['upstream']} ({methods}; "
+                     f"{mirror.get('percent', 100):g}%; canary-mw mirror report)")  # fmt: skip
+    elif mirror is not None:
+        lines.append("mirror   INVALID (see problems)")
     rollout = lines_from_json(data.get("rollout") or {})
     if rollout:
         lines.append(f"rollout  {rollout[0].removeprefix('rollout ')}")

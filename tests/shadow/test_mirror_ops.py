@@ -140,6 +140,17 @@ def test_command_line(url: str, store: Store) -> None:
     assert "mirror off: mirror off" in cli(url, "mirror", "off").output
 
 
+def test_status_shows_the_mirror_and_an_invalid_one(url: str, store: Store) -> None:
+    assert "mirror " not in cli(url, "status").output  # off: no line at all
+    store.set_mirror({"upstream": "http://canary:8000", "percent": 10})
+    assert "mirror   on -> http://canary:8000 (GET, HEAD; 10%;" in cli(url, "status").output
+    assert json.loads(cli(url, "status", "--json").stdout)["mirror"]["percent"] == 10
+    store._run(store._plain([(None, ("HSET", store.layout.config, "mirror", '{"upstream": 1}'))]))
+    output = cli(url, "status").output
+    assert "mirror   INVALID (see problems)" in output
+    assert "config mirror: mirror: upstream" in output
+
+
 @pytest.fixture
 async def api(store: Store) -> AsyncIterator[httpx.AsyncClient]:
     app = admin_app(store, tokens={"deploy": TOKEN})
