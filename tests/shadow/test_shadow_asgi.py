@@ -137,7 +137,13 @@ def test_learned_noise_hides_the_timestamp_without_configuring_it(setup: Setup) 
     """compare.learn: the first copy of the route goes to the canary twice; its two answers
     differ in ``time``, which is ignored from then on: the report shows the price only."""
     setup.mirror(compare={"body": "json", "learn": 1})
-    setup.in_force(setup.a)
+
+    def learning() -> bool:  # the new document is in force: a first copy goes out twice
+        path = f"/learn-probe/{time.monotonic_ns()}"
+        setup.client.get(setup.a.url + path)
+        return bool(wait_until(lambda: setup.seen_paths().count(path) == 2, timeout=1, what=path))
+
+    wait_until(learning, timeout=10, what="the learning document in force")
     assert setup.client.get(setup.a.url + "/json/learn").status_code == 200
 
     def sample() -> dict[str, Any] | None:
