@@ -97,7 +97,7 @@ async def canary_app(scope: Scope, receive: Callable[[], Any], send: Callable[[A
     _SEEN.append({"method": scope["method"], "path": path, "shadow": headers.get("x-canary-shadow"),
                   "sha256": hashlib.sha256(body).hexdigest(), "at": time.time()})  # fmt: skip
     try:
-        if path.startswith("/slow"):
+        if "/slow" in path:  # also under a path prefix (a mirror upstream of .../v2)
             await asyncio.sleep(2.0)
         if scope["method"] == "POST":
             await _json(send, 200, {"sha256": hashlib.sha256(body).hexdigest(), "size": len(body)})

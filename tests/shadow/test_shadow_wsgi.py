@@ -90,13 +90,14 @@ def test_wsgi_queue_is_bounded_and_drops_are_counted(
     store = store_from_url(url)
     client = httpx.Client(timeout=10)
     try:
-        store.set_mirror({"upstream": canary.url, "queue": 1, "concurrency": 1,
+        # Under a path prefix, so that a copy made under this document (and no other) shows.
+        store.set_mirror({"upstream": canary.url + "/v2", "queue": 1, "concurrency": 1,
                           "when": {"path_prefix": "/slow"}})  # fmt: skip
 
         def copied_once() -> bool:  # the change is in force: a first copy reached the canary
             client.get(router.url + "/slow/first")
             entries = client.get(canary.url + "/_seen").json()["seen"]
-            return any(entry["path"] == "/slow/first" for entry in entries)
+            return any(entry["path"] == "/v2/slow/first" for entry in entries)
 
         wait_until(copied_once, timeout=10, interval=0.2, what="the mirror in force")
 
