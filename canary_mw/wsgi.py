@@ -141,6 +141,9 @@ class CanaryWSGI(Router):
         self, environ: Environ, start_response: StartResponse, facts: WSGIFacts
     ) -> Iterable[bytes]:
         """A stable request while a mirror is in force (canary_mw.shadow)."""
+        mirror = self._mirror  # read once: the engine's thread may turn it off meanwhile
+        if mirror is None:
+            return self._serve_stable(environ, start_response)
         shadow = self._shadow
         if shadow is None:
             with self._lock:
@@ -148,7 +151,7 @@ class CanaryWSGI(Router):
                     self._shadow = ThreadMirror(self.config.forward_policy(), self.store)
                 shadow = self._shadow
         return shadow.serve(
-            self._mirror, environ, start_response, facts, self.engine.snapshot, self._serve_stable
+            mirror, environ, start_response, facts, self.engine.snapshot, self._serve_stable
         )
 
     def _serve_stable(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
