@@ -170,7 +170,11 @@ class CanaryRouter(Router):
         def stable(receive: Receive, send: Send) -> Awaitable[None]:
             return self.app(scope, receive, self._stable_send(send, decision, facts))
 
-        await shadow.serve(self._mirror, scope, receive, send, facts, self.engine.snapshot, stable)
+        mirror = self._mirror
+        if mirror is None:  # turned off since the check (only if the builder ran off the loop)
+            await stable(receive, send)
+            return
+        await shadow.serve(mirror, scope, receive, send, facts, self.engine.snapshot, stable)
 
     def _stable_send(self, send: Send, decision: Decision, facts: ASGIFacts) -> Send:
         """The ``send`` the stable app gets: adds the tag to the response head and counts the
