@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -101,8 +101,9 @@ class CanaryConfig:
     lookup_timeout: float | None = None
     health: HealthCheck | None = None
     metrics: bool | Metrics = True
-    #: Take part in rollouts (docs/rollouts.md): fold telemetry, drive them under a lease.
-    rollouts: bool = True
+    #: Take part in rollouts (docs/rollouts.md): fold telemetry and drive them under a lease;
+    #: "telemetry": fold only (the controller runs elsewhere, e.g. `canary-mw rollout run`).
+    rollouts: bool | Literal["telemetry"] = True
     engine_options: EngineSettings | Mapping[str, Any] | None = None
 
     # What the parts are built from, computed once from the options above (not options).
@@ -177,7 +178,11 @@ class CanaryConfig:
     def _check_kinds(self) -> None:
         if self.health is not None and not isinstance(self.health, HealthCheck):
             raise ConfigurationError("health must be a HealthCheck(path=..., interval=...) or None")
-        for name in ("fallback", "preserve_host", "rollouts"):
+        if self.rollouts not in (True, False, "telemetry"):
+            raise ConfigurationError(
+                f"rollouts must be True, False or 'telemetry', got {self.rollouts!r}"
+            )
+        for name in ("fallback", "preserve_host"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigurationError(
                     f"{name} must be True or False, got {getattr(self, name)!r}"
@@ -333,7 +338,7 @@ def compose(config: CanaryConfig, side: Side) -> RouterParts:
         )  # fmt: skip
     if config.rollouts and metrics is not None:
         # Telemetry comes from the metrics the router keeps: without them, no rollout agent.
-        agent = RolloutAgent(store.layout, metrics=metrics)
+        agent = RolloutAgent(store.layout, metrics=metrics, drive=config.rollouts is True)
         runner_kind = AsyncRolloutRunner if side is ASYNC else ThreadRolloutRunner
         runner = runner_kind(store, agent)
         parts.checker = runner if parts.checker is None else Background(parts.checker, runner)

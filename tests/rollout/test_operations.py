@@ -16,7 +16,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from canary_mw import CanaryRouter, CanaryWSGI, Metrics, RolloutPlan, StoreError
+from canary_mw import (
+    CanaryRouter,
+    CanaryWSGI,
+    ConfigurationError,
+    Metrics,
+    RolloutPlan,
+    StoreError,
+)
 from canary_mw.admin.cli import main
 from canary_mw.rollout.runner import run_tick
 from canary_mw.stores import store_from_url
@@ -181,3 +188,15 @@ def test_rollout_run_drives_a_rollout_without_routers(fresh_redis: RedisServer) 
         output = runner.communicate(timeout=10)[0].decode()
         store.close()
     assert "driving rollouts in" in output
+
+
+@pytest.mark.parametrize(("option", "drives"), [(True, True), ("telemetry", False)])
+def test_routers_fold_and_drive_or_only_fold(option: Any, drives: bool) -> None:
+    router = CanaryRouter(_ok, canary_url="http://c:1", rollouts=option,
+                          metrics=Metrics(registry=None))  # fmt: skip
+    assert router._checker.agent.drive is drives
+
+
+def test_rollouts_must_be_true_false_or_telemetry() -> None:
+    with pytest.raises(ConfigurationError, match="rollouts must be True, False or 'telemetry'"):
+        CanaryRouter(_ok, canary_url="http://c:1", rollouts="yes")
