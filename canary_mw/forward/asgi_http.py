@@ -380,21 +380,27 @@ async def _first_chunk(
     return first, chunks
 
 
+#: How long an answer may take before a task starts watching for the client leaving. Most
+#: canary answers come sooner, and then no watch is made at all: a task that waits on
+#: ``receive`` costs its creation, a first step and a cancellation per request (a few per
+#: cent of the router's CPU per canary request: bench/ab_canary.sh). A client gone
+#: meanwhile is noticed this much later.
+WATCH_DELAY = 0.025
+
+
 async def _unless_client_left(
     work: Coroutine[Any, Any, _T], receive: Receive, body: _Body | None
 ) -> _T | None:
     """The result of ``work``, or None when the client left first: then ``work`` was
     cancelled (its transport closed the upstream connection) and has finished.
 
-    ``work`` runs in the caller's task and a watch task cancels that task when the client
-    leaves: one task per request instead of a second one for ``work`` and an
-    ``asyncio.wait`` over both (this runs for every canary request)."""
+    ``work`` runs in the caller's task. If it is still waiting after WATCH_DELAY, a watch
+    task starts, and cancels the caller's task when the client leaves."""
     task = asyncio.current_task()
     if task is None:  # not run by a task (never under an ASGI server): nothing to cancel
         return await work
-    departure = _Departure(task)
-    watch = asyncio.ensure_future(_disconnected_while_waiting(receive, body))
-    watch.add_done_callback(departure)
+    departure = _Departure(task, receive, body)
+    timer = task.get_loop().call_later(WATCH_DELAY, departure.watch)
     try:
         return await work
     except asyncio.CancelledError:
@@ -406,21 +412,34 @@ async def _unless_client_left(
         return None
     finally:
         departure.armed = False
-        watch.cancel()  # before anything else reads ``receive``
+        timer.cancel()
+        if departure.watching is not None:
+            departure.watching.cancel()  # before anything else reads ``receive``
 
 
 class _Departure:
-    """The watch's done callback: cancels the forwarding task if the watch finished while
-    the forwarder was still waiting for the answer (the client left, or receive failed)."""
+    """Watches for the client leaving while the forwarder waits for the answer, and then
+    cancels the forwarding task (also when ``receive`` fails)."""
 
-    __slots__ = ("armed", "fired", "task")
+    __slots__ = ("armed", "body", "fired", "receive", "task", "watching")
 
-    def __init__(self, task: asyncio.Task[Any]):
+    def __init__(self, task: asyncio.Task[Any], receive: Receive, body: _Body | None):
         self.task = task
+        self.receive = receive
+        self.body = body
         self.armed = True
         self.fired = False
+        self.watching: asyncio.Future[None] | None = None
 
-    def __call__(self, watch: asyncio.Future[None]) -> None:
+    def watch(self) -> None:
+        """The timer's callback: start the watch task (unless the answer came meanwhile)."""
+        if self.armed:
+            self.watching = asyncio.ensure_future(
+                _disconnected_while_waiting(self.receive, self.body)
+            )
+            self.watching.add_done_callback(self._left)
+
+    def _left(self, watch: asyncio.Future[None]) -> None:
         if not watch.cancelled():
             watch.exception()  # retrieved, so a failed receive is never logged as unretrieved
         if self.armed:  # disarmed once the answer is in: the callback may run after that
