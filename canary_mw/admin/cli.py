@@ -11,63 +11,24 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, TextIO
 
 import click
 
 from ..demo import run_demo
-from ..errors import CanaryError, ConfigurationError
+from ..errors import ConfigurationError
 from ..rules import parse_rules
-from ..stores import DEFAULT_ACTOR, Change, Store, store_from_url
+from ..stores import DEFAULT_ACTOR, Change, Store
 from . import render
+from .cli_context import Context, one_line_errors, pass_context
+from .cli_context import report_change as _report
+from .mirror_cli import mirror
 from .rollout_cli import rollout
 
 __all__ = ["main"]
 
 DEFAULT_STORE = "redis://127.0.0.1:6379/0"
-
-
-class Context:
-    def __init__(self, url: str, actor: str):
-        self.url = url
-        self.actor = actor
-        self._store: Store | None = None
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            if self.url.startswith("memory://"):
-                # A memory store lives inside this one process: a change made here is gone
-                # when the command exits, and no running app ever sees it.
-                click.echo(
-                    f"warning: {self.url} is a store inside this canary-mw process only; no "
-                    "running app can see it. Give the Redis URL your apps use (--store URL or "
-                    "CANARY_MW_STORE).",
-                    err=True,
-                )
-            self._store = store_from_url(self.url)
-        return self._store
-
-
-pass_context = click.make_pass_decorator(Context)
-
-
-@contextmanager
-def one_line_errors() -> Iterator[None]:
-    """A value canary_mw refuses, or an unreachable store: one line on stderr, exit status 1.
-    A command line click cannot parse (unknown option, missing argument, a value of the
-    wrong type or not among the choices) is click's usage error instead: exit status 2."""
-    try:
-        yield
-    except CanaryError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-
-
-def _report(change: Change, what: str) -> None:
-    click.echo(render.change_line(change, what))
 
 
 #: Targets every router knows: its own app, and ``canary_url``'s name.
@@ -528,8 +489,6 @@ def _accept_store_options_everywhere(group: click.Group) -> None:
                              help="Who the history records (overrides the one before)."),
             ]  # fmt: skip
 
-
-from .mirror_cli import mirror  # noqa: E402 - it builds on this module's context and errors
 
 main.add_command(mirror)
 _accept_store_options_everywhere(main)

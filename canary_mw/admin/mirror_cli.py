@@ -3,37 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import click
 
 from ..shadow.config import BODY_MODES
 from ..shadow.report import COUNTERS, report_rows
-from ..stores import Change, Store
-
-if TYPE_CHECKING:
-    from .cli import Context
-
-# cli.py adds this group to the command line at its end: what this module needs of cli.py
-# is taken when a command runs, so either module can be imported first.
-pass_context = click.pass_obj
-
-
-@contextmanager
-def one_line_errors() -> Iterator[None]:
-    from .cli import one_line_errors  # noqa: PLC0415 - see above
-
-    with one_line_errors():
-        yield
-
-
-def _report(change: Change, what: str) -> None:
-    from .cli import _report  # noqa: PLC0415 - see above
-
-    _report(change, what)
-
+from ..stores import Store
+from .cli_context import Context, one_line_errors, pass_context
+from .cli_context import report_change as _report
 
 __all__ = ["mirror", "report_lines"]
 

@@ -35,7 +35,7 @@ class Load:
                 live = [router for router in self.routers if router.process is not None]
                 router = live[user % len(live)]
                 try:
-                    response = client.get(router.url + "/", cookies={"uid": str(user)})
+                    response = client.get(router.url + "/", headers={"Cookie": f"uid={user}"})
                 except httpx.HTTPError:
                     continue  # a router being killed
                 name = response.headers.get("x-canary-version", "?")
