@@ -4,9 +4,9 @@ cli.py; the store and the actor come from its context object."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -166,6 +166,15 @@ rollout.add_command(_command("promote", "Finish now: everyone to the canary (mod
 def rollout_run(ctx: Any, holder: str | None) -> None:
     """Run the controller in the foreground (instead of inside the routers); Ctrl-C stops."""
     agent = RolloutAgent(ctx.store.layout, holder=holder, actor=ctx.actor)
+    runner = ThreadRolloutRunner(ctx.store, agent)
+    # Ctrl-C and SIGTERM end the loop after the tick in progress, never in the middle of it:
+    # a KeyboardInterrupt raised inside a Redis call or a lease write could leave the
+    # process stuck in cleanup (a CI run waited over 10 s for it to exit).
+    stopping = {sig: signal.signal(sig, lambda *_: runner.request_stop())
+                for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
     click.echo(f"driving rollouts in {ctx.url} as {agent.holder} (Ctrl-C stops)")
-    with contextlib.suppress(KeyboardInterrupt):
-        ThreadRolloutRunner(ctx.store, agent).run()
+    try:
+        runner.run()
+    finally:
+        for sig, previous in stopping.items():
+            signal.signal(sig, previous)

@@ -134,6 +134,10 @@ class ThreadRolloutRunner:
         self._thread = threading.Thread(target=self.run, name="canary_mw-rollout", daemon=True)
         self._thread.start()
 
+    def request_stop(self) -> None:
+        """End :meth:`run` after the tick in progress (safe from a signal handler)."""
+        self._stopped.set()
+
     def stop(self, timeout: float = 5.0) -> None:
         self._stopped.set()
         thread, self._thread = self._thread, None

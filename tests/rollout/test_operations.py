@@ -172,7 +172,10 @@ def test_a_wsgi_router_folds_its_telemetry_from_a_thread(fresh_redis: RedisServe
         store.close()
 
 
-def test_rollout_run_drives_a_rollout_without_routers(fresh_redis: RedisServer) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_rollout_run_drives_a_rollout_without_routers(
+    fresh_redis: RedisServer, stop: signal.Signals
+) -> None:
     store = store_from_url(fresh_redis.url)
     command = [sys.executable, "-m", "canary_mw", "--store", fresh_redis.url, "--actor", "ops",
                "rollout", "run", "--holder", "standalone"]  # fmt: skip
@@ -184,10 +187,11 @@ def test_rollout_run_drives_a_rollout_without_routers(fresh_redis: RedisServer) 
                    what="the standalone controller starting the first step")  # fmt: skip
         assert store.history(1)[0].actor == "ops"
     finally:
-        runner.send_signal(signal.SIGINT)
+        runner.send_signal(stop)
         output = runner.communicate(timeout=10)[0].decode()
         store.close()
     assert "driving rollouts in" in output
+    assert runner.returncode == 0  # stopped after its tick, not killed by the signal
 
 
 @pytest.mark.parametrize(("option", "drives"), [(True, True), ("telemetry", False)])
