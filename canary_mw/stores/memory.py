@@ -61,13 +61,16 @@ class MemoryBackend:
         self._listeners: dict[bytes, list[Listener]] = {}
         #: Key deadlines (time.monotonic()) per database dict, for EXPIRE / PEXPIRE / SET PX.
         self._deadlines: dict[int, dict[bytes, float]] = {}
+        #: No deadline falls before this: execute() skips the scan until then (window keys
+        #: pile up deadlines, and request-time lookups run execute() too).
+        self._next_deadline = float("inf")
 
     # -- command interpreter ----------------------------------------------------------
     def execute(self, commands: Sequence[Command]) -> list[object]:
         results: list[object] = []
         published: list[tuple[bytes, bytes]] = []
         with self._lock:
-            if self._deadlines:
+            if time.monotonic() >= self._next_deadline:
                 self._expire()
             for db, args in commands:
                 name, *rest = args
@@ -141,6 +144,7 @@ class MemoryBackend:
             return 0
         deadline = time.monotonic() + int(ms) / 1000
         self._deadlines.setdefault(id(data), {})[key] = deadline
+        self._next_deadline = min(self._next_deadline, deadline)
         return 1
 
     def _cmd_expire(self, data: dict[bytes, Value], _: object, key: bytes, s: bytes) -> int:
@@ -158,11 +162,15 @@ class MemoryBackend:
 
     def _expire(self) -> None:
         now = time.monotonic()
+        self._next_deadline = float("inf")
         for db in self._dbs.values():
-            deadlines = self._deadlines.get(id(db))
-            for key in [key for key, at in (deadlines or {}).items() if at <= now]:
-                del deadlines[key]  # type: ignore[union-attr]
-                db.pop(key, None)
+            deadlines = self._deadlines.get(id(db), {})
+            for key, at in list(deadlines.items()):
+                if at <= now:
+                    del deadlines[key]
+                    db.pop(key, None)
+                else:
+                    self._next_deadline = min(self._next_deadline, at)
 
     def _cmd_sadd(self, data: dict[bytes, Value], _: object, key: bytes, *members: bytes) -> int:
         current = self._set(data, key, create=True)
