@@ -18,11 +18,12 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import httpx
 
+from ..forward.asgi_http import AsyncHTTPForwarder
 from ..forward.common import ForwarderBase, ForwardPolicy
+from ..forward.wsgi_http import SyncHTTPForwarder
 from ..upstreams import Upstream
 from .compare import Answer, compare, noise
 from .config import MirrorConfig
@@ -71,18 +72,45 @@ class _NoObserver:
         pass
 
 
-def shadow_policy(policy: ForwardPolicy) -> ForwardPolicy:
-    """The forwarding policy with the shadow header added (and a client's own dropped)."""
+def shadow_policy(policy: ForwardPolicy, max_connections: int = 256) -> ForwardPolicy:
+    """The forwarding policy with the shadow header added (and a client's own dropped), on
+    a pool of the copies' own."""
     return dataclasses.replace(
         policy,
         request_extra=[*policy.request_extra, SHADOW_HEADER],
         request_drop=policy.request_drop | {SHADOW_HEADER[0]},
+        limits=httpx.Limits(max_connections=max_connections),
     )
 
 
+class _Body:
+    """A copy's answer body as it is read, kept up to ANSWER_LIMIT."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def keep(self, chunk: bytes) -> bool:
+        """Keep ``chunk``; False once past the limit (read no more)."""
+        self.size += len(chunk)
+        if self.size > ANSWER_LIMIT:
+            return False
+        self.parts.append(chunk)
+        return True
+
+    def answer(self, response: httpx.Response) -> Answer:
+        truncated = self.size > ANSWER_LIMIT
+        return Answer(response.status_code, response.headers.raw, b"".join(self.parts), truncated)
+
+
 class _Core:
-    def __init__(self, policy: ForwardPolicy, report: ShadowReport):
-        self._requests = ForwarderBase(shadow_policy(policy), _NoObserver())
+    # The router's own forwarder classes (header hygiene, and a transport per loop or per
+    # process, made on first use), on a pool of the copies' own.
+    _requests: ForwarderBase
+
+    def __init__(self, report: ShadowReport):
         self.report = report
         self._noise: dict[str, set[str]] = {}
         self._learned: Counter[str] = Counter()
@@ -136,19 +164,13 @@ class AsyncSender(_Core):
     """Copies as tasks on the router's loop: at most ``config.concurrency`` in flight and
     ``config.queue`` waiting (both read per offer, so a new mirror document applies at once)."""
 
-    def __init__(self, policy: ForwardPolicy, report: ShadowReport, transport: Any = None):
-        super().__init__(policy, report)
-        self._transport = transport
+    def __init__(self, policy: ForwardPolicy, report: ShadowReport):
+        super().__init__(report)
+        policy = shadow_policy(policy)
+        self._requests: AsyncHTTPForwarder = AsyncHTTPForwarder(policy, _NoObserver())
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._workers: set[asyncio.Task[None]] = set()
         self._busy = 0
-
-    def _transport_for(self, config: MirrorConfig) -> Any:
-        if self._transport is None:
-            from ..forward.pool import HTTP11Transport  # noqa: PLC0415 - httptools on use
-
-            self._transport = HTTP11Transport(httpx.Limits(max_connections=256))
-        return self._transport
 
     def offer(self, job: Job) -> bool:
         """Queue a copy, or drop it (counted) when the queue is full. Never waits."""
@@ -198,18 +220,15 @@ class AsyncSender(_Core):
         return None
 
     async def _send(self, job: Job) -> Answer:
-        response = await self._transport_for(job.config).handle_async_request(self.request(job))
-        parts, size, truncated = [], 0, False
+        response = await self._requests.transport().handle_async_request(self.request(job))
+        body = _Body()
         try:
-            async for chunk in response.stream:
-                size += len(chunk)
-                if size > ANSWER_LIMIT:
-                    truncated = True
+            async for chunk in response.aiter_raw():
+                if not body.keep(chunk):
                     break
-                parts.append(chunk)
         finally:
             await response.aclose()
-        return Answer(response.status_code, response.headers.raw, b"".join(parts), truncated)
+        return body.answer(response)
 
     async def aclose(self) -> None:
         for task in list(self._workers):
@@ -218,28 +237,21 @@ class AsyncSender(_Core):
             with contextlib.suppress(BaseException):
                 await task
         self._workers.clear()  # their done callbacks may not have run yet
-        if self._transport is not None:
-            await self._transport.aclose()
+        await self._requests.aclose()
 
 
 class ThreadSender(_Core):
     """Copies on a few daemon threads per process (started lazily after a fork)."""
 
-    def __init__(self, policy: ForwardPolicy, report: ShadowReport, transport: Any = None):
-        super().__init__(policy, report)
-        self._transport = transport
+    def __init__(self, policy: ForwardPolicy, report: ShadowReport):
+        super().__init__(report)
+        policy = shadow_policy(policy, max_connections=64)
+        self._requests: SyncHTTPForwarder = SyncHTTPForwarder(policy, _NoObserver())
         self._lock = threading.Lock()
         self._queue: queue.Queue[Job] = queue.Queue()
         self._threads = 0
         self._busy = 0
         self._pid = 0
-
-    def _transport_for(self) -> Any:
-        if self._transport is None:
-            from ..forward.sync_pool import HTTP11SyncTransport  # noqa: PLC0415
-
-            self._transport = HTTP11SyncTransport(httpx.Limits(max_connections=64))
-        return self._transport
 
     @property
     def pending(self) -> int:
@@ -297,19 +309,15 @@ class ThreadSender(_Core):
         return None
 
     def _send(self, job: Job) -> Answer:
-        response = self._transport_for().handle_request(self.request(job))
-        parts, size, truncated = [], 0, False
+        response = self._requests.transport().handle_request(self.request(job))
+        body = _Body()
         try:
-            for chunk in response.stream:
-                size += len(chunk)
-                if size > ANSWER_LIMIT:
-                    truncated = True
+            for chunk in response.iter_raw():
+                if not body.keep(chunk):
                     break
-                parts.append(chunk)
         finally:
             response.close()
-        return Answer(response.status_code, response.headers.raw, b"".join(parts), truncated)
+        return body.answer(response)
 
     def close(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self._requests.close()
