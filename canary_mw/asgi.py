@@ -79,24 +79,10 @@ class CanaryRouter(Router):
             await self.start(wait=self.engine.first_load_wait)
         # The hot path, written flat: every call and coroutine here is paid per request
         # (measured inside uvicorn: ~3x what the same code costs in a tight loop).
-        # ASGIFacts.authority_conflict's common case written out: a plain path and no
-        # repeated header name cannot conflict, and the header dict built to tell is the one
-        # the facts need.
-        target = scope.get("raw_path") or b"/"
-        pairs = scope.get("headers", ())
-        headers = dict(pairs)
-        if (
-            target[:1] == b"/"
-            and b"." not in target
-            and b"%" not in target
-            and len(headers) == len(pairs)
-        ):
-            facts = ASGIFacts(scope, self._resolver, headers)
-        else:
-            facts = ASGIFacts(scope, self._resolver)
-            if facts.authority_conflict:  # two Hosts: never route by one, forward the other
-                await refuse_ambiguous_authority(scope, receive, send)
-                return
+        facts = ASGIFacts(scope, self._resolver)
+        if facts.authority_conflict:  # two Hosts: never route by one and forward the other
+            await refuse_ambiguous_authority(scope, receive, send)
+            return
         decision = self.engine.decide_cached(facts)
         if decision.pending:  # a membership answer is not cached: look it up, within budget
             decision = await self.engine.resolve(facts, decision)

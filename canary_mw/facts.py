@@ -199,20 +199,13 @@ class ASGIFacts(RequestFacts):
 
     __slots__ = ("_headers", "_scope")
 
-    def __init__(
-        self,
-        scope: Mapping[str, Any],
-        resolver: ClientIPResolver = _NO_PROXIES,
-        headers: dict[bytes, bytes] = _UNSET,
-    ):
-        """``headers``: ``raw_headers()`` when the caller has built it already (only
-        ``dict(scope["headers"])`` when no name repeats)."""
+    def __init__(self, scope: Mapping[str, Any], resolver: ClientIPResolver = _NO_PROXIES):
         # Set the slots directly: this runs for every request.
         self._resolver = resolver
         self._client_ip = _UNSET
         self._query = _UNSET
         self._scope = scope
-        self._headers = headers
+        self._headers: dict[bytes, bytes] = _UNSET
 
     @property
     def method(self) -> str:
