@@ -12,7 +12,7 @@ from ..metrics import BUCKETS
 from ..stores.layout import Layout
 from ..stores.plans import Plan
 from .judge import Window
-from .plan import Rollout, RolloutPlan, Transition, enter_step, operator_transition, start
+from .plan import RolloutPlan, Transition, enter_step, operator_transition, start
 from .storage import StaleRecordError, prior_of, read_rollout, step_windows, write_transition
 
 __all__ = ["begin", "command", "status"]
@@ -74,8 +74,3 @@ def status(layout: Layout, now: float | None = None) -> Plan[dict[str, Any]]:
         now = time.time() if now is None else now
         windows, baseline = yield from step_windows(layout, rollout, now, len(BUCKETS) + 1)
     return {"rollout": rollout, "windows": windows, "baseline": baseline}
-
-
-def record(view: Any) -> Rollout | None:
-    rollout: Rollout | None = view["rollout"]
-    return rollout
