@@ -107,7 +107,6 @@ async function signIn(token) {
   $("sign-in").hidden = true;
   $("views").hidden = $("sign-out").hidden = false;
   if (!location.hash) location.hash = "#now";
-  await discover();
   show();
   await refresh();
   timer = setInterval(refresh, POLL_MS);
@@ -135,7 +134,6 @@ function show() {
 // -- Now -------------------------------------------------------------------------------------
 const samples = []; // {stable, canary, ...}: requests per poll, from the traffic counters
 let lastTraffic = null;
-let status = null;
 
 function recordTraffic(traffic) {
   if (lastTraffic !== null) {
@@ -148,6 +146,9 @@ function recordTraffic(traffic) {
   }
   lastTraffic = traffic;
 }
+
+// Stable and canary have their own colours; any other upstream name shares one.
+const seriesClass = (name) => (name === "stable" || name === "canary" ? name : "other");
 
 function drawChart() {
   const svg = $("chart");
@@ -169,13 +170,13 @@ function drawChart() {
     if (points.length) {
       const line = document.createElementNS(ns, "polyline");
       line.setAttribute("points", points.join(" "));
-      line.setAttribute("class", `series series-${name === "stable" || name === "canary" ? name : "other"}`);
+      line.setAttribute("class", `series series-${seriesClass(name)}`);
       line.setAttribute("data-version", name);
       svg.append(line);
     }
   }
   $("chart-legend").replaceChildren(
-    ...names.map((name) => el("span", { class: `legend legend-${name === "stable" || name === "canary" ? name : "other"}`, "data-version": name },
+    ...names.map((name) => el("span", { class: `legend legend-${seriesClass(name)}`, "data-version": name },
       `${name}: ${totals[name] || 0} requests`)),
     samples.length ? "" : " (collecting)",
   );
@@ -200,28 +201,11 @@ function renderNow(data) {
   drawChart();
 }
 
-// The rollout and shadow-traffic endpoints exist in newer admin APIs: the page asks the OpenAPI
-// document (no token needed) which ones this server has, and polls only those.
-const optional = { rollout: false, mirrorReport: false };
-
-async function discover() {
-  try {
-    const response = await fetch("openapi.json", { credentials: "omit", cache: "no-store" });
-    const paths = (await response.json()).paths || {};
-    optional.rollout = "/rollout" in paths;
-    optional.mirrorReport = "/mirror/report" in paths;
-  } catch {
-    // an older or unreachable server: the two cards stay hidden
-  }
-}
-
 function percentOf(rate) {
   return rate === null || rate === undefined ? "-" : `${(rate * 100).toFixed(2)}%`;
 }
 
 async function renderRollout() {
-  $("rollout-card").hidden = !optional.rollout;
-  if (!optional.rollout) return;
   let data;
   try {
     data = await api("GET", "rollout");
@@ -243,8 +227,6 @@ async function renderRollout() {
 }
 
 async function renderShadow() {
-  $("shadow-card").hidden = !optional.mirrorReport;
-  if (!optional.mirrorReport) return;
   let data;
   try {
     data = await api("GET", "mirror/report");
@@ -502,7 +484,6 @@ async function refresh() {
     return;
   }
   if (mine !== refreshes) return;
-  status = data;
   recordTraffic(data.traffic);
   renderNow(data);
   // Lists are rebuilt only when what they show changed: a button must not be replaced
