@@ -103,9 +103,12 @@ class InputTee:
         self.overflow = length > limit
 
     def _keep(self, data: bytes) -> bytes:
+        kept = self._size
         self._size += len(data)
-        if not self.overflow and data:
-            self._parts.append(data)
+        if not self.overflow and data and kept < self._length:
+            # A server may pass on bytes past CONTENT_LENGTH: they are not the body, and
+            # holding them would let a client grow the copy past the limit.
+            self._parts.append(data[: self._length - kept])
         return data
 
     def read(self, size: int | None = -1) -> bytes:
@@ -133,7 +136,7 @@ class InputTee:
     def body(self) -> bytes | None:
         if self.overflow or self._size < self._length:
             return None
-        return b"".join(self._parts)[: self._length]
+        return b"".join(self._parts)
 
 
 class IterableCapture:
