@@ -358,11 +358,10 @@ class AdminAPI:
         return _change(await self.call(self.store.clear_mirror, actor=p["actor"]))
 
     async def mirror_report(self, request: Request, p: dict[str, Any]) -> Response:
-        from ..admin.mirror_cli import _samples  # noqa: PLC0415 - click only when asked
-        from ..shadow.report import report_rows  # noqa: PLC0415
+        from ..shadow.report import parse_samples, report_rows  # noqa: PLC0415
 
         counts, samples = await self.call(self.store.shadow_report)
-        return JSONResponse({"routes": report_rows(counts), "samples": _samples(samples)})
+        return JSONResponse({"routes": report_rows(counts), "samples": parse_samples(samples)})
 
     async def history(self, request: Request, p: dict[str, Any]) -> Response:
         raw = request.query_params.get("limit", "20")

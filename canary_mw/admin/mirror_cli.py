@@ -8,7 +8,7 @@ from typing import Any, TextIO
 import click
 
 from ..shadow.config import BODY_MODES
-from ..shadow.report import COUNTERS, report_rows
+from ..shadow.report import COUNTERS, parse_samples, report_rows
 from ..stores import Store
 from .cli_context import Context, one_line_errors, pass_context
 from .cli_context import report_change as _report
@@ -47,18 +47,6 @@ def report_lines(counts: dict[str, int], samples: list[dict[str, Any]]) -> list[
             lines.append(f"  {sample.get('request')}  {sample.get('stable')} vs "
                          f"{sample.get('shadow')}  {found}")  # fmt: skip
     return lines
-
-
-def _samples(raw: list[str]) -> list[dict[str, Any]]:
-    parsed = []
-    for text in raw:
-        try:
-            sample = json.loads(text)
-        except ValueError:
-            continue  # garbage written by hand is left out
-        if isinstance(sample, dict):
-            parsed.append(sample)
-    return parsed
 
 
 @click.group()
@@ -181,7 +169,7 @@ def mirror_report(ctx: Context, as_json: bool, reset: bool) -> None:
     every instance, and the latest differences."""
     with one_line_errors():
         counts, raw = ctx.store.shadow_report()
-        samples = _samples(raw)
+        samples = parse_samples(raw)
         if reset:
             ctx.store.clear_shadow_report()
     if as_json:

@@ -24,7 +24,7 @@ from prometheus_client.core import CounterMetricFamily
 
 from .compare import Difference
 
-__all__ = ["COUNTERS", "FLUSH", "ShadowReport", "report_rows", "route_of"]
+__all__ = ["COUNTERS", "FLUSH", "ShadowReport", "parse_samples", "report_rows", "route_of"]
 
 #: Seconds between two folds of the counts into the store.
 FLUSH = 1.0
@@ -144,3 +144,16 @@ def report_rows(counts: Mapping[str, int]) -> list[dict[str, Any]]:
         row = rows.setdefault(route, {"route": route, **dict.fromkeys(COUNTERS, 0)})
         row[counter] = row.get(counter, 0) + value
     return [rows[route] for route in sorted(rows)]
+
+
+def parse_samples(raw: Sequence[str]) -> list[dict[str, Any]]:
+    """The store's samples (JSON texts) as objects; anything else written there is left out."""
+    parsed = []
+    for text in raw:
+        try:
+            sample = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(sample, dict):
+            parsed.append(sample)
+    return parsed
