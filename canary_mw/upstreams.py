@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -60,20 +60,29 @@ class Upstream:
     #: The backend's identity for health: scheme, host[:port] and prefix, spelled the same
     #: whichever name or host it is configured under (``http://canary:8000``).
     key: str = ""
-    #: Where connections go, in the form the transports use: ``b"http"``, the host as
-    #: connected to (an IPv6 address without brackets) and the port (the default filled in).
-    raw_scheme: bytes = b"http"
-    raw_host: bytes = b""
-    port: int = 80
+    #: Where connections go, in the form the transports use (derived from ``url``):
+    #: ``b"http"``, the host as connected to (an IPv6 address without brackets) and the
+    #: port (the scheme's default filled in).
+    raw_scheme: bytes = field(init=False)
+    raw_host: bytes = field(init=False)
+    port: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        url = self.url
+        default = 443 if url.raw_scheme == b"https" else 80
+        for name, value in (("raw_scheme", url.raw_scheme), ("raw_host", url.raw_host),
+                            ("port", url.port or default)):  # fmt: skip
+            object.__setattr__(self, name, value)  # frozen: set once, here
 
     def target(self, raw_path: bytes, query: bytes) -> httpx.URL:
-        """The upstream URL for a request: the raw path and query kept byte for byte, but
-        for bytes outside printable ASCII, which are percent-encoded."""
-        return self.url_for(self.prefix + escape_unprintable(raw_path), escape_unprintable(query))
+        """The upstream URL for a request (what :meth:`request_target` sends, as a URL)."""
+        path, _, query = self.request_target(raw_path, query).partition(b"?")
+        return self.url_for(path, query)
 
     def request_target(self, raw_path: bytes, query: bytes) -> bytes:
-        """The origin-form target sent to the upstream, escaped as :meth:`target` escapes
-        it: the same bytes as ``target(raw_path, query).raw_path``."""
+        """The origin-form target sent to the upstream: the prefix, then the raw path and
+        query kept byte for byte, but for bytes outside printable ASCII, which are
+        percent-encoded. (``raw_path`` holds no ``?``: the target was split there.)"""
         path = self.prefix + escape_unprintable(raw_path) or b"/"
         query = escape_unprintable(query)
         return path + b"?" + query if query else path
@@ -109,10 +118,7 @@ def _parse(name: str, url: object) -> Upstream:
     prefix = parsed.raw_path.rstrip(b"/")
     ws_base = f"{ws_scheme}://{netloc}{prefix.decode('ascii')}"
     key = f"{parsed.scheme}://{netloc}{prefix.decode('ascii')}"
-    return Upstream(
-        name, parsed, netloc.encode("ascii"), ws_base, prefix, key,
-        parsed.raw_scheme, parsed.raw_host, parsed.port or default_port,
-    )  # fmt: skip
+    return Upstream(name, parsed, netloc.encode("ascii"), ws_base, prefix, key)
 
 
 def parse_upstreams(

@@ -259,7 +259,7 @@ class AsyncHTTPForwarder(ForwarderBase):
             headers=scope["headers"], peer=str(client[0]) if client else None,
             scheme=scope.get("scheme", "http"), body=body, length=length,
         )  # fmt: skip
-        # One watch from the request until the first body byte: without it, a departed client
+        # Watched from the request until the first body byte: without it, a departed client
         # would hold the upstream connection until the read timeout (``_stream`` watches after).
         try:
             got = await _unless_client_left(self._answer(request, upstream, tag), receive, body)
@@ -306,9 +306,9 @@ class AsyncHTTPForwarder(ForwarderBase):
         self, request: Outgoing, upstream: Upstream, tag: RawHeaders
     ) -> tuple[Incoming, RawHeaders, bytes, AsyncIterator[bytes] | None]:
         """The upstream's response, the headers to send, and its first body chunk (with the
-        rest of the stream, None when that chunk is all): one task from the request to the
-        first body byte, which the client leaving cancels (cancelled, the transport closes
-        the upstream connection). One task, not one per step: the canary path's hot spot."""
+        rest of the stream, None when that chunk is all): one awaitable from the request to
+        the first body byte, which the client leaving cancels (cancelled, the transport
+        closes the upstream connection)."""
         transport = self.transport()
         if isinstance(transport, HTTP11Transport):
             response = await transport.forward(request)
