@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import quote, unquote
 
 from .. import conditions as c
@@ -157,7 +156,6 @@ def _condition_lines(trace: ConditionTrace, depth: int) -> list[str]:
 def explain_lines(explanation: Explanation, request: RequestDescription) -> list[str]:
     """What ``canary-mw explain`` prints."""
     decision = explanation.decision
-    data: dict[str, Any] = explanation.to_json()
     because = {
         "rule": f"rule {decision.rule_id!r}", "no-match": "no rule matched",
         "unknown": f"rule {decision.rule_id!r} is unknown (a store answer is missing)",
@@ -167,7 +165,7 @@ def explain_lines(explanation: Explanation, request: RequestDescription) -> list
                        "has no URL here (give the routers' own with --upstream NAME=URL)",
         "ejected": f"{explanation.ruled.target!r} is ejected (unhealthy)",
     }.get(decision.reason, decision.reason)  # fmt: skip
-    where = data["upstream"] or "served by the app itself"
+    where = explanation.upstream or "served by the app itself"
     lines = [
         f"decision  {decision.target}: {because}",
         f"upstream  {where}",
