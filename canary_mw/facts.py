@@ -245,14 +245,6 @@ class ASGIFacts(RequestFacts):
         scope = self._scope
         pairs = scope.get("headers", ())
         target: bytes = scope.get("raw_path") or b"/"
-        if target[:1] == b"/" and b"." not in target and b"%" not in target:
-            # The common case, decided with the fewest steps: a path with no dot segment
-            # possible, so only a repeated Host can conflict.
-            headers = dict(pairs)
-            if len(headers) == len(pairs):  # no name repeats: raw_headers() as it would be
-                self._headers = headers
-                return False
-            return sum(1 for name, _ in pairs if name == b"host") > 1
         if has_dot_segment(target.partition(b"?")[0]):
             return True
         if target[:1] == b"/" or target == b"*":
