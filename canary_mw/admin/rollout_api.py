@@ -13,9 +13,9 @@ from starlette.routing import Route
 
 from ..errors import ConfigurationError
 from ..rollout.judge import Thresholds
-from ..rollout.plan import Rollout, RolloutPlan, parse_duration, parse_fraction
-from ..rollout.render import event_for, status_json
-from ..rollout.runner import post
+from ..rollout.plan import RolloutPlan, parse_duration, parse_fraction
+from ..rollout.render import status_json
+from ..rollout.runner import notify
 
 __all__ = ["COMMANDS", "START_FIELDS", "rollout_routes"]
 
@@ -61,10 +61,6 @@ def plan_from_body(body: Mapping[str, Any]) -> tuple[RolloutPlan, float | None]:
 
 def rollout_routes(api: Any) -> list[Route]:
     """The routes, bound to an AdminAPI (its store, envelope and thread pool)."""
-
-    def notify(rollout: Rollout, action: str, actor: str) -> None:
-        if rollout.plan.notify_url:
-            post(rollout.plan.notify_url, event_for(rollout, action, actor))
 
     async def view(action: str | None = None) -> Response:
         data = status_json(await api.call(api.store.rollout_status))

@@ -19,15 +19,9 @@ import click
 from ..errors import CanaryError, ConfigurationError
 from ..rollout.controller import RolloutAgent
 from ..rollout.judge import Thresholds
-from ..rollout.plan import (
-    ON_SUCCESS,
-    Rollout,
-    RolloutPlan,
-    parse_duration,
-    parse_fraction,
-)
-from ..rollout.render import event_for, status_json, status_lines
-from ..rollout.runner import ThreadRolloutRunner, post
+from ..rollout.plan import ON_SUCCESS, RolloutPlan, parse_duration, parse_fraction
+from ..rollout.render import status_json, status_lines
+from ..rollout.runner import ThreadRolloutRunner, notify
 
 __all__ = ["rollout"]
 
@@ -66,11 +60,6 @@ def _steps(value: str) -> tuple[float, ...]:
         raise ConfigurationError(
             f"--steps must be percentages like 1,5,25,50,100; got {value!r}"
         ) from None
-
-
-def _notify(rollout: Rollout, action: str, actor: str) -> None:
-    if rollout.plan.notify_url:
-        post(rollout.plan.notify_url, event_for(rollout, action, actor))
 
 
 @click.group()
@@ -126,7 +115,7 @@ def rollout_start(ctx: Any, upstream: str, by: str, steps: str, hold: str,
         started = ctx.store.start_rollout(
             plan, at=None if at is None else parse_time(at), actor=ctx.actor
         )
-        _notify(started, "rollout start" if started.step >= 0 else "rollout schedule", ctx.actor)
+        notify(started, "rollout start" if started.step >= 0 else "rollout schedule", ctx.actor)
     click.echo("\n".join(status_lines(ctx.store.rollout_status())))
 
 
@@ -148,7 +137,7 @@ def _command(name: str, summary: str) -> click.Command:
     def run(ctx: Any) -> None:
         with _one_line_errors():
             after = ctx.store.rollout_command(name, actor=ctx.actor)
-            _notify(after, f"rollout {name}", ctx.actor)
+            notify(after, f"rollout {name}", ctx.actor)
         click.echo("\n".join(status_lines(ctx.store.rollout_status())))
 
     return click.Command(name, callback=run, help=summary)

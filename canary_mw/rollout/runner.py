@@ -15,9 +15,12 @@ import httpx
 
 from .._aio import wait_event
 from .controller import Post, RolloutAgent
+from .plan import Rollout
+from .render import event_for
 
 __all__ = [
-    "AsyncRolloutRunner", "ThreadRolloutRunner", "post", "post_async", "run_tick", "run_tick_async",
+    "AsyncRolloutRunner", "ThreadRolloutRunner", "notify", "post", "post_async", "run_tick",
+    "run_tick_async",
 ]  # fmt: skip
 
 logger = logging.getLogger("canary_mw.rollout")
@@ -39,6 +42,12 @@ def post(url: str, payload: Mapping[str, Any], client: httpx.Client | None = Non
     except httpx.HTTPError as exc:
         logger.warning("canary_mw: rollout: POST %s failed: %s", url, exc)
         return None
+
+
+def notify(rollout: Rollout, action: str, actor: str) -> None:
+    """POST an operator's move to the rollout's ``notify_url``, as the controller POSTs its own."""
+    if rollout.plan.notify_url:
+        post(rollout.plan.notify_url, event_for(rollout, action, actor))
 
 
 async def post_async(url: str, payload: Mapping[str, Any], client: httpx.AsyncClient) -> int | None:
