@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from ..facts import RequestFacts
+from ..forward.asgi_http import _raw_path  # the target exactly as forwarding builds it
 from ..forward.common import ForwardPolicy
 from ..forward.wsgi_http import environ_headers, request_target
 from .compare import Answer
@@ -50,13 +51,6 @@ def _template(scope: Scope) -> str | None:
     route = scope.get("route")  # FastAPI puts the route it matched in the (shared) scope
     path = getattr(route, "path", None) or getattr(route, "path_format", None)
     return path if isinstance(path, str) else None
-
-
-def _raw_path(scope: Scope) -> bytes:
-    raw: bytes | None = scope.get("raw_path")
-    if raw:
-        return raw.partition(b"?")[0]
-    return str(scope.get("path", "/")).encode("utf-8")
 
 
 class AsyncMirror:
