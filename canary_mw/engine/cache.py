@@ -51,17 +51,7 @@ class MembershipCache:
         self.stale: set[Probe] = set()
 
     def get(self, probe: Probe) -> bool | None:
-        entry = self._data.get(probe)
-        if entry is None:
-            return None
-        answer, fresh_until = entry
-        now = self._clock()
-        if now < fresh_until:
-            return answer
-        if now < fresh_until + self.stale_for:
-            self.stale.add(probe)
-            return answer
-        return None
+        return self.get_fresh_until(probe)[0]
 
     def get_fresh_until(self, probe: Probe) -> tuple[bool | None, float]:
         """``get(probe)``, and until when that answer is given out as it is: 0.0 for an answer
