@@ -20,10 +20,11 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigurationError, StoreError
+from ..errors import ConfigurationError
 from ..metrics import BUCKETS, Metrics
 from ..outcome import STABLE
 from ..stores.layout import Layout
+from ..stores.plans import Plan, _checked
 from .judge import PASS, Verdict, Window, judge
 from .plan import DRIVEN, Rollout, Transition, kill_switch_pause, next_transition
 from .render import event_for
@@ -177,14 +178,8 @@ class RolloutAgent:
         self._problem = problem
 
 
-def fold_windows_plan(layout: Layout, windows: Mapping[str, Window], index: int) -> Any:
+def fold_windows_plan(layout: Layout, windows: Mapping[str, Window], index: int) -> Plan[None]:
     commands = fold_windows(layout, windows, index)
-
-    def plan() -> Generator[Any, list[object], None]:
-        if commands:
-            results = yield commands
-            for result in results:
-                if isinstance(result, Exception):
-                    raise StoreError(f"cannot fold telemetry: {result}")
-
-    return plan()
+    if commands:
+        for result in (yield commands):
+            _checked(result)
