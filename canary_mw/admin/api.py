@@ -392,10 +392,10 @@ class AdminAPI:
             description = RequestDescription(**described)
             description.facts()
         except ConfigurationError as exc:
-            # The message opens with what it is about: "ip: ...", "path: ...", "header 'X' ...".
-            about = {"ip": "ip", "path": "path", "header": "headers"}.get(
-                str(exc).replace(":", " ").split(" ")[0], "headers"
-            )
+            # The message opens with what it is about: "ip: ...", "host: ...", "header 'X' ...".
+            about = {"ip": "ip", "path": "path", "host": "host", "cookies": "cookies",
+                     "header": "headers"}.get(str(exc).replace(":", " ").split(" ")[0],
+                                             "headers")  # fmt: skip
             raise InvalidBodyError(["body", about], str(exc)) from None
         explanation = await self.call(
             explain_request, self.store, description, overrides=self.overrides,
