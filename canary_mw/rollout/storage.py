@@ -28,7 +28,7 @@ from ..outcome import STABLE
 from ..stores import plans as store_plans
 from ..stores.layout import AUDIT_LENGTH, Command, Layout
 from ..stores.memory import NATIVE_SCRIPTS, CommandError, MemoryBackend
-from ..stores.plans import Change, Plan, StoredConfig
+from ..stores.plans import Change, Plan, StoredConfig, _text
 from .judge import Window
 from .plan import RULE_ID, Rollout, Transition
 
@@ -102,10 +102,6 @@ def token_key(layout: Layout) -> str:
 
 def window_key(layout: Layout, target: str, index: int) -> str:
     return f"{layout.prefix}window:{target}:{index}"
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def parse_record(config: Mapping[Any, Any]) -> Rollout | None:
