@@ -175,17 +175,26 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         hostname = host.decode("ascii")
         secure = scheme == b"https"
+        # Not asyncio.wait_for: on Python <= 3.11 it drops a cancel that lands in the loop
+        # step the connection is made in (_aio.py), and the forwarder is cancelled exactly
+        # then when the client leaves: the request would go out anyway (red team, 3.11).
+        connecting = asyncio.ensure_future(loop.create_connection(
+            lambda: HTTP11Connection(origin), hostname, port,
+            ssl=self._ssl_context() if secure else None,
+            server_hostname=hostname if secure else None,
+        ))  # fmt: skip
         try:
-            _, connection = await asyncio.wait_for(
-                loop.create_connection(
-                    lambda: HTTP11Connection(origin), hostname, port,
-                    ssl=self._ssl_context() if secure else None,
-                    server_hostname=hostname if secure else None,
-                ),
-                timeout,
-            )  # fmt: skip
-        except asyncio.TimeoutError:
-            raise httpx.ConnectTimeout(f"connecting to {hostname}:{port} timed out") from None
+            done, _ = await asyncio.wait((connecting,), timeout=timeout)
+        except BaseException:  # cancelled: never leave a connection behind
+            connecting.cancel()
+            connecting.add_done_callback(_close_made)
+            raise
+        if not done:
+            connecting.cancel()
+            connecting.add_done_callback(_close_made)
+            raise httpx.ConnectTimeout(f"connecting to {hostname}:{port} timed out")
+        try:
+            _, connection = connecting.result()
         except OSError as exc:  # refused, unreachable, name not found, TLS failures
             raise httpx.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from exc
         sock = connection.transport.get_extra_info("socket") if connection.transport else None
@@ -212,6 +221,15 @@ class HTTP11Transport(httpx.AsyncBaseTransport):
             room = self._waiting.popleft()
             if not room.done():
                 room.set_exception(httpx.PoolTimeout("the transport was closed"))
+
+
+def _close_made(connecting: asyncio.Future[tuple[asyncio.Transport, HTTP11Connection]]) -> None:
+    """A connection that was made after all, for a request that no longer wants it: closed
+    (and any failure retrieved, so it is never logged as unretrieved)."""
+    if connecting.cancelled():
+        return
+    if connecting.exception() is None:
+        connecting.result()[0].abort()
 
 
 def _no_room(room: asyncio.Future[None]) -> None:
