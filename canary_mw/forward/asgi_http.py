@@ -28,7 +28,7 @@ from .replies import (
 )
 from .wire import Incoming, Outgoing, incoming_from_response
 
-__all__ = ["REPLAY_LIMIT", "AsyncHTTPForwarder", "Outcome", "Replayable"]
+__all__ = ["REPLAY_LIMIT", "AsyncHTTPForwarder", "Outcome", "Replayable", "raw_path_of"]
 
 logger = logging.getLogger("canary_mw.forward")
 
@@ -173,7 +173,8 @@ async def _disconnected_while_waiting(receive: Receive, body: _Body | None) -> N
     await _wait_for_disconnect(receive)
 
 
-def _raw_path(scope: Scope) -> bytes:
+def raw_path_of(scope: Scope) -> bytes:
+    """The request's path as the client sent it, without the query (shadow copies use it too)."""
     raw: bytes | None = scope.get("raw_path")
     if raw:
         return raw.partition(b"?")[0]  # some servers include the query in raw_path
@@ -255,7 +256,7 @@ class AsyncHTTPForwarder(ForwarderBase):
         client = scope.get("client")
         request = self.outgoing(
             method=scope["method"], upstream=upstream,
-            target=(_raw_path(scope), scope.get("query_string", b"")),
+            target=(raw_path_of(scope), scope.get("query_string", b"")),
             headers=scope["headers"], peer=str(client[0]) if client else None,
             scheme=scope.get("scheme", "http"), body=body, length=length,
         )  # fmt: skip

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from ..facts import RequestFacts
-from ..forward.asgi_http import _raw_path  # the target exactly as forwarding builds it
+from ..forward.asgi_http import raw_path_of  # the target exactly as forwarding builds it
 from ..forward.common import ForwardPolicy
 from ..forward.wsgi_http import environ_headers, request_target
 from .compare import Answer
@@ -89,8 +89,9 @@ class AsyncMirror:
             self.report.count(route, "skipped:body")
         else:
             client = scope.get("client")
+            target = (raw_path_of(scope), scope.get("query_string", b""))
             self.sender.offer(Job(
-                config, route, scope["method"], (_raw_path(scope), scope.get("query_string", b"")),
+                config, route, scope["method"], target,
                 scope["headers"], str(client[0]) if client else None, scope.get("scheme", "http"),
                 body, capture.answer(),
             ))  # fmt: skip
