@@ -65,7 +65,8 @@ class CanaryRouter(Router):
         super().__init__(app, config, options, ASYNC)
         self._loop_header = self.config.loop
         self._stable_tag = self._targets.tag(STABLE)
-        self._wrap_stable = bool(self._stable_tag) or self.metrics is not None
+        sticky = self.config.overrides.sticky
+        self._wrap_stable = bool(self._stable_tag) or self.metrics is not None or bool(sticky)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._shadow: AsyncMirror | None = None  # built when a mirror is first in force
@@ -117,7 +118,7 @@ class CanaryRouter(Router):
             if self.config.fallback:  # stable may need what the forwarder already read
                 receive = Replayable(receive)
             outcome, status = await self._forwarder.forward(
-                scope, receive, send, upstream, self._targets.tag(decision.target),
+                scope, receive, send, upstream, self._targets.response_headers(decision),
                 fallback=self.config.fallback,
             )  # fmt: skip
             if outcome is not Outcome.FALLBACK:
@@ -152,6 +153,8 @@ class CanaryRouter(Router):
         calling it is about twice as cheap, and it runs for every message of every request.
         It returns the server's own awaitable, so no extra coroutine is made per message."""
         tag, record = self._stable_tag, self._record
+        if decision.set_cookie is not None:  # the first answer a sticky percentage decided
+            tag = self._targets.response_headers(decision)
         started = perf_counter()
         status = 0
 

@@ -306,6 +306,9 @@ class Percent(Node):
     def evaluate(
         self, facts: RequestFacts, snapshot: LoadedSets, answers: Answers, pending: Pending
     ) -> bool | None:
+        pin = facts.pin
+        if pin is not None and pin[0] is self:  # a sticky cookie placed this user already
+            return pin[1]
         key = self.read(facts)
         if not key:
             return False

@@ -37,6 +37,7 @@ from .parts import RouterParts
 from .rollout.controller import RolloutAgent
 from .rollout.runner import AsyncRolloutRunner, Background, ThreadRolloutRunner
 from .rules import DEFAULT_RULES, RuleSet, parse_rules
+from .stickycookie import DEFAULT_MAX_AGE, StickyCookie
 from .stores import (
     DEFAULT_LOOKUP_TIMEOUT,
     AsyncStore,
@@ -84,6 +85,11 @@ class CanaryConfig:
     identity_headers: Sequence[str] = ()
     force_header: str | None = None
     force_cookie: str | None = None
+    #: A cookie that keeps each user where a sticky percentage placed them, signed with
+    #: ``sticky_secret`` (docs/rollouts.md#sticky-assignment); None: off.
+    sticky_cookie: str | None = None
+    sticky_secret: str | bytes | None = field(default=None, repr=False)
+    sticky_max_age: int = DEFAULT_MAX_AGE
     default_rules: RuleSet | Mapping[str, Any] | Sequence[Any] | str = DEFAULT_RULES
     tag_header: str | None = "X-Canary-Version"
     fallback: bool = False
@@ -121,7 +127,9 @@ class CanaryConfig:
         derived: dict[str, Any] = {
             "parsed_upstreams": self._upstreams(),
             "resolver": ClientIPResolver(self.trusted_proxies, headers=self.client_ip_headers),
-            "overrides": Overrides(header=self.force_header, cookie=self.force_cookie),
+            "overrides": Overrides(
+                header=self.force_header, cookie=self.force_cookie, sticky=self._sticky()
+            ),
             "rules": self._rules(),
             "tag": None if self.tag_header is None else _header_name("tag_header", self.tag_header),
             "loop": _header_name("loop_header", self.loop_header),
@@ -135,6 +143,16 @@ class CanaryConfig:
         self._check_kinds()
         for name, value in derived.items():
             object.__setattr__(self, name, value)  # frozen: set once, here
+
+    def _sticky(self) -> StickyCookie | None:
+        if self.sticky_cookie is None:
+            if self.sticky_secret is not None:
+                raise ConfigurationError(
+                    "sticky_secret is set but sticky_cookie is not: name the cookie, e.g. "
+                    "sticky_cookie='canary_mw_version', or drop sticky_secret"
+                )
+            return None
+        return StickyCookie(self.sticky_cookie, self.sticky_secret or b"", self.sticky_max_age)
 
     def _identity(self) -> frozenset[bytes]:
         names = self.identity_headers

@@ -14,6 +14,7 @@ from .facts import RequestFacts
 from .keys import Answers, Probe
 from .outcome import CANARY, STABLE, Decision
 from .snapshot import Snapshot
+from .stickycookie import StickyCookie
 
 __all__ = ["NO_OVERRIDES", "Overrides", "decide"]
 
@@ -22,14 +23,17 @@ _FORCE = {"always": CANARY, "never": STABLE}
 
 @dataclass(frozen=True, slots=True)
 class Overrides:
-    """A header and/or cookie that pins a request: value ``always`` → canary, ``never`` → stable.
+    """What a request can carry that decides its route besides the rules.
 
-    Off by default: anyone can send a header or cookie, so only turn these on when reaching
-    the canary on demand is acceptable for every client.
+    ``header`` / ``cookie``: a force header or cookie, value ``always`` → canary, ``never`` →
+    stable. Off by default: anyone can send a header or cookie, so only turn these on when
+    reaching the canary on demand is acceptable for every client. ``sticky``: the signed
+    cookie that keeps a user where a percentage rule placed them (stickycookie.py).
     """
 
     header: str | None = None
     cookie: str | None = None
+    sticky: StickyCookie | None = None
 
     def __post_init__(self) -> None:
         for what, name in (("force header", self.header), ("force cookie", self.cookie)):
@@ -68,6 +72,8 @@ def decide(
         return _MODE_OFF
     if mode == "all":
         return _MODE_ALL
+    if overrides.sticky is not None and snapshot.ruleset.pinned is not None:
+        return _decide_sticky(facts, snapshot, answers, overrides.sticky)
     for rule in snapshot.rules:
         verdict = rule.condition.evaluate(facts, snapshot, answers, None)
         if verdict:
@@ -78,3 +84,33 @@ def decide(
             rule.condition.evaluate(facts, snapshot, answers, pending)
             return Decision(STABLE, "unknown", rule.id, tuple(pending))
     return _NO_MATCH
+
+
+def _decide_sticky(
+    facts: RequestFacts, snapshot: Snapshot, answers: Answers, sticky: StickyCookie
+) -> Decision:
+    """The rules, with the first sticky percentage answered by the request's cookie when it
+    carries a valid one; otherwise the decision says which cookie to set, once the walk has
+    reached that percentage (an earlier rule deciding leaves the user unplaced)."""
+    pinned = snapshot.ruleset.pinned
+    assert pinned is not None
+    position, node, target = pinned
+    verdict = sticky.pinned(facts.cookie(sticky.name), node.salt, target, node.threshold)
+    facts.pin = None if verdict is None else (node, verdict)
+    decision = _NO_MATCH
+    for index, rule in enumerate(snapshot.rules):
+        outcome = rule.condition.evaluate(facts, snapshot, answers, None)
+        if outcome:
+            decision = rule.decision
+            if index < position:
+                return decision
+            break
+        if outcome is None:
+            pending: list[Probe] = []
+            rule.condition.evaluate(facts, snapshot, answers, pending)
+            return Decision(STABLE, "unknown", rule.id, tuple(pending))
+    if verdict is not None:
+        return decision
+    placed = bool(node.evaluate(facts, snapshot, answers, None))
+    cookie = sticky.set_cookie(node.salt, target, placed, node.threshold)
+    return Decision(decision.target, decision.reason, decision.rule_id, (), cookie)

@@ -126,12 +126,15 @@ class RequestFacts:
     first value of a name or None. ``client_ip`` applies the trusted-proxy policy.
     """
 
-    __slots__ = ("_client_ip", "_query", "_resolver")
+    __slots__ = ("_client_ip", "_query", "_resolver", "pin")
 
     def __init__(self, resolver: ClientIPResolver = _NO_PROXIES) -> None:
         self._resolver = resolver
         self._client_ip: IPAddress | None = _UNSET
         self._query: dict[str, str] = _UNSET
+        #: A sticky cookie's verdict for one percentage node, set by ``decide`` (the node,
+        #: in or out); None when the request carries no valid one (stickycookie.py).
+        self.pin: tuple[object, bool] | None = None
 
     # -- provided by each server interface ---------------------------------------------
     @property
@@ -205,6 +208,7 @@ class ASGIFacts(RequestFacts):
         self._client_ip = _UNSET
         self._query = _UNSET
         self._scope = scope
+        self.pin = None
         self._headers: dict[bytes, bytes] = _UNSET
 
     @property
@@ -288,6 +292,7 @@ class WSGIFacts(RequestFacts):
         self._client_ip = _UNSET
         self._query = _UNSET
         self._environ = environ
+        self.pin = None
 
     @property
     def method(self) -> str:

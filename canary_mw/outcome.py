@@ -35,13 +35,15 @@ class Decision:
     ``target`` is ``"stable"`` or an upstream name; ``reason`` says what decided, with
     ``rule_id`` naming the rule for ``rule`` and ``unknown``. ``unknown`` means a rule needed a
     store answer that was not available, so the request stays on stable; ``pending`` then
-    lists the membership probes that would settle it.
+    lists the membership probes that would settle it. ``set_cookie`` is the sticky cookie
+    the response records the user's placement with (``sticky_cookie=``), or None.
     """
 
     target: str
     reason: Reason
     rule_id: str | None = None
     pending: tuple[Probe, ...] = ()
+    set_cookie: bytes | None = None
 
     @property
     def is_stable(self) -> bool:

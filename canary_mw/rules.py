@@ -312,6 +312,14 @@ class RuleSet:
     ip_lists: frozenset[IPListRef] = frozenset()
     #: Databases that request-time lookups use besides the store's own (legacy IP keys).
     lookup_dbs: frozenset[int | None] = frozenset()
+    #: What a sticky cookie pins (stickycookie.py): the first sticky percentage the enabled
+    #: rules reach, as (its rule's position among them, the node, the rule's target).
+    pinned: tuple[int, c.Percent, str] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pinned", _first_percent(self.active))
 
     @property
     def active(self) -> tuple[Rule, ...]:
@@ -327,6 +335,26 @@ class RuleSet:
 
     def to_json(self) -> str:
         return json.dumps(self.to_document(), separators=(",", ":"), sort_keys=False)
+
+
+def _percent_in(node: c.Node) -> c.Percent | None:
+    if isinstance(node, c.Percent):
+        return node
+    if isinstance(node, (c.All, c.Any)):
+        for child in node.children:
+            if (found := _percent_in(child)) is not None:
+                return found
+    elif isinstance(node, c.Not):
+        return _percent_in(node.child)
+    return None
+
+
+def _first_percent(rules: tuple[Rule, ...]) -> tuple[int, c.Percent, str] | None:
+    for position, rule in enumerate(rules):
+        found = _percent_in(rule.condition)
+        if found is not None and rule.target != STABLE:
+            return position, found, rule.target
+    return None
 
 
 _RULE_FIELDS = frozenset({"id", "when", "target", "enabled", "description"})

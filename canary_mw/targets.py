@@ -34,6 +34,14 @@ class Targets:
             self._tags[target] = tag
         return tag
 
+    def response_headers(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+        """The headers a response to ``decision`` gets: the tag, and the sticky cookie when
+        the decision placed the user."""
+        tag = self.tag(decision.target)
+        if decision.set_cookie is None:
+            return tag
+        return [*tag, (b"set-cookie", decision.set_cookie)]
+
     def names(self, snapshot: Snapshot) -> set[str]:
         """Every upstream name known to the code or the store."""
         return set(self.upstreams) | set(snapshot.upstreams)

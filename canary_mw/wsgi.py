@@ -112,9 +112,13 @@ class CanaryWSGI(Router):
             )
         environ[DECISION_ENVIRON_KEY] = decision
         status = [0]
+        # The sticky cookie the decision placed the user with (not when stable stands in).
+        cookie = decision.set_cookie
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status[0] = int(status_line[:3])
+            if cookie is not None:
+                headers = [*headers, ("Set-Cookie", cookie.decode("latin-1"))]
             return start_response(status_line, headers, exc_info)
 
         body: Iterable[bytes] | None = None
@@ -124,6 +128,7 @@ class CanaryWSGI(Router):
                 fallback=self.config.fallback,
             )  # fmt: skip
             if body is None:
+                cookie = None
                 decision = Decision(STABLE, "fallback", decision.rule_id)
                 environ[DECISION_ENVIRON_KEY] = decision
         if body is None:

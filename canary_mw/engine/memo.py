@@ -87,6 +87,8 @@ def memo_inputs(snapshot: Snapshot, overrides: Overrides) -> tuple[Input, ...] |
         found.add(("header", overrides.header))
     if overrides.cookie is not None:
         found.add(("cookie", overrides.cookie))
+    if overrides.sticky is not None and snapshot.ruleset.pinned is not None:
+        found.add(("cookie", overrides.sticky.name))
     for rule in snapshot.rules:
         if not _node_inputs(rule.condition, found):
             return None

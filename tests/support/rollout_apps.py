@@ -57,3 +57,12 @@ def router_app() -> Any:
     return CanaryRouter(
         stable_app, store=os.environ["STORE_URL"], canary_url=os.environ["CANARY_URL"]
     )
+
+
+def sticky_router_app() -> Any:
+    """The router, placing users with a signed sticky cookie (STICKY_SECRET, shared by every
+    router of the test, as it is by every instance of a deployment)."""
+    return CanaryRouter(
+        stable_app, store=os.environ["STORE_URL"], canary_url=os.environ["CANARY_URL"],
+        sticky_cookie="canary_mw_version", sticky_secret=os.environ["STICKY_SECRET"],
+    )  # fmt: skip
