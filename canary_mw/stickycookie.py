@@ -91,7 +91,9 @@ class StickyCookie:
             return None
         version, _, rest = value.partition(".")
         level = rest.partition(".")[0]
-        if not (level.isdigit() and len(level) <= 5 and version in (target, "stable")):
+        # isascii first: str.isdigit() admits "²" and other digits int() refuses.
+        digits = level.isascii() and level.isdigit() and len(level) <= 5
+        if not digits or version not in (target, "stable"):
             return None
         then = int(level)
         verdict = version == target
