@@ -16,7 +16,6 @@ from typing import Any, TextIO
 
 import click
 
-from ..demo import run_demo
 from ..errors import ConfigurationError
 from ..rules import parse_rules
 from ..stores import DEFAULT_ACTOR, Change, Store
@@ -457,6 +456,9 @@ def admin(ctx: Context, host: str, port: int, token: str | None, token_file: Tex
 def demo(host: str, port: int, canary_port: int) -> None:
     """Run the two-version demo: stable and canary apps, a router, and Redis (the one in
     CANARY_MW_STORE or REDIS_URL, else a private redis-server, else the memory store)."""
+    # Only this command runs a router (CanaryWSGI and all it needs): the others do not import it.
+    from ..demo import run_demo  # noqa: PLC0415
+
     raise SystemExit(run_demo(host=host, port=port, canary_port=canary_port))
 
 

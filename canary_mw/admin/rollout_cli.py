@@ -17,11 +17,9 @@ from typing import Any
 import click
 
 from ..errors import CanaryError, ConfigurationError
-from ..rollout.controller import RolloutAgent
 from ..rollout.judge import Thresholds
 from ..rollout.plan import ON_SUCCESS, RolloutPlan, parse_duration, parse_fraction
 from ..rollout.render import status_json, status_lines
-from ..rollout.runner import ThreadRolloutRunner, notify
 
 __all__ = ["rollout"]
 
@@ -98,6 +96,10 @@ def rollout_start(ctx: Any, upstream: str, by: str, steps: str, hold: str,
                   on_success: str, confirm_url: str | None, notify_url: str | None,
                   at: str | None, interval: str) -> None:  # fmt: skip
     """Start a rollout: the first step at once (or --at), then one step per --hold."""
+    # The runner (and the agent, for run) only in the commands that notify or drive: the
+    # other commands, and every other canary-mw command, do not import them.
+    from ..rollout.runner import notify  # noqa: PLC0415
+
     with _one_line_errors():
         thresholds = Thresholds(
             max_error_rate_increase=parse_fraction(
@@ -135,6 +137,8 @@ def rollout_status(ctx: Any, as_json: bool) -> None:
 def _command(name: str, summary: str) -> click.Command:
     @click.pass_obj
     def run(ctx: Any) -> None:
+        from ..rollout.runner import notify  # noqa: PLC0415 - see rollout_start
+
         with _one_line_errors():
             after = ctx.store.rollout_command(name, actor=ctx.actor)
             notify(after, f"rollout {name}", ctx.actor)
@@ -154,6 +158,9 @@ rollout.add_command(_command("promote", "Finish now: everyone to the canary (mod
 @click.pass_obj
 def rollout_run(ctx: Any, holder: str | None) -> None:
     """Run the controller in the foreground (instead of inside the routers); Ctrl-C stops."""
+    from ..rollout.controller import RolloutAgent  # noqa: PLC0415 - only this command drives
+    from ..rollout.runner import ThreadRolloutRunner  # noqa: PLC0415
+
     agent = RolloutAgent(ctx.store.layout, holder=holder, actor=ctx.actor)
     runner = ThreadRolloutRunner(ctx.store, agent)
     # Ctrl-C and SIGTERM end the loop after the tick in progress, never in the middle of it:
