@@ -86,7 +86,9 @@ CASES: dict[str, Callable[[], Any]] = {
     "pure middleware adding one header": apps.pure_tag,
     "router, IP-list rule": router,
     "router, IP-list rule, tag off": lambda: router(tag_header=None),
-    "router, IP-list rule, tag and metrics off": lambda: router(tag_header=None, metrics=False),
+    "router, IP-list rule, tag and metrics off": lambda: router(
+        tag_header=None, metrics=False, rollouts=False
+    ),
     "router, cookie rule": lambda: router([{"id": "b", "when": {"cookie": "beta", "equals": "1"}}]),
     "router, Redis-set rule (cached)": lambda: router(
         [{"id": "vip", "when": {"cookie": "uid", "in_set": "vip"}}],

@@ -8,6 +8,7 @@ CanaryConfig itself as ``config=``), so an option is added here and nowhere else
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -50,6 +51,8 @@ from .targets import Targets
 from .upstreams import Upstream, parse_upstreams
 
 __all__ = ["ASYNC", "BLOCKING", "CONFIG_OPTIONS", "CanaryConfig", "Side", "compose"]
+
+logger = logging.getLogger("canary_mw")
 
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 field-name
 
@@ -199,6 +202,11 @@ class CanaryConfig:
         if self.rollouts not in (True, False, "telemetry"):
             raise ConfigurationError(
                 f"rollouts must be True, False or 'telemetry', got {self.rollouts!r}"
+            )
+        if self.rollouts == "telemetry" and self.metrics is False:
+            raise ConfigurationError(
+                "rollouts='telemetry' folds the router's metrics, and metrics=False turns them "
+                "off: keep metrics on, or pass rollouts=False"
             )
         for name in ("fallback", "preserve_host"):
             if not isinstance(getattr(self, name), bool):
@@ -354,6 +362,12 @@ def compose(config: CanaryConfig, side: Side) -> RouterParts:
             health, parts.backends, parts.share_health, headers=[config.loop_guard],
             after_round=parts.after_round,
         )  # fmt: skip
+    if config.rollouts and metrics is None:
+        logger.warning(
+            "canary_mw: %s(metrics=False) takes no part in rollouts (no telemetry, never drives "
+            "one); pass rollouts=False to say so, or keep metrics on",
+            side.router,
+        )
     if config.rollouts and metrics is not None:
         # Telemetry comes from the metrics the router keeps: without them, no rollout agent.
         agent = RolloutAgent(store.layout, metrics=metrics, drive=config.rollouts is True)

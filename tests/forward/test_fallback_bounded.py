@@ -103,7 +103,7 @@ async def router_with(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
     def make(read: int) -> httpx.AsyncClient:
         router = CanaryRouter(
             stable_echo, canary_url="http://canary.invalid", default_rules=ALL_TO_CANARY,
-            fallback=True, transport=ReadsThenRefuses(read), metrics=False,
+            fallback=True, transport=ReadsThenRefuses(read), metrics=False, rollouts=False,
         )  # fmt: skip
         routers.append(router)
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=router), base_url="http://a")
@@ -219,7 +219,7 @@ def wsgi_stable(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 def wsgi_call(read: int, data: bytes) -> tuple[str, bytes]:
     app = CanaryWSGI(
         wsgi_stable, canary_url="http://canary.invalid", default_rules=ALL_TO_CANARY,
-        fallback=True, transport=SyncReadsThenRefuses(read), metrics=False,
+        fallback=True, transport=SyncReadsThenRefuses(read), metrics=False, rollouts=False,
     )  # fmt: skip
     environ = {
         "REQUEST_METHOD": "PUT", "PATH_INFO": "/upload", "QUERY_STRING": "",

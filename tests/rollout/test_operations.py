@@ -204,3 +204,19 @@ def test_routers_fold_and_drive_or_only_fold(option: Any, drives: bool) -> None:
 def test_rollouts_must_be_true_false_or_telemetry() -> None:
     with pytest.raises(ConfigurationError, match="rollouts must be True, False or 'telemetry'"):
         CanaryRouter(_ok, canary_url="http://c:1", rollouts="yes")
+
+
+def test_without_metrics_a_router_says_it_takes_no_part_in_rollouts(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="canary_mw"):
+        router = CanaryWSGI(lambda environ, start: [], canary_url="http://c:1", metrics=False)
+    assert router._checker is None  # no agent: nothing folded, nothing driven
+    assert "CanaryWSGI(metrics=False) takes no part in rollouts" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="canary_mw"):
+        CanaryWSGI(lambda environ, start: [], canary_url="http://c:1", metrics=False,
+                   rollouts=False)  # fmt: skip
+    assert caplog.text == ""
+    with pytest.raises(ConfigurationError, match="keep metrics on, or pass rollouts=False"):
+        CanaryRouter(_ok, canary_url="http://c:1", metrics=False, rollouts="telemetry")

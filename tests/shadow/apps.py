@@ -53,7 +53,7 @@ async def stable_app(scope: Scope, receive: Callable[[], Any], send: Callable[[A
 
 def asgi_router() -> Any:
     return CanaryRouter(stable_app, store=os.environ["SHADOW_TEST_STORE"],
-                        canary_url="http://127.0.0.1:9", metrics=False)  # fmt: skip
+                        canary_url="http://127.0.0.1:9", metrics=False, rollouts=False)  # fmt: skip
 
 
 def wsgi_stable(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -71,7 +71,7 @@ def wsgi_stable(environ: dict[str, Any], start_response: Callable[..., Any]) -> 
 
 def wsgi_router() -> Any:
     return CanaryWSGI(wsgi_stable, store=os.environ["SHADOW_TEST_STORE"],
-                      canary_url="http://127.0.0.1:9", metrics=False)  # fmt: skip
+                      canary_url="http://127.0.0.1:9", metrics=False, rollouts=False)  # fmt: skip
 
 
 # -- the canary (the mirror's upstream) ----------------------------------------------------
