@@ -251,7 +251,9 @@ class ASGIFacts(RequestFacts):
         target: bytes = scope.get("raw_path") or b"/"
         if has_dot_segment(target.partition(b"?")[0]):
             return True
-        if target[:1] == b"/" or target == b"*":
+        # The asterisk form is OPTIONS's alone (RFC 9112 §3.2.4); any other method with it
+        # has no target, below.
+        if target[:1] == b"/" or (target == b"*" and scope.get("method") == "OPTIONS"):
             if len(self.raw_headers()) == len(pairs):  # no name repeats: the common case
                 return False
             return sum(1 for name, _ in pairs if name == b"host") > 1
@@ -331,8 +333,10 @@ class WSGIFacts(RequestFacts):
         path = target or self._environ.get("SCRIPT_NAME", "") + self._environ.get("PATH_INFO", "")
         if has_dot_segment(path.partition("?")[0].encode("latin-1")):
             return True
-        if not target or target[:1] == "/" or target == "*":
+        if not target or target[:1] == "/":
             return False
+        if target == "*":  # the asterisk form is OPTIONS's alone (RFC 9112 §3.2.4)
+            return self._environ.get("REQUEST_METHOD") != "OPTIONS"
         authority = _absolute_form_authority(target.encode("latin-1"))
         return authority is None or authority != (
             host.lower().encode("latin-1") if host is not None else None

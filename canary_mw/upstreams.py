@@ -82,7 +82,11 @@ class Upstream:
     def request_target(self, raw_path: bytes, query: bytes) -> bytes:
         """The origin-form target sent to the upstream: the prefix, then the raw path and
         query kept byte for byte, but for bytes outside printable ASCII, which are
-        percent-encoded. (``raw_path`` holds no ``?``: the target was split there.)"""
+        percent-encoded. (``raw_path`` holds no ``?``: the target was split there.)
+        ``OPTIONS *`` asks about the server, not a path: it goes as ``*``, whatever the
+        prefix."""
+        if raw_path == b"*" and not query:
+            return b"*"
         path = self.prefix + escape_unprintable(raw_path) or b"/"
         query = escape_unprintable(query)
         return path + b"?" + query if query else path

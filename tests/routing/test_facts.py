@@ -180,13 +180,24 @@ def test_lazy_parsing_touches_only_what_is_asked() -> None:
 )
 def test_authority_conflict(target: bytes, hosts: list[bytes], conflict: bool) -> None:
     headers = [(b"x-a", b"1"), *((b"host", host) for host in hosts), (b"x-a", b"2")]
-    scope = asgi_scope(raw_path=target, headers=headers)
+    method = "OPTIONS" if target == b"*" else "POST"
+    scope = asgi_scope(raw_path=target, headers=headers, method=method)
     assert ASGIFacts(scope).authority_conflict is conflict
-    environ = wsgi_environ(REQUEST_URI=target.decode())
+    environ = wsgi_environ(REQUEST_URI=target.decode(), REQUEST_METHOD=method)
     del environ["HTTP_HOST"]
     if hosts:  # WSGI servers join repeated lines with a comma
         environ["HTTP_HOST"] = ",".join(host.decode() for host in hosts)
     assert WSGIFacts(environ).authority_conflict is conflict
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "options"])
+def test_the_asterisk_form_is_options_alone(method: str) -> None:
+    """RFC 9112 §3.2.4: ``*`` is a target only for a server-wide OPTIONS; ``GET *`` names
+    nothing, and is refused rather than forwarded as some path."""
+    scope = asgi_scope(raw_path=b"*", path="*", method=method, headers=[(b"host", b"app.test")])
+    assert ASGIFacts(scope).authority_conflict is True
+    environ = wsgi_environ(REQUEST_URI="*", REQUEST_METHOD=method)
+    assert WSGIFacts(environ).authority_conflict is True
 
 
 # -- linear work on repeated headers --------------------------------------------------------
