@@ -101,6 +101,11 @@ class RolloutAgent:
         self.holder = holder or default_holder()
         self.actor = actor or f"rollout@{self.holder}"
         self.clock = clock
+        # A process forked after this agent was built (a gunicorn worker of a --preload app)
+        # is another instance: it needs a holder of its own, or every worker would take the
+        # lease value for its own and all of them would drive (and pass the fencing check).
+        self._named = (holder is not None, actor is not None)
+        self._pid = os.getpid()
         #: The lease value while this agent holds the lease, else "".
         self.lease = ""
         #: Transitions this agent wrote (for tests and logs).
@@ -111,7 +116,18 @@ class RolloutAgent:
     def leading(self) -> bool:
         return bool(self.lease)
 
+    def _forked(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self.lease = ""
+        if not self._named[0]:
+            self.holder = default_holder()
+            if not self._named[1]:
+                self.actor = f"rollout@{self.holder}"
+
     def tick(self) -> Generator[Op, Any, float]:
+        self._forked()
         now = self.clock()
         windows = take_windows(self.metrics) if self.metrics is not None else {}
         rollout: Rollout | None

@@ -186,3 +186,63 @@ def test_a_paused_leader_wakes_up_and_writes_nothing(
 def _get(store: Store, name: str):  # type: ignore[no-untyped-def]
     (value,) = yield [(None, ("GET", store.layout.prefix + name))]
     return value.decode() if isinstance(value, bytes) else value
+
+
+#: The latency test's thresholds. Healthy, the canary is stable's work plus a network hop: on
+#: a busy two-core machine its p99 (interpolated in the metrics' coarse buckets) was measured
+#: at 50-140 ms against stable's 25-45 ms, from a few slow requests (about 1 % of them), and
+#: that must pass: a marginal step is held again, and after two more the rollout pauses. So
+#: the p99 bound is stable's p99 + 0.1 s,
+#: and each side needs the default 200 requests (over fewer, the connections the routers open
+#: to the canary at the start are enough of the tail to be significant).
+#: The slow canary is slower in every request: 90 ms added to the same 10-20 ms of work, a p99
+#: of about 115 ms against stable's 25-45 ms (3-4 times). Every one of its requests lands in
+#: the 0.1-0.25 s bucket, read as spread across it: most are over the bound (the tail test
+#: fails) and its median moves by about 0.15 s, more than the slack (Mann-Whitney fails too,
+#: also when a loaded machine raises stable's p99 and so the bound).
+LATENCY_PLAN = RolloutPlan(
+    upstream="canary", by="cookie:uid", steps=(20, 50, 100), hold=2.0, interval=0.5,
+    thresholds=Thresholds(min_requests=200, latency_slack=0.1, max_p99_ratio=2.0),
+)  # fmt: skip
+
+
+def at_step(store: Store, step: int, timeout: float, load: Load) -> None:
+    def there_or_over() -> bool:
+        rollout = store.rollout_status()["rollout"]
+        return bool(rollout.step == step or not rollout.active)
+
+    try:
+        wait_until(there_or_over, timeout=timeout, what=f"step {step + 1}")
+        reached = store.rollout_status()["rollout"].step == step
+    except AssertionError:
+        reached = False
+    if not reached:
+        lines = status_lines(store.rollout_status())
+        raise AssertionError(f"never step {step + 1}: {' / '.join(lines)}; {load.served}")
+
+
+def test_a_canary_three_times_slower_at_p99_is_rolled_back_on_latency(
+    setup: tuple[Store, AppServer, list[AppServer]],
+) -> None:
+    store, canary, routers = setup
+    store.set_mode("rules")
+    before = store.get_config()
+    with Load(routers) as load:
+        store.start_rollout(LATENCY_PLAN, actor="alice")
+        at_step(store, 1, timeout=20, load=load)
+        httpx.post(canary.url + "/_set?delay=0.09")
+        until(store, "rolled_back", timeout=15, load=load)
+    rollout = store.rollout_status()["rollout"]
+    assert rollout.step == 1  # at step 2, where it became slow
+    after = store.get_config()
+    assert (after.mode, after.rules) == (before.mode, before.rules)
+    entries = store.history(20)
+    # Step 1, healthy, passed on latency: the verdict it was judged on moved it to step 2.
+    healthy = next(e for e in entries if e.action == "rollout step")
+    assert healthy.detail["verdict"]["metrics"]["latency"]["result"] == "pass"
+    entry = next(e for e in entries if e.action == "rollout rollback")
+    metrics = entry.detail["verdict"]["metrics"]
+    assert metrics["latency"]["result"] == "fail"
+    assert metrics["errors"]["result"] == "pass"  # no errors: latency alone
+    assert metrics["latency"]["canary_p99"] > metrics["latency"]["stable_p99"]
+    assert rollout.reason == "latency failed"
