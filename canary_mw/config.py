@@ -29,7 +29,7 @@ from .forward.client import (
     checked_timeout,
 )
 from .forward.common import ForwardPolicy
-from .forward.partition import IDENTITY_HEADERS
+from .forward.partition import IDENTITY_HEADERS, IDENTITY_QUERY
 from .forward.wsgi_http import SyncHTTPForwarder
 from .health import AsyncChecker, BackendHealth, BlockingChecker, HealthCheck
 from .ipmatch import parse_ip
@@ -86,6 +86,8 @@ class CanaryConfig:
     #: Headers that tell users apart besides Cookie, Authorization and X-Api-Key (pooled
     #: canary connections are kept per user: docs/security.md).
     identity_headers: Sequence[str] = ()
+    #: Query parameters that do the same, besides access_token, api_key, token... (IDENTITY_QUERY).
+    identity_query: Sequence[str] = ()
     force_header: str | None = None
     force_cookie: str | None = None
     #: A cookie that keeps each user where a sticky percentage placed them, signed with
@@ -123,6 +125,7 @@ class CanaryConfig:
     tag: bytes | None = field(init=False, repr=False, compare=False)
     loop: bytes = field(init=False, repr=False, compare=False)
     identity: frozenset[bytes] = field(init=False, repr=False, compare=False)
+    query_identity: frozenset[bytes] = field(init=False, repr=False, compare=False)
     http_timeout: httpx.Timeout = field(init=False, repr=False, compare=False)
     engine_settings: EngineSettings = field(init=False, repr=False, compare=False)
 
@@ -137,6 +140,7 @@ class CanaryConfig:
             "tag": None if self.tag_header is None else _header_name("tag_header", self.tag_header),
             "loop": _header_name("loop_header", self.loop_header),
             "identity": self._identity(),
+            "query_identity": self._query_identity(),
             "http_timeout": checked_timeout(self.timeout),
             "engine_settings": EngineSettings.coerce(self.engine_options),
         }
@@ -165,6 +169,20 @@ class CanaryConfig:
                 f"got {names!r}"
             )
         return IDENTITY_HEADERS | {_header_name("identity_headers", name) for name in names}
+
+    def _query_identity(self) -> frozenset[bytes]:
+        names = self.identity_query
+        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+            raise ConfigurationError(
+                f"identity_query must be a list of query parameter names such as ['ticket'], "
+                f"got {names!r}"
+            )
+        for name in names:
+            if not isinstance(name, str) or not name or any(c in name for c in "&=#? "):
+                raise ConfigurationError(
+                    f"identity_query must name query parameters such as 'ticket', got {name!r}"
+                )
+        return IDENTITY_QUERY | {name.lower().encode("utf-8") for name in names}
 
     def _upstreams(self) -> dict[str, Upstream]:
         parsed = parse_upstreams(self.canary_url, self.upstreams)
@@ -281,6 +299,7 @@ class CanaryConfig:
             max_body_size=self.max_body_size,
             address_headers=self.address_headers,
             identity_headers=self.identity,
+            identity_query=self.query_identity,
         )
 
 

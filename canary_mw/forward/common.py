@@ -12,7 +12,7 @@ import httpx
 
 from ..upstreams import Upstream
 from .headers import DEFAULT_ADDRESS_HEADERS, RawHeaders, request_headers, response_headers
-from .partition import IDENTITY_HEADERS, partition_key
+from .partition import IDENTITY_HEADERS, IDENTITY_QUERY, partition_key
 from .replies import ErrorReply, classify, error_kind, is_unreachable
 from .wire import NO_BODY, Incoming, Outgoing
 
@@ -68,6 +68,8 @@ class ForwardPolicy:
     address_headers: frozenset[bytes] = DEFAULT_ADDRESS_HEADERS
     #: The headers whose values keep pooled connections apart, per user (partition.py).
     identity_headers: frozenset[bytes] = IDENTITY_HEADERS
+    #: The query parameters whose values do the same (lower-case).
+    identity_query: frozenset[bytes] = IDENTITY_QUERY
 
 
 class ForwarderBase:
@@ -81,6 +83,7 @@ class ForwarderBase:
         self._response_drop = policy.response_drop
         self._bodiless_drop = policy.response_drop | {b"content-length"}
         self._identity = policy.identity_headers
+        self._query_identity = policy.identity_query
         self._request_drop = policy.request_drop
         self._observer = observer
 
@@ -122,9 +125,10 @@ class ForwarderBase:
             outgoing.append((b"transfer-encoding", b"chunked"))
         # Pooled connections are kept per user (partition.py): a canary's late bytes can
         # only ever reach the user whose exchange they belong to.
+        key = partition_key(outgoing, self._identity, target[1], self._query_identity)
         return Outgoing(
             method, upstream, upstream.request_target(*_origin_form(*target)), outgoing, body,
-            partition_key(outgoing, self._identity), self._timeout,
+            key, self._timeout,
         )  # fmt: skip
 
     def upstream_request(self, **request: Any) -> httpx.Request:

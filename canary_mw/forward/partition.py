@@ -16,10 +16,10 @@ nobody trusted). The key is a digest of those, so the pool does not keep the sec
 themselves. Requests that carry no credentials share one key per client address.
 
 An application whose users are told apart by another header (``X-Session-Token``, say) names
-it in the ``identity_headers`` option, and it counts too. Not covered: identity in the query
-string from clients at one address. The canary then sees requests that differ only there,
-and a late copy can still reach another such client: keep such canaries' answers exact, or
-put the credential in a header.
+it in the ``identity_headers`` option, and it counts too. Credentials in the query string
+count the same way: the parameters in ``IDENTITY_QUERY`` (``access_token``, ``api_key``,
+``token``...), and any the ``identity_query`` option adds. Reading them is one split of the
+query per forwarded request, only when it names one of them.
 
 Transports read the key from ``request.extensions[PARTITION]``; a request without it (a
 transport used directly) uses the shared key ``b""``.
@@ -32,18 +32,27 @@ from collections.abc import Iterable
 
 from .headers import CLIENT_ADDRESS_HEADERS
 
-__all__ = ["IDENTITY_HEADERS", "PARTITION", "partition_key"]
+__all__ = ["IDENTITY_HEADERS", "IDENTITY_QUERY", "PARTITION", "partition_key"]
 
 #: The httpx request extension holding the key.
 PARTITION = "canary_mw.partition"
 #: The headers that always say who is asking (lower-case); ``identity_headers`` adds to them.
 IDENTITY_HEADERS = frozenset({b"cookie", b"authorization", b"x-api-key"}) | CLIENT_ADDRESS_HEADERS
+#: Query parameters that carry a credential in the wild (lower-case); ``identity_query`` adds.
+IDENTITY_QUERY = frozenset({
+    b"access_token", b"api_key", b"apikey", b"auth", b"auth_token", b"jwt", b"key",
+    b"session", b"session_id", b"sessionid", b"sid", b"signature", b"token",
+})  # fmt: skip
 
 
 def partition_key(
-    headers: Iterable[tuple[bytes, bytes]], identity: frozenset[bytes] = IDENTITY_HEADERS
+    headers: Iterable[tuple[bytes, bytes]],
+    identity: frozenset[bytes] = IDENTITY_HEADERS,
+    query: bytes = b"",
+    query_identity: frozenset[bytes] = IDENTITY_QUERY,
 ) -> bytes:
-    """A digest of the headers named in ``identity`` (lower-case): who is asking."""
+    """A digest of the headers named in ``identity`` and of the query parameters named in
+    ``query_identity`` (names compared in lower case): who is asking."""
     digest = hashlib.blake2b(digest_size=16)
     for name, value in headers:
         lowered = name.lower()
@@ -51,4 +60,12 @@ def partition_key(
             # Name and length first: no two different header lists hash the same bytes.
             digest.update(b"%s:%d:" % (lowered, len(value)))
             digest.update(value)
+    if query and query_identity:
+        for part in query.split(b"&"):
+            name, _, value = part.partition(b"=")
+            lowered = name.lower()
+            if lowered in query_identity:
+                # "?" starts no header name (a token), so a parameter never hashes as one.
+                digest.update(b"?%s:%d:" % (lowered, len(value)))
+                digest.update(value)
     return digest.digest()

@@ -64,6 +64,28 @@ def test_identity_headers_named_in_the_options_count_too() -> None:
     assert partition_key(BASE, identity) == partition_key(BASE)
 
 
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        (b"", b"page=2", True),  # other parameters do not count
+        (b"token=alice", b"token=alice&page=9", True),
+        (b"token=alice", b"token=bob", False),
+        (b"token=alice", b"Token=bob", False),  # names compared in lower case
+        (b"token=alice", b"page=1&api_key=k&token=alice", False),
+        (b"", b"token", False),  # present without a value is not absent
+        (b"", b"tok=en", True),
+    ],
+)
+def test_credentials_in_the_query_count(one: bytes, other: bytes, same: bool) -> None:
+    assert (partition_key(BASE, query=one) == partition_key(BASE, query=other)) is same
+    # A parameter never hashes as a header of the same name and value.
+    assert partition_key(BASE, query=b"cookie=x") != partition_key([*BASE, (b"cookie", b"x")])
+    identity = CanaryConfig(canary_url="http://canary", identity_query=["Ticket"]).query_identity
+    assert partition_key(BASE, query=b"ticket=1", query_identity=identity) != partition_key(
+        BASE, query=b"ticket=2", query_identity=identity
+    )
+
+
 def test_moving_bytes_between_headers_changes_the_key() -> None:
     one = [(b"cookie", b"ab"), (b"authorization", b"c")]
     two = [(b"cookie", b"a"), (b"authorization", b"bc")]
@@ -173,6 +195,36 @@ def test_users_told_apart_by_a_header_of_their_own(canary: Upstream, named: bool
         assert b"the page of /alice" in ask(router.port, b"/alice", b"alice", header=b"X-Session")
         bob = ask(router.port, b"/bob", b"bob", header=b"X-Session")
         if named:
+            assert b"the page of /bob" in bob
+            assert b"alice" not in bob
+        else:
+            assert b"the page of /alice" in bob
+    finally:
+        router.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("param", "identity_query", "apart"),
+    [("token", None, True), ("Ticket", ["ticket"], True), ("ticket", None, False)],
+    ids=["a known credential", "named in identity_query", "not named"],
+)
+def test_users_told_apart_by_a_credential_in_the_query(
+    canary: Upstream, param: str, identity_query: list[str] | None, apart: bool
+) -> None:
+    """Users at one address with the same cookie, told apart only by a query parameter: a
+    known credential name (``token``, ``api_key``...) or one named in ``identity_query``
+    keeps their connections apart; another parameter does not, and Bob gets Alice's page."""
+    options: dict[str, object] = {"upstreams": {"canary": canary.url},
+                                  "force_header": "X-Canary-Force", "timeout": TIMEOUT}  # fmt: skip
+    if identity_query is not None:
+        options["identity_query"] = identity_query
+    router = start_router("memory://", **options)
+    try:
+        name = param.encode()
+        alice = ask(router.port, b"/alice?page=1&%s=alice" % name, b"same")
+        assert b"the page of /alice" in alice
+        bob = ask(router.port, b"/bob?%s=bob&page=1" % name, b"same")
+        if apart:
             assert b"the page of /bob" in bob
             assert b"alice" not in bob
         else:
