@@ -19,7 +19,7 @@ An application whose users are told apart by another header (``X-Session-Token``
 it in the ``identity_headers`` option, and it counts too. Credentials in the query string
 count the same way: the parameters in ``IDENTITY_QUERY`` (``access_token``, ``api_key``,
 ``token``...), and any the ``identity_query`` option adds. Reading them is one split of the
-query per forwarded request, only when it names one of them.
+query per forwarded request that has one (linear in its length).
 
 Transports read the key from ``request.extensions[PARTITION]``; a request without it (a
 transport used directly) uses the shared key ``b""``.
