@@ -118,7 +118,8 @@ class CanaryRouter(Router):
             if self.config.fallback:  # stable may need what the forwarder already read
                 receive = Replayable(receive)
             outcome, status = await self._forwarder.forward(
-                scope, receive, send, upstream, self._targets.response_headers(decision),
+                scope, receive, send, upstream,
+                self._targets.response_headers(decision, facts.is_https),
                 fallback=self.config.fallback,
             )  # fmt: skip
             if outcome is not Outcome.FALLBACK:
@@ -154,7 +155,7 @@ class CanaryRouter(Router):
         It returns the server's own awaitable, so no extra coroutine is made per message."""
         tag, record = self._stable_tag, self._record
         if decision.set_cookie is not None:  # the first answer a sticky percentage decided
-            tag = self._targets.response_headers(decision)
+            tag = self._targets.response_headers(decision, facts.is_https)
         started = perf_counter()
         status = 0
 
@@ -164,7 +165,9 @@ class CanaryRouter(Router):
             if kind == "http.response.start":
                 status = message["status"]
                 if tag:
-                    message["headers"] = [*message.get("headers", ()), *tag]
+                    # A copy: the app may send one start message it keeps (a constant), and
+                    # what one user's response gets must never reach the next one's.
+                    message = {**message, "headers": [*message.get("headers", ()), *tag]}
             elif kind == "http.response.body" and not message.get("more_body"):
                 record(decision, status, started, facts)
             return send(message)

@@ -14,6 +14,7 @@ from .facts import RequestFacts
 from .keys import Answers, Probe
 from .outcome import CANARY, STABLE, Decision
 from .snapshot import Snapshot
+from .sticky import BUCKETS
 from .stickycookie import StickyCookie
 
 __all__ = ["NO_OVERRIDES", "Overrides", "decide"]
@@ -91,12 +92,15 @@ def _decide_sticky(
 ) -> Decision:
     """The rules, with the first sticky percentage answered by the request's cookie when it
     carries a valid one; otherwise the decision says which cookie to set, once the walk has
-    reached that percentage (an earlier rule deciding leaves the user unplaced)."""
+    reached that percentage (an earlier rule deciding, or a request without the key, leaves
+    the user unplaced)."""
     pinned = snapshot.ruleset.pinned
     assert pinned is not None
-    position, node, target = pinned
-    verdict = sticky.pinned(facts.cookie(sticky.name), node.salt, target, node.threshold)
-    facts.pin = None if verdict is None else (node, verdict)
+    position, node, target, negated = pinned
+    # The rule's share in buckets: under ``not``, the node admits the users the rule leaves.
+    share = BUCKETS - node.threshold if negated else node.threshold
+    placed = sticky.pinned(facts.cookie(sticky.name), node.salt, target, share)
+    facts.pin = None if placed is None else (node, placed is not negated)
     decision = _NO_MATCH
     for index, rule in enumerate(snapshot.rules):
         outcome = rule.condition.evaluate(facts, snapshot, answers, None)
@@ -109,8 +113,8 @@ def _decide_sticky(
             pending: list[Probe] = []
             rule.condition.evaluate(facts, snapshot, answers, pending)
             return Decision(STABLE, "unknown", rule.id, tuple(pending))
-    if verdict is not None:
+    if placed is not None or not node.read(facts):
         return decision
-    placed = bool(node.evaluate(facts, snapshot, answers, None))
-    cookie = sticky.set_cookie(node.salt, target, placed, node.threshold)
+    inside = bool(node.evaluate(facts, snapshot, answers, None)) is not negated
+    cookie = sticky.set_cookie(node.salt, target, inside, share)
     return Decision(decision.target, decision.reason, decision.rule_id, (), cookie)

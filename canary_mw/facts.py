@@ -161,6 +161,11 @@ class RequestFacts:
         rather than route by one path or authority and forward another."""
         raise NotImplementedError
 
+    @property
+    def is_https(self) -> bool:
+        """Whether the request came over TLS, as the server says (``scheme``)."""
+        raise NotImplementedError
+
     def _peer(self) -> str | None:
         raise NotImplementedError
 
@@ -215,6 +220,10 @@ class ASGIFacts(RequestFacts):
     def method(self) -> str:
         method: str = self._scope.get("method", "GET")  # websocket scopes carry no method
         return method
+
+    @property
+    def is_https(self) -> bool:
+        return self._scope.get("scheme") in ("https", "wss")
 
     @property
     def path(self) -> str:
@@ -300,6 +309,10 @@ class WSGIFacts(RequestFacts):
     def method(self) -> str:
         method: str = self._environ.get("REQUEST_METHOD", "GET")
         return method
+
+    @property
+    def is_https(self) -> bool:
+        return self._environ.get("wsgi.url_scheme") == "https"
 
     @property
     def path(self) -> str:

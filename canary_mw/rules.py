@@ -313,8 +313,9 @@ class RuleSet:
     #: Databases that request-time lookups use besides the store's own (legacy IP keys).
     lookup_dbs: frozenset[int | None] = frozenset()
     #: What a sticky cookie pins (stickycookie.py): the first sticky percentage the enabled
-    #: rules reach, as (its rule's position among them, the node, the rule's target).
-    pinned: tuple[int, c.Percent, str] | None = field(
+    #: rules reach, as (its rule's position among them, the node, the rule's target, whether
+    #: it is negated: under ``not``, the node's "in" is the rule's "out").
+    pinned: tuple[int, c.Percent, str, bool] | None = field(
         init=False, repr=False, compare=False, default=None
     )
 
@@ -337,23 +338,23 @@ class RuleSet:
         return json.dumps(self.to_document(), separators=(",", ":"), sort_keys=False)
 
 
-def _percent_in(node: c.Node) -> c.Percent | None:
+def _percent_in(node: c.Node, negated: bool = False) -> tuple[c.Percent, bool] | None:
     if isinstance(node, c.Percent):
-        return node
+        return node, negated
     if isinstance(node, (c.All, c.Any)):
         for child in node.children:
-            if (found := _percent_in(child)) is not None:
+            if (found := _percent_in(child, negated)) is not None:
                 return found
     elif isinstance(node, c.Not):
-        return _percent_in(node.child)
+        return _percent_in(node.child, not negated)
     return None
 
 
-def _first_percent(rules: tuple[Rule, ...]) -> tuple[int, c.Percent, str] | None:
+def _first_percent(rules: tuple[Rule, ...]) -> tuple[int, c.Percent, str, bool] | None:
     for position, rule in enumerate(rules):
         found = _percent_in(rule.condition)
         if found is not None and rule.target != STABLE:
-            return position, found, rule.target
+            return position, found[0], rule.target, found[1]
     return None
 
 

@@ -3,29 +3,38 @@
 A sticky percentage is stable per *key* (a cookie, a header, the client address). Two things
 move a user anyway: the percentage going down (a rollout holding back, an operator lowering
 it), and the key changing (an anonymous visitor logging in). With ``sticky_cookie=`` set, the
-first response a percentage rule decides carries a cookie naming the version it chose, and a
-request that brings it back keeps that version:
+first response a percentage rule decides for a request that has the key carries a cookie
+naming the version the rule chose, and a request that brings it back keeps that version:
 
-- ``canary`` is kept for as long as the rule exists, whatever its percentage or the key;
-- ``stable`` is kept while the percentage is no higher than when the cookie was set; once it
-  rises the key decides again (or the rise would only ever reach new users) and a new cookie
-  records the answer.
+- the rule's upstream is kept for as long as the rule exists, whatever its percentage or
+  the key;
+- ``stable`` is kept while the rule's share is no higher than when the cookie was set; once
+  it rises the key decides again (or the rise would only ever reach new users) and a new
+  cookie records the answer.
 
-The cookie is bound to the rule's salt, so a new rollout (a new salt) or a deleted rule
-ignores it; the kill switch and ``mode all`` are decided before any rule and override it. It
-is signed (HMAC-SHA256 with ``sticky_secret``): a client cannot pick a version by writing
-the cookie itself, which would make it a force cookie (``force_cookie``, off by default).
+The cookie is bound to the rule's salt: a rollout's rule has its own, so another rollout
+ignores it; a rule re-created with the same salt honours it again (``canary-mw percent set``
+salts by the rule id unless told ``--salt``). The kill switch and ``mode all`` are decided
+before any rule and override it. It is signed (HMAC-SHA256 with ``sticky_secret``), so a
+client cannot pick a version by writing it (that would make it a force cookie, which is off
+by default), and it expires on the server as in the browser: a copy kept or shared past
+``sticky_max_age`` is refused.
 
-The value is ``<version>.<threshold>.<mac>``: the version named (the rule's target or
-``stable``), the rule's threshold in buckets (0-10000) when it was set, and 16 bytes of
-HMAC-SHA256 over the salt, the target, the verdict and the threshold, in base64url.
+The value is ``<version>.<threshold>.<expires>.<mac>``: the version named (the rule's target,
+which may hold dots, or ``stable``), the rule's threshold in buckets (0-10000) when it was set,
+when it expires (Unix seconds, rounded up to the minute so that one value serves a minute of
+placements), and 16 bytes of HMAC-SHA256 over the salt, the target, the verdict, the threshold
+and the expiry, in base64url.
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 import re
+import time
 from base64 import urlsafe_b64encode
+from collections.abc import Callable
 from hashlib import sha256
 
 from .errors import ConfigurationError
@@ -45,9 +54,16 @@ _MIN_SECRET = 16
 class StickyCookie:
     """The cookie's name, signing key and lifetime; reads and writes its values."""
 
-    __slots__ = ("_header_prefix", "_key", "_signatures", "max_age", "name")
+    __slots__ = ("_clock", "_header_prefix", "_key", "_signatures", "max_age", "name")
 
-    def __init__(self, name: str, secret: str | bytes, max_age: int = DEFAULT_MAX_AGE) -> None:
+    def __init__(
+        self,
+        name: str,
+        secret: str | bytes,
+        max_age: int = DEFAULT_MAX_AGE,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ConfigurationError(
                 f"sticky_cookie must be a cookie name such as 'canary_mw_version', got {name!r}"
@@ -60,54 +76,63 @@ class StickyCookie:
                 "their version; make one with "
                 "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
-        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 1:
+        if isinstance(max_age, bool) or not isinstance(max_age, int) or max_age < 60:
             raise ConfigurationError(
-                f"sticky_max_age is a number of seconds >= 1 (e.g. 86400), got {max_age!r}"
+                f"sticky_max_age is a number of seconds >= 60 (e.g. 86400), got {max_age!r}"
             )
         self.name = name
         self.max_age = max_age
         self._key = key
+        self._clock = clock
         self._header_prefix = f"{name}="
-        self._signatures: dict[tuple[str, str, bool, int], str] = {}
+        self._signatures: dict[tuple[str, str, bool, int, int], str] = {}
 
-    def _value(self, salt: str, target: str, verdict: bool, threshold: int) -> str:
-        found = (salt, target, verdict, threshold)
+    def _value(self, salt: str, target: str, verdict: bool, threshold: int, expires: int) -> str:
+        found = (salt, target, verdict, threshold, expires)
         value = self._signatures.get(found)
         if value is None:
-            message = f"{salt}\0{target}\0{int(verdict)}\0{threshold}".encode()
+            message = f"{salt}\0{target}\0{int(verdict)}\0{threshold}\0{expires}".encode()
             mac = hmac.new(self._key, message, sha256).digest()[:16]
             version = target if verdict else "stable"
-            value = f"{version}.{threshold}.{urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+            signature = urlsafe_b64encode(mac).rstrip(b"=").decode()
+            value = f"{version}.{threshold}.{expires}.{signature}"
             if len(self._signatures) >= _REMEMBERED:
                 self._signatures.clear()
             self._signatures[found] = value
         return value
 
-    def pinned(self, value: str | None, salt: str, target: str, threshold: int) -> bool | None:
-        """The verdict a request's cookie ``value`` pins for the rule (``salt``, ``target``,
-        current ``threshold``): True (in), False (out), or None (no valid pin: decide by key).
-        """
-        if value is None or value.count(".") != 2:
+    def pinned(self, value: str | None, salt: str, target: str, share: int) -> bool | None:
+        """Whether a request's cookie ``value`` keeps the user on the rule's ``target``
+        (True), on stable (False), or places nobody (None: absent, forged, expired, another
+        rule's, or a stable placement the rule's ``share`` in buckets has risen past)."""
+        if value is None:
             return None
-        version, _, rest = value.partition(".")
-        level = rest.partition(".")[0]
+        parts = value.rsplit(".", 3)
+        if len(parts) != 4:
+            return None
+        version, level, expiry, _ = parts
         # isascii first: str.isdigit() admits "²" and other digits int() refuses.
-        digits = level.isascii() and level.isdigit() and len(level) <= 5
-        if not digits or version not in (target, "stable"):
+        digits = level + expiry
+        if not (digits.isascii() and digits.isdigit() and len(level) <= 5 and len(expiry) <= 12):
             return None
-        then = int(level)
+        if version not in (target, "stable"):
+            return None
+        then, expires = int(level), int(expiry)
         verdict = version == target
-        if then > BUCKETS or not hmac.compare_digest(
-            value.encode(), self._value(salt, target, verdict, then).encode()
-        ):
+        if then > BUCKETS or expires <= self._clock():
             return None
-        if not verdict and threshold > then:
-            return None  # the percentage rose since: the key decides again
+        expected = self._value(salt, target, verdict, then, expires)
+        if not hmac.compare_digest(value.encode(), expected.encode()):
+            return None
+        if not verdict and share > then:
+            return None  # the rule's share rose since: the key decides again
         return verdict
 
-    def set_cookie(self, salt: str, target: str, verdict: bool, threshold: int) -> bytes:
-        """The Set-Cookie header value recording ``verdict`` at ``threshold``."""
-        value = self._value(salt, target, verdict, threshold)
+    def set_cookie(self, salt: str, target: str, verdict: bool, share: int) -> bytes:
+        """The Set-Cookie header value placing a user on ``target`` (``verdict``) or stable,
+        at the rule's current ``share`` in buckets."""
+        expires = math.ceil((self._clock() + self.max_age) / 60) * 60
+        value = self._value(salt, target, verdict, share, expires)
         return (
             f"{self._header_prefix}{value}; Max-Age={self.max_age}; Path=/; HttpOnly; SameSite=Lax"
         ).encode("latin-1")

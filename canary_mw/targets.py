@@ -34,13 +34,16 @@ class Targets:
             self._tags[target] = tag
         return tag
 
-    def response_headers(self, decision: Decision) -> list[tuple[bytes, bytes]]:
+    def response_headers(
+        self, decision: Decision, secure: bool = False
+    ) -> list[tuple[bytes, bytes]]:
         """The headers a response to ``decision`` gets: the tag, and the sticky cookie when
-        the decision placed the user."""
+        the decision placed the user (``Secure`` when the request came over TLS)."""
         tag = self.tag(decision.target)
         if decision.set_cookie is None:
             return tag
-        return [*tag, (b"set-cookie", decision.set_cookie)]
+        cookie = decision.set_cookie + b"; Secure" if secure else decision.set_cookie
+        return [*tag, (b"set-cookie", cookie)]
 
     def names(self, snapshot: Snapshot) -> set[str]:
         """Every upstream name known to the code or the store."""

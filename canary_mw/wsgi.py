@@ -114,6 +114,8 @@ class CanaryWSGI(Router):
         status = [0]
         # The sticky cookie the decision placed the user with (not when stable stands in).
         cookie = decision.set_cookie
+        if cookie is not None and facts.is_https:
+            cookie += b"; Secure"
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status[0] = int(status_line[:3])

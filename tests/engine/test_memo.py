@@ -4,6 +4,7 @@ exactly what ``decide`` gives, and notes for revalidation the stale answers it u
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
@@ -74,7 +75,9 @@ def snapshots(draw: st.DrawFn) -> Snapshot:
     return Snapshot(mode=mode, ruleset=parse_rules({"rules": rules}), ip_sets=ip_sets)
 
 
-STICKY = StickyCookie("placed", "a-secret-of-sixteen-or-more")
+# A stopped clock: the memo and decide, called a moment apart, set the same expiry.
+_NOW = time.time()
+STICKY = StickyCookie("placed", "a-secret-of-sixteen-or-more", clock=lambda: _NOW)
 
 
 def sticky_values() -> st.SearchStrategy[str]:

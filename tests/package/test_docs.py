@@ -219,6 +219,7 @@ def test_python_snippet_runs(
 ) -> None:
     monkeypatch.setenv("CANARY_MW_STORE", own_redis.url)
     monkeypatch.setenv("CANARY_MW_ADMIN_TOKEN", "a-token-for-the-docs-tests")
+    monkeypatch.setenv("CANARY_MW_STICKY_SECRET", "a-sticky-secret-for-the-docs-tests")
     code = compile(source, name, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
     namespace: dict[str, object] = {"__name__": "snippet"}
     result = eval(code, namespace)  # the page's own code, as a reader runs it

