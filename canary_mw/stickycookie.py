@@ -51,6 +51,12 @@ _NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")  # an RFC 6265 cookie-na
 _MIN_SECRET = 16
 
 
+def _is_number(text: str, most: int) -> bool:
+    """1 to ``most`` ASCII digits (isascii first: str.isdigit() admits "²" and other digits
+    that int() refuses)."""
+    return 0 < len(text) <= most and text.isascii() and text.isdigit()
+
+
 class StickyCookie:
     """The cookie's name, signing key and lifetime; reads and writes its values."""
 
@@ -111,9 +117,7 @@ class StickyCookie:
         if len(parts) != 4:
             return None
         version, level, expiry, _ = parts
-        # isascii first: str.isdigit() admits "²" and other digits int() refuses.
-        digits = level + expiry
-        if not (digits.isascii() and digits.isdigit() and len(level) <= 5 and len(expiry) <= 12):
+        if not (_is_number(level, 5) and _is_number(expiry, 12)):
             return None
         if version not in (target, "stable"):
             return None

@@ -144,6 +144,8 @@ def test_an_earlier_rule_deciding_leaves_the_user_unplaced() -> None:
         "canary.99999999999999999999.{mac}",
         "canary.-1.{mac}",
         "canary.\xb2.{mac}",  # a digit to str.isdigit(), not to int()
+        "canary..1800000000.{mac}",  # an empty threshold
+        "canary.2500..{mac}",  # an empty expiry
         "canary.\u0662\u0665\u0660\u0660.{mac}",  # Arabic-Indic 2500
         "..",
         "",
@@ -302,3 +304,23 @@ def test_over_https_the_cookie_is_secure_wsgi(scheme: str) -> None:
             response = client.get("/", headers={"cookie": f"uid={uid}"})
             assert _placement_cookie(response).endswith("; Secure") is (scheme == "https")
     router.close()
+
+
+PART = st.one_of(
+    st.sampled_from(["", "canary", "stable", "2500", "0", "10000", "99999", "1800000000"]),
+    st.text(st.sampled_from("0123456789\xb2\u0662.-+ x"), max_size=8),
+    st.text(st.characters(codec="latin-1", exclude_characters=";\x00"), max_size=8),
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(parts=st.lists(PART, min_size=1, max_size=6))
+def test_any_cookie_value_is_read_without_raising(parts: list[str]) -> None:
+    """Dot-separated pieces shaped like the real value (empty ones, digit look-alikes, signs):
+    reading never raises, and nothing the routers did not sign places anyone."""
+    value = ".".join(parts)
+    signed = {
+        STICKY._value(SALT, "canary", verdict, 2500, 1_800_000_000) for verdict in (True, False)
+    }
+    if value not in signed:
+        assert STICKY.pinned(value, SALT, "canary", 2500) is None
