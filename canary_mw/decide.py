@@ -7,6 +7,7 @@ the returned decision lists the probes a caller may look up before calling again
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
@@ -17,7 +18,9 @@ from .snapshot import Snapshot
 from .sticky import BUCKETS
 from .stickycookie import StickyCookie
 
-__all__ = ["NO_OVERRIDES", "Overrides", "decide"]
+__all__ = ["NO_OVERRIDES", "Overrides", "decide", "decide_or_stable"]
+
+logger = logging.getLogger("canary_mw")
 
 _FORCE = {"always": CANARY, "never": STABLE}
 
@@ -51,6 +54,9 @@ _COOKIE_DECISIONS = {v: Decision(t, "override-cookie") for v, t in _FORCE.items(
 _MODE_OFF = Decision(STABLE, "mode-off")
 _MODE_ALL = Decision(CANARY, "mode-all")
 _NO_MATCH = Decision(STABLE, "no-match")
+_ERROR = Decision(STABLE, "error")
+#: Failures already logged (by type and message), so a bug hit by every request logs once.
+_LOGGED: set[tuple[str, str]] = set()
 
 
 def decide(
@@ -118,3 +124,22 @@ def _decide_sticky(
     inside = bool(node.evaluate(facts, snapshot, answers, None)) is not negated
     cookie = sticky.set_cookie(node.salt, target, inside, share)
     return Decision(decision.target, decision.reason, decision.rule_id, (), cookie)
+
+
+def decide_or_stable(
+    facts: RequestFacts,
+    snapshot: Snapshot,
+    answers: Answers,
+    overrides: Overrides = NO_OVERRIDES,
+) -> Decision:
+    """``decide``, or stable (reason ``error``) if it raises: whatever a request or the
+    store's data hits in the rules, the request is served, never a 500. Each distinct
+    failure is logged once with its traceback."""
+    try:
+        return decide(facts, snapshot, answers, overrides)
+    except Exception as exc:
+        seen = (type(exc).__name__, str(exc)[:200])
+        if seen not in _LOGGED and len(_LOGGED) < 100:
+            _LOGGED.add(seen)
+            logger.exception("canary_mw: deciding a request raised; it is served by stable")
+        return _ERROR

@@ -25,6 +25,7 @@ Reason = Literal[
     "no-upstream",  # the rules chose an upstream this router has no URL for: served stable
     "fallback",  # the upstream was unreachable and the request was served by stable instead
     "ejected",  # the upstream is marked unhealthy: served stable until it recovers
+    "error",  # deciding raised (a bug): served stable, logged (decide.decide_or_stable)
 ]
 
 

@@ -8,7 +8,7 @@ import logging
 from typing import Any
 
 from .._aio import wait_event
-from ..decide import decide
+from ..decide import decide_or_stable
 from ..errors import StoreError
 from ..facts import RequestFacts
 from ..keys import Probe
@@ -89,7 +89,8 @@ class AsyncEngine(EngineCore):
             if not news:
                 return decision
             local.update(news)
-            decision = decide(facts, snapshot, LayeredAnswers(local, self.cache), self.overrides)
+            answers = LayeredAnswers(local, self.cache)
+            decision = decide_or_stable(facts, snapshot, answers, self.overrides)
             if not decision.pending:
                 return decision
         return decision

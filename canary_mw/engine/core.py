@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from ..decide import NO_OVERRIDES, Overrides, decide
+from ..decide import NO_OVERRIDES, Overrides, decide_or_stable
 from ..errors import ConfigurationError
 from ..facts import RequestFacts
 from ..keys import Probe
@@ -121,7 +121,7 @@ class EngineCore:
         if not news:
             return None
         local.update(news)
-        return decide(facts, snapshot, LayeredAnswers(local, self.cache), self.overrides)
+        return decide_or_stable(facts, snapshot, LayeredAnswers(local, self.cache), self.overrides)
 
     def _revalidated(self, fetched: Mapping[Probe, bool], generation: int) -> None:
         self.breaker.success()

@@ -24,7 +24,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from .. import conditions as c
-from ..decide import Overrides, decide
+from ..decide import Overrides, decide_or_stable
 from ..facts import RequestFacts
 from ..keys import Probe
 from ..outcome import Decision
@@ -172,13 +172,13 @@ class DecisionMemo:
             memo = self._start(snapshot, cache.epoch)
         key_of = memo.key_of
         if key_of is None:
-            return decide(facts, snapshot, cache, self.overrides)
+            return decide_or_stable(facts, snapshot, cache, self.overrides)
         key = key_of(facts)
         found = memo.entries.get(key)
         if found is not None and (found[1] is _FOREVER or self._clock() < found[1]):
             return found[0]
         answers = _Recording(cache)
-        decision = decide(facts, snapshot, answers, self.overrides)
+        decision = decide_or_stable(facts, snapshot, answers, self.overrides)
         until = answers.until
         if (
             not decision.pending
