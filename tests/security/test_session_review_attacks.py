@@ -182,6 +182,8 @@ def test_options_asterisk_reaches_the_canary_as_asterisk(
         b"OPTIONS *x HTTP/1.1",
         b"OPTIONS %2A HTTP/1.1",
         b"TRACE * HTTP/1.1",
+        b"CONNECT app.test:443 HTTP/1.1",
+        b"OPTIONS app.test:80 HTTP/1.1",
     ],
 )
 def test_no_other_asterisk_target_reaches_the_canary(
@@ -450,3 +452,46 @@ def test_a_late_copy_stays_with_its_user_on_our_transport_only(
             assert b"session=alice" in bob, bob
     finally:
         router.cleanup()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "method",
+    [
+        "OPTIONS",
+        pytest.param("GET", marks=pytest.mark.xfail(strict=True, reason=(
+            "bug: ASGIFacts reads the target from raw_path only (b'/' when a server gives none, "
+            "which ASGI allows); the forwarder rebuilds '*' from scope['path'] and sends "
+            "'GET *' to the canary"))),
+    ],
+)  # fmt: skip
+async def test_an_asgi_server_without_raw_path_refuses_get_asterisk(method: str) -> None:
+    canary = RecordingCanary()
+
+    async def stable(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"stable"})
+
+    router = CanaryRouter(stable, canary_url=f"http://127.0.0.1:{canary.port}/prefix",
+                          default_rules=[{"id": "all", "when": {"not": {"ip": ["0.0.0.0/32"]}}}])  # fmt: skip
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": method, "scheme": "http", "path": "*", "query_string": b"",
+             "root_path": "", "headers": [(b"host", b"app.test")],
+             "client": ("127.0.0.9", 5000), "server": ("127.0.0.1", 80)}  # fmt: skip
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    try:
+        await router(scope, receive, send)
+    finally:
+        await router.aclose()
+        canary.close()
+    if method == "OPTIONS":
+        assert canary.lines == [b"OPTIONS * HTTP/1.1"]
+    else:
+        assert canary.lines == []
