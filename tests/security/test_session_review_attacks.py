@@ -82,7 +82,7 @@ def test_identity_query_names_are_case_insensitive() -> None:
 
 def _seconds(query: bytes) -> float:
     best = float("inf")
-    for _ in range(3):
+    for _ in range(5):
         start = time.perf_counter()
         for _ in range(20):
             partition_key(BASE, query=query)
@@ -95,7 +95,7 @@ def test_reading_the_query_is_linear(piece: bytes) -> None:
     small = piece * (16384 // len(piece))
     large = piece * (65536 // len(piece))
     ratio = _seconds(large) / max(_seconds(small), 1e-6)
-    assert ratio < 8, ratio  # 4x the bytes: ~4x the time, never ~16x
+    assert ratio < 10, ratio  # 4x the bytes: ~4x the time (quadratic: ~16x)
     assert _seconds(large) / 20 < 0.05
 
 
