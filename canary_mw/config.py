@@ -182,6 +182,7 @@ class CanaryConfig:
                 raise ConfigurationError(
                     f"identity_query must name query parameters such as 'ticket', got {name!r}"
                 )
+        # UTF-8, as a query's percent-encoded name reads once decoded (partition.py).
         return IDENTITY_QUERY | {name.lower().encode("utf-8") for name in names}
 
     def _upstreams(self) -> dict[str, Upstream]:

@@ -8,6 +8,7 @@ the returned decision lists the probes a caller may look up before calling again
 from __future__ import annotations
 
 import logging
+import traceback
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
@@ -55,8 +56,9 @@ _MODE_OFF = Decision(STABLE, "mode-off")
 _MODE_ALL = Decision(CANARY, "mode-all")
 _NO_MATCH = Decision(STABLE, "no-match")
 _ERROR = Decision(STABLE, "error")
-#: Failures already logged (by type and message), so a bug hit by every request logs once.
-_LOGGED: set[tuple[str, str]] = set()
+#: Failures already logged, by type and the line that raised (not by message: messages can
+#: hold request bytes, and a client sending new ones must not fill this and silence the log).
+_LOGGED: set[tuple[str, str, int]] = set()
 
 
 def decide(
@@ -133,13 +135,19 @@ def decide_or_stable(
     overrides: Overrides = NO_OVERRIDES,
 ) -> Decision:
     """``decide``, or stable (reason ``error``) if it raises: whatever a request or the
-    store's data hits in the rules, the request is served, never a 500. Each distinct
-    failure is logged once with its traceback."""
+    store's data hits in the rules, the request is served, never a 500. Each place that
+    raises is logged once, with the frames that led there."""
     try:
         return decide(facts, snapshot, answers, overrides)
     except Exception as exc:
-        seen = (type(exc).__name__, str(exc)[:200])
-        if seen not in _LOGGED and len(_LOGGED) < 100:
-            _LOGGED.add(seen)
-            logger.exception("canary_mw: deciding a request raised; it is served by stable")
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = (type(exc).__name__, frames[-1].filename, frames[-1].lineno or 0)
+        if where not in _LOGGED:
+            _LOGGED.add(where)  # bounded by the lines of code that can raise
+            # The frames and the type, not the message: it may quote the request's bytes.
+            logger.error(
+                "canary_mw: deciding a request raised %s; it is served by stable (reason "
+                "'error'). Where:\n%s", type(exc).__name__,
+                "".join(traceback.format_list(frames)).rstrip(),
+            )  # fmt: skip
         return _ERROR

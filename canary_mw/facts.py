@@ -257,12 +257,19 @@ class ASGIFacts(RequestFacts):
         the Host header's, or a target that is neither (``@127.0.0.1:6379/``, also h11's)."""
         scope = self._scope
         pairs = scope.get("headers", ())
-        target: bytes = scope.get("raw_path") or b"/"
-        if has_dot_segment(target.partition(b"?")[0]):
-            return True
-        # The asterisk form is OPTIONS's alone (RFC 9112 §3.2.4); any other method with it
-        # has no target, below.
-        if target[:1] == b"/" or (target == b"*" and scope.get("method") == "OPTIONS"):
+        target: bytes | None = scope.get("raw_path")
+        if target:
+            if has_dot_segment(target.partition(b"?")[0]):
+                return True
+        else:  # ASGI lets a server leave raw_path out: what the forwarder sends is the path
+            target = scope.get("path", "/").encode("utf-8", "replace")
+            if has_dot_segment(target):
+                return True
+        # The asterisk form is OPTIONS's alone, and has no query (RFC 9112 §3.2.4): any other
+        # use of it names no target, below.
+        if target[:1] == b"/" or (
+            target == b"*" and scope.get("method") == "OPTIONS" and not scope.get("query_string")
+        ):
             if len(self.raw_headers()) == len(pairs):  # no name repeats: the common case
                 return False
             return sum(1 for name, _ in pairs if name == b"host") > 1
@@ -346,10 +353,14 @@ class WSGIFacts(RequestFacts):
         path = target or self._environ.get("SCRIPT_NAME", "") + self._environ.get("PATH_INFO", "")
         if has_dot_segment(path.partition("?")[0].encode("latin-1")):
             return True
+        # The asterisk form is OPTIONS's alone, and has no query (RFC 9112 §3.2.4); a server
+        # without RAW_URI / REQUEST_URI (wsgiref) leaves it in PATH_INFO.
+        if (target or path) == "*":
+            return self._environ.get("REQUEST_METHOD") != "OPTIONS" or bool(
+                self._environ.get("QUERY_STRING")
+            )
         if not target or target[:1] == "/":
             return False
-        if target == "*":  # the asterisk form is OPTIONS's alone (RFC 9112 §3.2.4)
-            return self._environ.get("REQUEST_METHOD") != "OPTIONS"
         authority = _absolute_form_authority(target.encode("latin-1"))
         return authority is None or authority != (
             host.lower().encode("latin-1") if host is not None else None

@@ -30,15 +30,19 @@ logger = logging.getLogger("canary_mw.forward")
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 
 
-def _origin_form(path: bytes, query: bytes) -> tuple[bytes, bytes]:
+def _origin_form(path: bytes, query: bytes, method: str) -> tuple[bytes, bytes]:
     """An absolute-form target (``http://host/p``, which uvicorn's h11 parser passes on as
     the path) becomes its origin-form path: the upstream is ours, never the one it names.
-    The router refuses such a request when the named host is not the Host header's."""
+    The router refuses such a request when the named host is not the Host header's.
+    ``OPTIONS http://host`` (no path, no query) asks about the server: ``*`` (RFC 9112
+    §3.2.4)."""
     if path[:1] == b"/" or b"://" not in path:
         return path, query
     rest = path.partition(b"://")[2]
     slash = rest.find(b"/")
-    return (rest[slash:] if slash >= 0 else b"/"), query
+    if slash >= 0:
+        return rest[slash:], query
+    return (b"*" if method == "OPTIONS" and not query else b"/"), query
 
 
 class ForwardObserver(Protocol):
@@ -126,10 +130,8 @@ class ForwarderBase:
         # Pooled connections are kept per user (partition.py): a canary's late bytes can
         # only ever reach the user whose exchange they belong to.
         key = partition_key(outgoing, self._identity, target[1], self._query_identity)
-        return Outgoing(
-            method, upstream, upstream.request_target(*_origin_form(*target)), outgoing, body,
-            key, self._timeout,
-        )  # fmt: skip
+        request_target = upstream.request_target(*_origin_form(*target, method))
+        return Outgoing(method, upstream, request_target, outgoing, body, key, self._timeout)
 
     def upstream_request(self, **request: Any) -> httpx.Request:
         """:meth:`outgoing` (same keywords) as an ``httpx.Request``, for any httpx transport."""

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from .headers import CLIENT_ADDRESS_HEADERS
 
@@ -52,7 +54,7 @@ def partition_key(
     query_identity: frozenset[bytes] = IDENTITY_QUERY,
 ) -> bytes:
     """A digest of the headers named in ``identity`` and of the query parameters named in
-    ``query_identity`` (names compared in lower case): who is asking."""
+    ``query_identity`` (names percent-decoded and compared in lower case): who is asking."""
     digest = hashlib.blake2b(digest_size=16)
     for name, value in headers:
         lowered = name.lower()
@@ -60,12 +62,37 @@ def partition_key(
             # Name and length first: no two different header lists hash the same bytes.
             digest.update(b"%s:%d:" % (lowered, len(value)))
             digest.update(value)
-    if query and query_identity:
+    if query and query_identity and _may_name(query, query_identity):
         for part in query.split(b"&"):
             name, _, value = part.partition(b"=")
-            lowered = name.lower()
-            if lowered in query_identity:
-                # "?" starts no header name (a token), so a parameter never hashes as one.
-                digest.update(b"?%s:%d:" % (lowered, len(value)))
+            if b"%" in name:
+                name = unquote_to_bytes(name)  # "%74oken" is "token" to the canary
+            name = name.lower()
+            if name in query_identity:
+                # "?" starts no header name (a token): a parameter never hashes as a header.
+                digest.update(b"?%s:%d:" % (name, len(value)))
                 digest.update(value)
+            if b";" in part:
+                # Some canaries (Rack 2, Go before 1.17) also split at ";": hash what they
+                # would read too. Both readings count, so neither can merge two users.
+                for piece in part.split(b";"):
+                    _hash_parameter(digest, piece, query_identity)
     return digest.digest()
+
+
+def _may_name(query: bytes, names: frozenset[bytes]) -> bool:
+    """Whether the query can hold one of ``names``: a quick look in C before the split."""
+    if b"%" in query:
+        return True  # a name may be percent-encoded ("%74oken" is "token" to the canary)
+    lowered = query.lower()
+    return any(name in lowered for name in names)
+
+
+def _hash_parameter(digest: Any, piece: bytes, names: frozenset[bytes]) -> None:
+    name, _, value = piece.partition(b"=")
+    if b"%" in name:
+        name = unquote_to_bytes(name)
+    name = name.lower()
+    if name in names:
+        digest.update(b";%s:%d:" % (name, len(value)))
+        digest.update(value)

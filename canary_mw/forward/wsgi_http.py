@@ -56,7 +56,10 @@ def request_target(environ: Environ) -> tuple[bytes, bytes]:
         target = raw.encode("latin-1")
         if not target.startswith(b"/"):  # absolute-form: http://host/path?query
             parts = urlsplit(raw)
-            target = (parts.path or "/").encode("latin-1") + (
+            path = parts.path or "/"
+            if not parts.path and not parts.query and environ.get("REQUEST_METHOD") == "OPTIONS":
+                path = "*"  # OPTIONS http://host asks about the server (RFC 9112 §3.2.4)
+            target = path.encode("latin-1") + (
                 b"?" + parts.query.encode("latin-1") if parts.query else b""
             )
         path, _, query = target.partition(b"?")

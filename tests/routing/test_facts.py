@@ -181,22 +181,33 @@ def test_lazy_parsing_touches_only_what_is_asked() -> None:
 def test_authority_conflict(target: bytes, hosts: list[bytes], conflict: bool) -> None:
     headers = [(b"x-a", b"1"), *((b"host", host) for host in hosts), (b"x-a", b"2")]
     method = "OPTIONS" if target == b"*" else "POST"
-    scope = asgi_scope(raw_path=target, headers=headers, method=method)
+    query = "" if target == b"*" else "q=1"  # the asterisk form has no query
+    scope = asgi_scope(raw_path=target, headers=headers, method=method, query_string=query.encode())
     assert ASGIFacts(scope).authority_conflict is conflict
-    environ = wsgi_environ(REQUEST_URI=target.decode(), REQUEST_METHOD=method)
+    environ = wsgi_environ(REQUEST_URI=target.decode(), REQUEST_METHOD=method, QUERY_STRING=query)
     del environ["HTTP_HOST"]
     if hosts:  # WSGI servers join repeated lines with a comma
         environ["HTTP_HOST"] = ",".join(host.decode() for host in hosts)
     assert WSGIFacts(environ).authority_conflict is conflict
 
 
-@pytest.mark.parametrize("method", ["GET", "POST", "DELETE", "options"])
-def test_the_asterisk_form_is_options_alone(method: str) -> None:
-    """RFC 9112 §3.2.4: ``*`` is a target only for a server-wide OPTIONS; ``GET *`` names
-    nothing, and is refused rather than forwarded as some path."""
-    scope = asgi_scope(raw_path=b"*", path="*", method=method, headers=[(b"host", b"app.test")])
+@pytest.mark.parametrize(
+    ("method", "query"), [("GET", ""), ("POST", ""), ("DELETE", ""), ("options", ""),
+                          ("OPTIONS", "x=1")],
+)  # fmt: skip
+def test_the_asterisk_form_is_options_alone_without_a_query(method: str, query: str) -> None:
+    """RFC 9112 §3.2.4: ``*`` is a target only for a server-wide OPTIONS, with no query;
+    anything else names nothing, and is refused rather than forwarded as some path. Servers
+    that keep no raw target (an ASGI scope without raw_path, wsgiref) are read the same."""
+    scope = asgi_scope(raw_path=b"*", path="*", method=method, query_string=query.encode(),
+                       headers=[(b"host", b"app.test")])  # fmt: skip
     assert ASGIFacts(scope).authority_conflict is True
-    environ = wsgi_environ(REQUEST_URI="*", REQUEST_METHOD=method)
+    del scope["raw_path"]
+    assert ASGIFacts(scope).authority_conflict is True
+    environ = wsgi_environ(REQUEST_URI="*", REQUEST_METHOD=method, QUERY_STRING=query)
+    assert WSGIFacts(environ).authority_conflict is True
+    del environ["REQUEST_URI"]
+    environ.update(PATH_INFO="*", SCRIPT_NAME="")
     assert WSGIFacts(environ).authority_conflict is True
 
 
