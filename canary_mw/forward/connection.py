@@ -163,7 +163,10 @@ class HTTP11Connection(asyncio.Protocol):
         self._exchange = exchange
         try:
             state = self._state = _State(self.loop)
-            await self._send(body, exchange, state, timeouts.get("write"))
+            if exchange.has_body:
+                await self._send_until_answered(body, exchange, state, timeouts.get("write"))
+            else:
+                await self._send(body, exchange, state, timeouts.get("write"))
             await _wait(state.head, timeouts.get("read"), httpx.ReadTimeout, "read timed out")
         except httpx.RemoteProtocolError as exc:
             self.close()
@@ -177,6 +180,32 @@ class HTTP11Connection(asyncio.Protocol):
             raise
         stream = _ResponseBody(self, exchange, state, timeouts.get("read"), release)
         return Incoming(exchange.status, exchange.reason, exchange.headers, stream, stream.aclose)
+
+    async def _send_until_answered(
+        self,
+        body: AsyncIterable[bytes],
+        exchange: Exchange,
+        state: _State,
+        write_timeout: float | None,
+    ) -> None:
+        """``_send``, given up when the upstream answers first. An upstream may answer before
+        it has the whole body (a 401, a 413) while the client is slow to send the rest, or
+        has stopped: waiting for the client would lose that answer to our 408. The body stays
+        unfinished, so the core never lets the connection be reused (http11.py). One task per
+        request with a body."""
+        sending = self.loop.create_task(self._send(body, exchange, state, write_timeout))
+        try:
+            await asyncio.wait((sending, state.head), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # cancelled: the client left, or the router is shutting down
+            sending.cancel()
+            raise
+        if not sending.done():
+            sending.cancel()  # it was waiting for the client's next chunk (or room to write)
+            await asyncio.wait((sending,))  # ``receive`` is free again once this returns
+            if not sending.cancelled():
+                sending.exception()  # retrieved (if any): the answer is what counts now
+            return
+        sending.result()
 
     async def _send(
         self,
