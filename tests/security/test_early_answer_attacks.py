@@ -49,6 +49,18 @@ def scripted(conn: socket.socket, server: Upstream) -> None:
                 record.append(bytes(buffer) + data)
                 buffer.clear()
             return
+        if path == b"/deaf":  # answers and never reads again: the router's writes back up
+            conn.sendall(REFUSAL)
+            conn.settimeout(READ_TIMEOUT + 5)
+            while True:
+                try:
+                    if not conn.recv(1, socket.MSG_PEEK):
+                        return
+                    if server.state.get("deaf_release"):
+                        return
+                    threading.Event().wait(0.05)  # a deaf peer: reads nothing
+                except OSError:
+                    return
         if path == b"/continue":
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             server.state["continue_sent"] = True
@@ -147,6 +159,56 @@ def test_early_answer_connection_never_carries_the_next_users_request(
     for record in canary.state["conns"]:
         if record and record[0].startswith(b"POST /refuse"):
             assert not any(b"/bob" in piece for piece in record), record
+
+
+def test_early_answer_while_the_upstream_write_is_backed_up(
+    router: AppServer, canary: Upstream
+) -> None:
+    """The upstream answers and reads no more while a large upload fills the socket buffers
+    (the send task waits on ``_writable``): the answer still reaches the client, and the
+    client connection serves its next request after the rest of the body."""
+    size = 16 * 1024 * 1024
+    canary.state.pop("deaf_release", None)
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(b"POST /deaf HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % size)
+        failed: list[BaseException] = []
+
+        def upload() -> None:
+            try:
+                sock.sendall(b"z" * size)
+            except OSError as exc:
+                failed.append(exc)
+
+        sender = threading.Thread(target=upload, daemon=True)
+        sender.start()
+        try:
+            head, body = _read_response(sock)
+            assert head.startswith(b"HTTP/1.1 401"), head
+            assert body == b"no, thanks\r\n"
+        finally:
+            canary.state["deaf_release"] = True
+            sender.join(20)
+
+
+def test_rest_of_a_cut_body_is_not_a_request(router: AppServer, canary: Upstream) -> None:
+    """After the early answer, the rest of Alice's body (which reads like a request) is body
+    on her client connection, and her next real request gets its own answer."""
+    before = len(canary.heads)
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: app.test\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(b"POST /refuse HTTP/1.1\r\nHost: app.test\r\n"
+                     b"Content-Length: %d\r\n\r\n" % (10 + len(smuggled)) + b"a" * 10)  # fmt: skip
+        head, body = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 401"), head
+        sock.sendall(smuggled)
+        sock.sendall(b"GET /next HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        head, body = _read_response(sock)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert body == b"ok"
+    heads = canary.heads[before:]
+    assert not any(h.startswith(b"GET /smuggled") for h in heads), heads
+    for record in canary.state["conns"]:
+        assert not any(b"/smuggled" in piece for piece in record), record
 
 
 def test_interim_100_continue_does_not_cut_the_body(router: AppServer, canary: Upstream) -> None:
