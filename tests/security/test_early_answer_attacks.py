@@ -61,6 +61,12 @@ def scripted(conn: socket.socket, server: Upstream) -> None:
                     threading.Event().wait(0.05)  # a deaf peer: reads nothing
                 except OSError:
                     return
+        if path == b"/hold":  # never answers: the router's send task is still running
+            conn.settimeout(READ_TIMEOUT + 5)
+            while conn.recv(65536):
+                pass
+            server.state["hold_closed"] = True
+            return
         if path == b"/continue":
             conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             server.state["continue_sent"] = True
@@ -209,6 +215,20 @@ def test_rest_of_a_cut_body_is_not_a_request(router: AppServer, canary: Upstream
     assert not any(h.startswith(b"GET /smuggled") for h in heads), heads
     for record in canary.state["conns"]:
         assert not any(b"/smuggled" in piece for piece in record), record
+
+
+def test_client_leaving_mid_upload_before_any_answer_frees_the_upstream(
+    router: AppServer, canary: Upstream
+) -> None:
+    """The send task owns ``receive`` and sees the client's http.disconnect: the exchange
+    ends and the upstream connection is closed, long before the read timeout."""
+    canary.state.pop("hold_closed", None)
+    before = len(canary.heads)
+    with socket.create_connection(("127.0.0.1", router.port)) as sock:
+        sock.sendall(b"POST /hold HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000\r\n\r\n"
+                     + b"h" * 10)  # fmt: skip
+        wait_for(lambda: len(canary.heads) > before, 10, "the head at the upstream")
+    wait_for(lambda: canary.state.get("hold_closed"), 5, "the upstream connection closed")
 
 
 def test_interim_100_continue_does_not_cut_the_body(router: AppServer, canary: Upstream) -> None:
