@@ -69,7 +69,7 @@ class _Body(httpx.AsyncByteStream):
         self.left = limit
         self.idle = idle
         self.first: Any = None  # read by prime(), given back first by the iteration
-        self.finished = asyncio.Event()  # all of it was read: ``receive`` is free again
+        self.finished = asyncio.Event()  # the reading ended: ``receive`` is free again
 
     async def _next(self) -> Any:
         if self.first is not None:
@@ -91,21 +91,26 @@ class _Body(httpx.AsyncByteStream):
             raise ClientDisconnectedError
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        while True:
-            message = await self._next()
-            self.consumed = True
-            if message["type"] == "http.disconnect":
-                raise ClientDisconnectedError
-            chunk = message.get("body", b"")
-            if chunk:
-                if self.left is not None:
-                    self.left -= len(chunk)
-                    if self.left < 0:
-                        raise BodyTooLargeError
-                yield chunk
-            if not message.get("more_body", False):
-                self.finished.set()
-                return
+        try:
+            while True:
+                message = await self._next()
+                self.consumed = True
+                if message["type"] == "http.disconnect":
+                    raise ClientDisconnectedError
+                chunk = message.get("body", b"")
+                if chunk:
+                    if self.left is not None:
+                        self.left -= len(chunk)
+                        if self.left < 0:
+                            raise BodyTooLargeError
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+        finally:
+            # However the reading ended (all of it; the upstream answered first and the send
+            # was given up; the client left), nothing reads ``receive`` here any more: the
+            # watch for the client leaving may (``_disconnected_while_waiting``).
+            self.finished.set()
 
 
 class Replayable:

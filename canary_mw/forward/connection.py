@@ -15,7 +15,7 @@ connection a request gets.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -221,19 +221,29 @@ class HTTP11Connection(asyncio.Protocol):
             transport.write(exchange.head + exchange.end_body())
             return
         pending = exchange.head  # goes out with the first chunk: one segment, not two
-        async for chunk in body:
-            if state.head.done() or self.closed:
-                # The upstream answered early (e.g. 413) or closed: stop sending (a write to
-                # a closed uvloop transport raises). The body stays unfinished, so the core
-                # never lets this connection be reused: the upstream would read the next
-                # request as the rest of this body. The wait for the head tells the rest.
-                return
-            wire = exchange.frame(chunk)
-            if wire:
-                transport.write(pending + wire if pending else wire)
-                pending = b""
-            if self._writable is not None:
-                await _wait(self._writable, write_timeout, httpx.WriteTimeout, "write timed out")
+        chunks = aiter(body)
+        try:
+            async for chunk in chunks:
+                if state.head.done() or self.closed:
+                    # The upstream answered early (e.g. 413) or closed: stop sending (a write
+                    # to a closed uvloop transport raises). The body stays unfinished, so the
+                    # core never lets this connection be reused: the upstream would read the
+                    # next request as the rest of this body. The wait for the head tells the
+                    # rest.
+                    return
+                wire = exchange.frame(chunk)
+                if wire:
+                    transport.write(pending + wire if pending else wire)
+                    pending = b""
+                if self._writable is not None:
+                    await _wait(
+                        self._writable, write_timeout, httpx.WriteTimeout, "write timed out"
+                    )
+        finally:
+            if isinstance(chunks, AsyncGenerator):
+                # Given up early: close the reader now, not when it is collected, so that
+                # whoever waits for the body's end (the client-departure watch) goes on.
+                await chunks.aclose()
         if self.closed:
             return
         wire = pending + exchange.end_body()  # the whole body went out: complete its framing

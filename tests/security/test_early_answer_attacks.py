@@ -117,13 +117,6 @@ def _read_response(sock: socket.socket) -> tuple[bytes, bytes]:
     return head, body
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: after an early answer head the cancelled send never sets _Body.finished, so "
-    "_Departure's watch (_disconnected_while_waiting) never reads receive: a client that "
-    "leaves while the answer's body is pending holds the upstream connection until the read "
-    "timeout (before bda7938 the body read saw http.disconnect at once)",
-)
 def test_client_leaving_after_an_early_head_frees_the_upstream(
     router: AppServer, canary: Upstream
 ) -> None:
