@@ -58,12 +58,16 @@ async def _wait(
 class _State:
     """The driver's side of one exchange: what it is waiting for, and how it ended."""
 
-    __slots__ = ("error", "head", "waiter")
+    __slots__ = ("abort_fetch", "error", "fetching", "head", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.head: asyncio.Future[None] = loop.create_future()
         self.error: httpx.HTTPError | None = None
         self.waiter: asyncio.Future[None] | None = None
+        #: The sender is waiting for the client's next body chunk; ``abort_fetch`` gives
+        #: that wait up (set while the body is sent from a task of its own).
+        self.fetching = False
+        self.abort_fetch: Callable[[], None] | None = None
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -188,24 +192,31 @@ class HTTP11Connection(asyncio.Protocol):
         state: _State,
         write_timeout: float | None,
     ) -> None:
-        """``_send``, given up when the upstream answers first. An upstream may answer before
-        it has the whole body (a 401, a 413) while the client is slow to send the rest, or
-        has stopped: waiting for the client would lose that answer to our 408. The body stays
-        unfinished, so the core never lets the connection be reused (http11.py). One task per
-        request with a body."""
+        """``_send``, but an answer that comes while it waits for the client's next body
+        chunk ends the wait. An upstream may answer before it has the whole body (a 401, a
+        413) while the client is slow to send the rest, or has stopped: waiting for the
+        client would lose that answer to our 408. The body is then unfinished, so the core
+        never lets the connection be reused (http11.py). A wait for room to write is not
+        given up this way (the answer wakes it, and the body may be complete), nor a step
+        of the body that needs no wait. One task per request with a body."""
         sending = self.loop.create_task(self._send(body, exchange, state, write_timeout))
+
+        def abort_fetch(_: object = None) -> None:
+            # Not once a declared length is all sent: what is left to read is the body's end
+            # (an iterator may wait for something to say so), and ending the exchange exactly
+            # keeps the connection reusable.
+            if state.fetching and not exchange.length_sent and not sending.done():
+                sending.cancel()
+
+        state.abort_fetch = abort_fetch
+        state.head.add_done_callback(abort_fetch)
         try:
-            await asyncio.wait((sending, state.head), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait((sending,))
         except BaseException:  # cancelled: the client left, or the router is shutting down
             sending.cancel()
             raise
-        if not sending.done():
-            sending.cancel()  # it was waiting for the client's next chunk (or room to write)
-            await asyncio.wait((sending,))  # ``receive`` is free again once this returns
-            if not sending.cancelled():
-                sending.exception()  # retrieved (if any): the answer is what counts now
-            return
-        sending.result()
+        if not sending.cancelled():
+            sending.result()  # the send's own failure (a client that left, a write timeout)
 
     async def _send(
         self,
@@ -223,7 +234,19 @@ class HTTP11Connection(asyncio.Protocol):
         pending = exchange.head  # goes out with the first chunk: one segment, not two
         chunks = aiter(body)
         try:
-            async for chunk in chunks:
+            while True:
+                if state.head.done() and state.abort_fetch is not None:
+                    # Answered already: the next step may still end the body without a
+                    # wait (then the connection stays reusable), but a wait for the client
+                    # is given up from the next turn of the loop.
+                    self.loop.call_soon(state.abort_fetch)
+                state.fetching = True
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    state.fetching = False
                 if state.head.done() or self.closed:
                     # The upstream answered early (e.g. 413) or closed: stop sending (a write
                     # to a closed uvloop transport raises). The body stays unfinished, so the

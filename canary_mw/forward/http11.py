@@ -160,6 +160,12 @@ class Exchange:
             raise httpx.LocalProtocolError("the request body is longer than its length")
         return chunk
 
+    @property
+    def length_sent(self) -> bool:
+        """Every byte a Content-Length declared is on the wire: what is left of the body is
+        its end, not data the upstream waits for (always False for a chunked body)."""
+        return self._sent == self._length
+
     def end_body(self) -> bytes:
         """The end of the body on the wire (the last chunk); raises when it is short."""
         if self._length < 0:
