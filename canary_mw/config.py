@@ -65,6 +65,12 @@ def _header_name(option: str, value: object) -> bytes:
     return value.lower().encode("ascii")
 
 
+def _name_list(option: str, names: object, what: str) -> Sequence[Any]:
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise ConfigurationError(f"{option} must be a list of {what}, got {names!r}")
+    return names
+
+
 @dataclass(frozen=True, kw_only=True)
 class CanaryConfig:
     """Every option of CanaryRouter and CanaryWSGI (docs/configuration.md), validated when
@@ -162,21 +168,15 @@ class CanaryConfig:
         return StickyCookie(self.sticky_cookie, self.sticky_secret or b"", self.sticky_max_age)
 
     def _identity(self) -> frozenset[bytes]:
-        names = self.identity_headers
-        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
-            raise ConfigurationError(
-                f"identity_headers must be a list of header names such as ['X-Session-Token'], "
-                f"got {names!r}"
-            )
+        names = _name_list(
+            "identity_headers", self.identity_headers, "header names such as ['X-Session-Token']"
+        )
         return IDENTITY_HEADERS | {_header_name("identity_headers", name) for name in names}
 
     def _query_identity(self) -> frozenset[bytes]:
-        names = self.identity_query
-        if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
-            raise ConfigurationError(
-                f"identity_query must be a list of query parameter names such as ['ticket'], "
-                f"got {names!r}"
-            )
+        names = _name_list(
+            "identity_query", self.identity_query, "query parameter names such as ['ticket']"
+        )
         for name in names:
             if not isinstance(name, str) or not name or any(c in name for c in "&=#? "):
                 raise ConfigurationError(

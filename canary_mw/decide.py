@@ -83,16 +83,23 @@ def decide(
         return _MODE_ALL
     if overrides.sticky is not None and snapshot.ruleset.pinned is not None:
         return _decide_sticky(facts, snapshot, answers, overrides.sticky)
-    for rule in snapshot.rules:
+    return _first_rule(facts, snapshot, answers)[1]
+
+
+def _first_rule(facts: RequestFacts, snapshot: Snapshot, answers: Answers) -> tuple[int, Decision]:
+    """The rules in order: the position and decision of the first that matches, or of the
+    first that is unknown (stable, with the probes that would settle it); no match, the
+    number of rules and stable."""
+    for index, rule in enumerate(snapshot.rules):
         verdict = rule.condition.evaluate(facts, snapshot, answers, None)
         if verdict:
-            return rule.decision
+            return index, rule.decision
         if verdict is None:
             # Evaluate once more, collecting the probes, only on this (rare) path.
             pending: list[Probe] = []
             rule.condition.evaluate(facts, snapshot, answers, pending)
-            return Decision(STABLE, "unknown", rule.id, tuple(pending))
-    return _NO_MATCH
+            return index, Decision(STABLE, "unknown", rule.id, tuple(pending))
+    return len(snapshot.rules), _NO_MATCH
 
 
 def _decide_sticky(
@@ -109,19 +116,9 @@ def _decide_sticky(
     share = BUCKETS - node.threshold if negated else node.threshold
     placed = sticky.pinned(facts.cookie(sticky.name), node.salt, target, share)
     facts.pin = None if placed is None else (node, placed is not negated)
-    decision = _NO_MATCH
-    for index, rule in enumerate(snapshot.rules):
-        outcome = rule.condition.evaluate(facts, snapshot, answers, None)
-        if outcome:
-            decision = rule.decision
-            if index < position:
-                return decision
-            break
-        if outcome is None:
-            pending: list[Probe] = []
-            rule.condition.evaluate(facts, snapshot, answers, pending)
-            return Decision(STABLE, "unknown", rule.id, tuple(pending))
-    if placed is not None or not node.read(facts):
+    index, decision = _first_rule(facts, snapshot, answers)
+    unknown = decision.reason == "unknown"
+    if unknown or index < position or placed is not None or not node.read(facts):
         return decision
     inside = bool(node.evaluate(facts, snapshot, answers, None)) is not negated
     cookie = sticky.set_cookie(node.salt, target, inside, share)

@@ -10,9 +10,18 @@ from .outcome import STABLE, Decision
 from .snapshot import Snapshot
 from .upstreams import Upstream
 
-__all__ = ["Targets"]
+__all__ = ["Targets", "placement_cookie"]
 
 logger = logging.getLogger("canary_mw")
+
+
+def placement_cookie(decision: Decision, secure: bool) -> bytes | None:
+    """The Set-Cookie value placing the user (``sticky_cookie``), ``Secure`` over TLS, or None
+    when the decision placed nobody."""
+    cookie = decision.set_cookie
+    if cookie is None or not secure:
+        return cookie
+    return cookie + b"; Secure"
 
 
 class Targets:
@@ -40,10 +49,8 @@ class Targets:
         """The headers a response to ``decision`` gets: the tag, and the sticky cookie when
         the decision placed the user (``Secure`` when the request came over TLS)."""
         tag = self.tag(decision.target)
-        if decision.set_cookie is None:
-            return tag
-        cookie = decision.set_cookie + b"; Secure" if secure else decision.set_cookie
-        return [*tag, (b"set-cookie", cookie)]
+        cookie = placement_cookie(decision, secure)
+        return tag if cookie is None else [*tag, (b"set-cookie", cookie)]
 
     def names(self, snapshot: Snapshot) -> set[str]:
         """Every upstream name known to the code or the store."""

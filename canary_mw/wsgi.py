@@ -21,6 +21,7 @@ from .parts import decision_log
 from .router import Router
 from .shadow.mirror import ThreadMirror
 from .stores import Store
+from .targets import placement_cookie
 
 __all__ = ["DECISION_ENVIRON_KEY", "CanaryWSGI"]
 
@@ -113,9 +114,7 @@ class CanaryWSGI(Router):
         environ[DECISION_ENVIRON_KEY] = decision
         status = [0]
         # The sticky cookie the decision placed the user with (not when stable stands in).
-        cookie = decision.set_cookie
-        if cookie is not None and facts.is_https:
-            cookie += b"; Secure"
+        cookie = placement_cookie(decision, facts.is_https)
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status[0] = int(status_line[:3])

@@ -58,16 +58,16 @@ async def _wait(
 class _State:
     """The driver's side of one exchange: what it is waiting for, and how it ended."""
 
-    __slots__ = ("abort_fetch", "error", "fetching", "head", "waiter")
+    __slots__ = ("error", "fetching", "head", "sender", "waiter")
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.head: asyncio.Future[None] = loop.create_future()
         self.error: httpx.HTTPError | None = None
         self.waiter: asyncio.Future[None] | None = None
-        #: The sender is waiting for the client's next body chunk; ``abort_fetch`` gives
-        #: that wait up (set while the body is sent from a task of its own).
+        #: The task sending the request body, and whether it waits for the client's next
+        #: chunk (the one wait an early answer gives up: ``_abort_fetch``).
+        self.sender: asyncio.Task[None] | None = None
         self.fetching = False
-        self.abort_fetch: Callable[[], None] | None = None
 
     def wake(self) -> None:
         waiter = self.waiter
@@ -167,10 +167,13 @@ class HTTP11Connection(asyncio.Protocol):
         self._exchange = exchange
         try:
             state = self._state = _State(self.loop)
+            transport = self.transport
+            if transport is None or self.closed:
+                raise httpx.RemoteProtocolError("the upstream closed the connection unanswered")
             if exchange.has_body:
                 await self._send_until_answered(body, exchange, state, timeouts.get("write"))
             else:
-                await self._send(body, exchange, state, timeouts.get("write"))
+                transport.write(exchange.head + exchange.end_body())
             await _wait(state.head, timeouts.get("read"), httpx.ReadTimeout, "read timed out")
         except httpx.RemoteProtocolError as exc:
             self.close()
@@ -192,24 +195,17 @@ class HTTP11Connection(asyncio.Protocol):
         state: _State,
         write_timeout: float | None,
     ) -> None:
-        """``_send``, but an answer that comes while it waits for the client's next body
-        chunk ends the wait. An upstream may answer before it has the whole body (a 401, a
-        413) while the client is slow to send the rest, or has stopped: waiting for the
-        client would lose that answer to our 408. The body is then unfinished, so the core
-        never lets the connection be reused (http11.py). A wait for room to write is not
-        given up this way (the answer wakes it, and the body may be complete), nor a step
-        of the body that needs no wait. One task per request with a body."""
-        sending = self.loop.create_task(self._send(body, exchange, state, write_timeout))
-
-        def abort_fetch(_: object = None) -> None:
-            # Not once a declared length is all sent: what is left to read is the body's end
-            # (an iterator may wait for something to say so), and ending the exchange exactly
-            # keeps the connection reusable.
-            if state.fetching and not exchange.length_sent and not sending.done():
-                sending.cancel()
-
-        state.abort_fetch = abort_fetch
-        state.head.add_done_callback(abort_fetch)
+        """Send the body from a task of its own, so that an answer that comes while it
+        waits for the client's next chunk ends the wait. An upstream may answer before it
+        has the whole body (a 401, a 413) while the client is slow to send the rest, or has
+        stopped: waiting for the client would lose that answer to our 408. The body is then
+        unfinished, so the core never lets the connection be reused (http11.py). A wait for
+        room to write is not given up this way (the answer wakes it, and the body may be
+        complete), nor a step of the body that needs no wait."""
+        sending = state.sender = self.loop.create_task(
+            self._send_body(body, exchange, state, write_timeout)
+        )
+        state.head.add_done_callback(self._abort_fetch)
         try:
             await asyncio.wait((sending,))
         except BaseException:  # cancelled: the client left, or the router is shutting down
@@ -218,7 +214,17 @@ class HTTP11Connection(asyncio.Protocol):
         if not sending.cancelled():
             sending.result()  # the send's own failure (a client that left, a write timeout)
 
-    async def _send(
+    def _abort_fetch(self, _: object = None) -> None:
+        """The upstream answered: give up the sender's wait for the client's next chunk,
+        unless a declared length is all sent (what is left to read is the body's end, which
+        an iterator may wait a moment to say, and ending exactly keeps the connection)."""
+        state, exchange = self._state, self._exchange
+        if state is None or exchange is None or state.sender is None:
+            return
+        if state.fetching and not exchange.length_sent and not state.sender.done():
+            state.sender.cancel()
+
+    async def _send_body(
         self,
         body: AsyncIterable[bytes],
         exchange: Exchange,
@@ -226,20 +232,16 @@ class HTTP11Connection(asyncio.Protocol):
         write_timeout: float | None,
     ) -> None:
         transport = self.transport
-        if transport is None or self.closed:
-            raise httpx.RemoteProtocolError("the upstream closed the connection unanswered")
-        if not exchange.has_body:
-            transport.write(exchange.head + exchange.end_body())
-            return
+        assert transport is not None  # checked by ``exchange`` just before
         pending = exchange.head  # goes out with the first chunk: one segment, not two
         chunks = aiter(body)
         try:
             while True:
-                if state.head.done() and state.abort_fetch is not None:
+                if state.head.done():
                     # Answered already: the next step may still end the body without a
                     # wait (then the connection stays reusable), but a wait for the client
                     # is given up from the next turn of the loop.
-                    self.loop.call_soon(state.abort_fetch)
+                    self.loop.call_soon(self._abort_fetch)
                 state.fetching = True
                 try:
                     chunk = await anext(chunks)

@@ -64,19 +64,12 @@ def partition_key(
             digest.update(value)
     if query and query_identity and _may_name(query, query_identity):
         for part in query.split(b"&"):
-            name, _, value = part.partition(b"=")
-            if b"%" in name:
-                name = unquote_to_bytes(name)  # "%74oken" is "token" to the canary
-            name = name.lower()
-            if name in query_identity:
-                # "?" starts no header name (a token): a parameter never hashes as a header.
-                digest.update(b"?%s:%d:" % (name, len(value)))
-                digest.update(value)
+            _hash_parameter(digest, b"?", part, query_identity)
             if b";" in part:
                 # Some canaries (Rack 2, Go before 1.17) also split at ";": hash what they
                 # would read too. Both readings count, so neither can merge two users.
                 for piece in part.split(b";"):
-                    _hash_parameter(digest, piece, query_identity)
+                    _hash_parameter(digest, b";", piece, query_identity)
     return digest.digest()
 
 
@@ -88,11 +81,14 @@ def _may_name(query: bytes, names: frozenset[bytes]) -> bool:
     return any(name in lowered for name in names)
 
 
-def _hash_parameter(digest: Any, piece: bytes, names: frozenset[bytes]) -> None:
-    name, _, value = piece.partition(b"=")
+def _hash_parameter(digest: Any, reading: bytes, part: bytes, names: frozenset[bytes]) -> None:
+    """Hash ``name=value`` when the name (percent-decoded, lower case) is in ``names``.
+    ``reading`` (``?`` for "&"-separated, ``;`` for ";") starts no header name (a token),
+    so a parameter never hashes as a header, nor one reading as the other."""
+    name, _, value = part.partition(b"=")
     if b"%" in name:
-        name = unquote_to_bytes(name)
+        name = unquote_to_bytes(name)  # "%74oken" is "token" to the canary
     name = name.lower()
     if name in names:
-        digest.update(b";%s:%d:" % (name, len(value)))
+        digest.update(b"%s%s:%d:" % (reading, name, len(value)))
         digest.update(value)
