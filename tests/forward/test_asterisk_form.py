@@ -5,40 +5,29 @@ forwarding it as some path (``/prefix*``) would ask the canary about something e
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.routers import start_router
-from tests.support.servers import AppServer, free_port, raw_request, wait_until
+from tests.support.scripted import Upstream, read_head
+from tests.support.servers import AppServer, raw_request, wait_until
 
 
-class RecordingCanary:
-    """Answers every request 200 with an Allow header, and keeps each request line."""
+class RecordingCanary(Upstream):
+    """Answers every request 200 with an Allow header (and closes), keeping each request
+    line in ``lines``."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.lines: list[bytes] = []
-        self._listener = socket.create_server(("127.0.0.1", self.port))
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.lines: list[bytes] = []  # before the server thread starts
+        super().__init__(self._answer)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            with conn:
-                data = b""
-                while b"\r\n\r\n" not in data and (chunk := conn.recv(65536)):
-                    data += chunk
-                self.lines.append(data.split(b"\r\n", 1)[0])
-                conn.sendall(b"HTTP/1.1 200 OK\r\nallow: GET, OPTIONS\r\ncontent-length: 0\r\n"
-                             b"connection: close\r\n\r\n")  # fmt: skip
-
-    def close(self) -> None:
-        self._listener.close()
+    def _answer(self, conn: socket.socket, server: Upstream) -> None:
+        head = read_head(conn, bytearray())
+        if head:
+            self.lines.append(head.split(b"\r\n", 1)[0])
+            conn.sendall(b"HTTP/1.1 200 OK\r\nallow: GET, OPTIONS\r\ncontent-length: 0\r\n"
+                         b"connection: close\r\n\r\n")  # fmt: skip
 
 
 @pytest.fixture

@@ -16,25 +16,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.routers import canary_server, start_router  # noqa: F401 (a fixture)
-from tests.support.servers import AppServer, uvicorn_command, wait_until
+from tests.support.routers import ALL_TO_CANARY, canary_server, start_canary_router  # noqa: F401 (a fixture)
+from tests.support.servers import AppServer, wait_until
 
 pytestmark = pytest.mark.slow
 
-ALL_TO_CANARY = [{"id": "all", "when": {"path_prefix": "/"}, "target": "canary"}]
 SLOW_CLIENTS = 2  # as many as the pool has connections
 WRITE_TIMEOUT = 2
 
 
 def _router(canary: AppServer, parser: str, *, pool_wait: float) -> AppServer:
-    return start_router(
-        "memory://",
-        uvicorn_command("tests.support.apps:make_router_app", "--http", parser, factory=True),
-        canary_url=canary.url,
-        default_rules=ALL_TO_CANARY,
+    return start_canary_router(
+        canary.url, parser,
         limits={"max_connections": SLOW_CLIENTS, "max_keepalive_connections": SLOW_CLIENTS},
         timeout={"connect": 2, "read": 10, "write": WRITE_TIMEOUT, "pool": pool_wait},
-    )
+    )  # fmt: skip
 
 
 def _gunicorn(canary: AppServer, *, pool_wait: float) -> AppServer:

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.routers import start_router
+from tests.support.routers import start_canary_router
 from tests.support.scripted import Upstream, declared_length, read_exactly, read_head, wait_for
-from tests.support.servers import AppServer, uvicorn_command
+from tests.support.servers import AppServer
 
 pytestmark = pytest.mark.slow
 
@@ -87,15 +87,10 @@ def canary() -> Iterator[Upstream]:
 
 @pytest.fixture(scope="module", params=["h11", "httptools"])
 def router(request: pytest.FixtureRequest, canary: Upstream) -> Iterator[AppServer]:
-    command = uvicorn_command("tests.support.apps:make_router_app", "--http", request.param,
-                              factory=True)  # fmt: skip
-    server = start_router(
-        "memory://",
-        command,
-        canary_url=canary.url,
-        default_rules=[{"id": "all", "when": {"path_prefix": "/"}, "target": "canary"}],
+    server = start_canary_router(
+        canary.url, request.param,
         timeout={"connect": 2, "read": READ_TIMEOUT, "write": WRITE_TIMEOUT, "pool": 2},
-    )
+    )  # fmt: skip
     yield server
     server.cleanup()
 

@@ -20,6 +20,18 @@ def start_router(store: str, command: list[str] | None = None, **options: Any) -
     return AppServer(command, env=env).start()
 
 
+#: Rules that send every request to the canary.
+ALL_TO_CANARY = [{"id": "all", "when": {"path_prefix": "/"}, "target": "canary"}]
+
+
+def start_canary_router(canary_url: str, parser: str, **options: Any) -> AppServer:
+    """A router under uvicorn with the HTTP parser ``parser`` ("h11" or "httptools"),
+    sending every request to ``canary_url``; ``options`` are more router options."""
+    command = uvicorn_command("tests.support.apps:make_router_app", "--http", parser, factory=True)
+    return start_router("memory://", command, canary_url=canary_url, default_rules=ALL_TO_CANARY,
+                        **options)  # fmt: skip
+
+
 def client_from(address: str, **kwargs: Any) -> httpx.Client:
     """An HTTP client whose connections come from ``address`` (any 127.x works on Linux)."""
     transport = httpx.HTTPTransport(local_address=address)
