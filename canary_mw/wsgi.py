@@ -113,8 +113,11 @@ class CanaryWSGI(Router):
             )
         environ[DECISION_ENVIRON_KEY] = decision
         status = [0]
-        # The sticky cookie the decision placed the user with (not when stable stands in).
-        cookie = placement_cookie(decision, facts.is_https)
+        # The sticky cookie the decision placed the user with (not when stable stands in);
+        # most requests place nobody, and pay one attribute read for it.
+        cookie = decision.set_cookie
+        if cookie is not None:
+            cookie = placement_cookie(decision, facts.is_https)
 
         def start(status_line: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             status[0] = int(status_line[:3])
