@@ -10,7 +10,7 @@ from typing import Any
 
 from canary_mw import ASGIFacts, Decision
 from canary_mw.engine import AsyncEngine, Engine
-from canary_mw.stores import async_store_from_url, store_from_url
+from canary_mw.stores import DEFAULT_LOOKUP_TIMEOUT, async_store_from_url, store_from_url
 from tests.support.servers import redis_binary
 
 
@@ -22,14 +22,21 @@ def facts(ip: str = "198.51.100.1", cookies: str | None = None) -> ASGIFacts:
 class Driven:
     """A Engine or AsyncEngine behind one awaitable interface."""
 
-    def __init__(self, flavour: str, url: str, prefix: str, **options: Any):
+    def __init__(
+        self,
+        flavour: str,
+        url: str,
+        prefix: str,
+        *,
+        lookup_timeout: float = DEFAULT_LOOKUP_TIMEOUT,
+        **options: Any,
+    ):
         self.flavour = flavour
+        store = {"prefix": prefix, "lookup_timeout": lookup_timeout}
         if flavour == "sync":
-            self.engine: Engine | AsyncEngine = Engine(
-                store_from_url(url, prefix=prefix), **options
-            )
+            self.engine: Engine | AsyncEngine = Engine(store_from_url(url, **store), **options)
         else:
-            self.engine = AsyncEngine(async_store_from_url(url, prefix=prefix), **options)
+            self.engine = AsyncEngine(async_store_from_url(url, **store), **options)
 
     async def decide(self, request: ASGIFacts) -> Decision:
         if isinstance(self.engine, Engine):
