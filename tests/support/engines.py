@@ -32,11 +32,12 @@ class Driven:
         **options: Any,
     ):
         self.flavour = flavour
-        store = {"prefix": prefix, "lookup_timeout": lookup_timeout}
         if flavour == "sync":
-            self.engine: Engine | AsyncEngine = Engine(store_from_url(url, **store), **options)
+            store = store_from_url(url, prefix=prefix, lookup_timeout=lookup_timeout)
+            self.engine: Engine | AsyncEngine = Engine(store, **options)
         else:
-            self.engine = AsyncEngine(async_store_from_url(url, **store), **options)
+            aio_store = async_store_from_url(url, prefix=prefix, lookup_timeout=lookup_timeout)
+            self.engine = AsyncEngine(aio_store, **options)
 
     async def decide(self, request: ASGIFacts) -> Decision:
         if isinstance(self.engine, Engine):
