@@ -21,7 +21,7 @@ import pytest
 
 from canary_mw import RolloutPlan, Thresholds, store_from_url
 from canary_mw.rollout.render import status_lines
-from tests.rollout.test_rollout_processes import Load
+from tests.support.rollout_load import Load
 from tests.support.servers import AppServer, RedisServer, uvicorn_command, wait_until
 
 pytestmark = pytest.mark.slow

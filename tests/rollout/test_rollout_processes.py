@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -14,43 +13,10 @@ import pytest
 
 from canary_mw import RolloutPlan, Store, Thresholds, store_from_url
 from canary_mw.rollout.render import status_lines
+from tests.support.rollout_load import Load
 from tests.support.servers import AppServer, RedisServer, uvicorn_command, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-class Load:
-    """Requests from distinct users (cookie uid) against every router, until stopped."""
-
-    def __init__(self, routers: list[AppServer]):
-        self.routers = routers
-        self.served: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(8)]
-
-    def _run(self, worker: int) -> None:
-        user = worker
-        with httpx.Client(timeout=5) as client:
-            while not self._stop.is_set():
-                live = [router for router in self.routers if router.process is not None]
-                router = live[user % len(live)]
-                try:
-                    response = client.get(router.url + "/", headers={"Cookie": f"uid={user}"})
-                except httpx.HTTPError:
-                    continue  # a router being killed
-                name = response.headers.get("x-canary-version", "?")
-                self.served[name] = self.served.get(name, 0) + 1
-                user += 8
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
 
 
 @pytest.fixture
