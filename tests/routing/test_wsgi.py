@@ -1,7 +1,7 @@
 """CanaryWSGI under real WSGI servers (gunicorn sync and gthread, waitress, Flask's dev
 server), a real Redis and a real canary process.
 
-The forwarding contract (bodies up to 100 MiB and 1 GiB, raw paths, hop-by-hop headers,
+The forwarding contract (bodies up to 16 MiB and 1 GiB, raw paths, hop-by-hop headers,
 cookies, SSE, 502/504, disconnects) runs through CanaryWSGI under gunicorn gthread in
 tests/forward/test_forwarding_contract.py, next to CanaryRouter. Here: routing under each server, and
 what depends on the server in front: how it frames ``wsgi.input`` (Content-Length, chunked),
@@ -102,7 +102,7 @@ def test_classic_walkthrough_ip_and_user(wsgi_router: AppServer, store: Store) -
 
 
 # Sizes around the read size and a MiB: enough to see each server's wsgi.input framing; the
-# 100 MiB and 1 GiB cases (the router's streaming, not the server's) are in the contract suite.
+# 16 MiB and 1 GiB cases (the router's streaming, not the server's) are in the contract suite.
 PLUMBING_SIZES = [0, 1, CHUNK + 1, 1 << 20]
 
 
