@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from canary_mw.stores import store_from_url
+from canary_mw.stores import DEFAULT_LOOKUP_TIMEOUT, store_from_url
 from tests.support.engines import Driven, eventually, facts
 from tests.support.servers import RedisServer
 
@@ -76,7 +76,13 @@ async def routed(request: pytest.FixtureRequest, fresh_redis: RedisServer) -> As
     writer.add_members("vip", ["vip1"])
     writer.close()
     # cache_ttl=0: every VIP/other decision needs Redis, the worst case for a fault.
-    driven = Driven(request.param, fresh_redis.url, "canary:", cache_ttl=0)
+    driven = Driven(
+        request.param,
+        fresh_redis.url,
+        "canary:",
+        lookup_timeout=DEFAULT_LOOKUP_TIMEOUT,
+        cache_ttl=0,
+    )
     assert await driven.start()
     healthy = await drive(driven, 0.3)
     healthy.check("healthy")
@@ -131,7 +137,9 @@ async def test_paused_then_resumed(routed: Driven, fresh_redis: RedisServer) -> 
 async def test_refused_from_the_start(fresh_redis: RedisServer) -> None:
     """A process that starts while Redis is down serves stable at once, then catches up."""
     fresh_redis.stop()
-    driven = Driven("async", fresh_redis.url, "canary:", cache_ttl=0)
+    driven = Driven(
+        "async", fresh_redis.url, "canary:", lookup_timeout=DEFAULT_LOOKUP_TIMEOUT, cache_ttl=0
+    )
     try:
         assert not await driven.start()  # nothing loaded, and start() did not hang
         cold = await drive(driven, 0.5)
