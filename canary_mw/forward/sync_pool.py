@@ -10,8 +10,9 @@ core's (``Exchange.reusable``) and the retry rule is ``http11.may_retry``, exact
 time, and no thread of its own.
 
 Timeouts come from ``request.extensions["timeout"]`` as httpx sets them: ``connect``
-(``ConnectTimeout``), ``write`` (``WriteTimeout``, per ``sendall``), ``read``
-(``ReadTimeout``, per ``recv``) and ``pool`` (``PoolTimeout``, waiting for room).
+(``ConnectTimeout``), ``write`` (``WriteTimeout``, per ``send``; a body's whole piece),
+``read`` (``ReadTimeout``, per ``recv``; the whole response head) and ``pool``
+(``PoolTimeout``, waiting for room).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import contextlib
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -34,25 +36,68 @@ __all__ = ["HTTP11SyncTransport"]
 
 Timeouts = dict[str, "float | None"]
 READ_SIZE = 64 * 1024
-_UNSET = -1.0  # a socket timeout no caller asks for: the first settimeout always happens
+_UNSET = -1.0  # a socket timeout no caller asks for: the first one set always happens
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+def _timeval(timeout: float | None) -> bytes:
+    """``struct timeval`` for SO_RCVTIMEO / SO_SNDTIMEO; zero means no timeout, so a
+    timeout of zero is the smallest one instead."""
+    if timeout is None:
+        return struct.pack("ll", 0, 0)
+    micros = max(1, round(timeout * 1_000_000))
+    return struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
 
 
 class _Connection:
-    """One socket to one origin, used by one thread at a time."""
+    """One socket to one origin, used by one thread at a time.
 
-    __slots__ = ("exchanges", "idle_since", "origin", "sock", "timeout")
+    A plain TCP socket stays in blocking mode and the kernel enforces its timeouts
+    (SO_RCVTIMEO, SO_SNDTIMEO): each send and recv is one system call. With a Python-level
+    socket timeout each is a poll and then the call, and under gunicorn's threads every
+    call that releases the GIL costs more again in handing it back (measured: the router's
+    worker spent over four times bare Flask's kernel time per request). A TLS socket keeps
+    Python's timeout, one for both directions: OpenSSL reports a kernel timeout as a
+    "want read" in the middle of a record."""
+
+    __slots__ = ("exchanges", "idle_since", "kernel", "origin", "read_timeout", "sock",
+                 "write_timeout")  # fmt: skip
 
     def __init__(self, origin: Origin, sock: socket.socket):
         self.origin = origin
         self.sock = sock
         self.idle_since = 0.0
         self.exchanges = 0
-        self.timeout: float | None = _UNSET
+        self.read_timeout: float | None = _UNSET
+        self.write_timeout: float | None = _UNSET
+        self.kernel = (
+            sock.family in (socket.AF_INET, socket.AF_INET6)
+            and not isinstance(sock, ssl.SSLSocket)
+            and hasattr(socket, "SO_RCVTIMEO")
+        )
+        if self.kernel:
+            sock.settimeout(None)  # blocking: the kernel times each call out
 
-    def set_timeout(self, timeout: float | None) -> None:
-        if timeout != self.timeout:  # each change is a syscall: only when it changes
-            self.sock.settimeout(timeout)
-            self.timeout = timeout
+    def for_reading(self, timeout: float | None) -> None:
+        """Bound each following recv by ``timeout`` (each change costs a system call, so
+        only a change is made)."""
+        if timeout != self.read_timeout:
+            if self.kernel:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
+            else:
+                self.sock.settimeout(timeout)
+                self.write_timeout = _UNSET  # one timeout for both directions
+            self.read_timeout = timeout
+
+    def for_writing(self, timeout: float | None) -> None:
+        """Bound each following send by ``timeout``."""
+        if timeout != self.write_timeout:
+            if self.kernel:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
+            else:
+                self.sock.settimeout(timeout)
+                self.read_timeout = _UNSET
+            self.write_timeout = timeout
 
     def still_open(self) -> bool:
         """Has the upstream closed this idle connection (or sent bytes nobody asked for)?
@@ -165,10 +210,9 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         exchange: Exchange,
         write_timeout: float | None,
     ) -> None:
-        connection.set_timeout(write_timeout)
-        sock = connection.sock
+        connection.for_writing(write_timeout)
         if not exchange.has_body:
-            _send_all(sock, exchange.head + exchange.end_body())
+            _send_all(connection.sock, exchange.head + exchange.end_body())
             return
         # Each piece is sent while listening: when the upstream answers early (e.g. 413) or
         # closes, sending stops, even when it stopped reading and the socket is full. The
@@ -253,9 +297,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         except OSError as exc:  # ssl.SSLError (certificate checks) is an OSError
             sock.close()
             raise httpx.ConnectError(f"cannot connect to {hostname}:{port}: {exc}") from exc
-        connection = _Connection(origin, sock)
-        connection.timeout = timeout  # create_connection left it set
-        return connection
+        return _Connection(origin, sock)
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -312,8 +354,8 @@ def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | 
     """Read until the final head is in, within ``timeout`` for the whole head (as the asyncio
     driver waits for it): a socket timeout alone bounds each read, and an upstream sending a
     header line every few seconds would hold the thread for up to MAX_HEAD_BYTES lines
-    (red team F4). Leaves the socket timeout at ``timeout`` for the body's reads."""
-    connection.set_timeout(timeout)
+    (red team F4). Leaves the read timeout at ``timeout`` for the body's reads."""
+    connection.for_reading(timeout)
     if timeout is None:
         while not exchange.head_done:
             _receive(connection, exchange)
@@ -322,19 +364,19 @@ def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | 
     left = timeout
     while not exchange.head_done:  # it may be in already (an answer during the upload)
         if left <= 0:
-            connection.set_timeout(timeout)
+            connection.for_reading(timeout)
             raise httpx.ReadTimeout("read timed out")
-        connection.set_timeout(left)  # the first time, the timeout already set: no syscall
+        connection.for_reading(left)  # the first time, the timeout already set: no syscall
         _receive(connection, exchange)
         left = deadline - time.monotonic()
-    connection.set_timeout(timeout)
+    connection.for_reading(timeout)
 
 
 def _receive(connection: _Connection, exchange: Exchange) -> None:
     """One read from the upstream into the core (the read timeout is already set)."""
     try:
         data = connection.sock.recv(READ_SIZE)
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):  # Python's timeout, or the kernel's
         raise httpx.ReadTimeout("read timed out") from None
     except OSError as exc:
         raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
@@ -347,7 +389,7 @@ def _receive(connection: _Connection, exchange: Exchange) -> None:
 def _send_all(sock: socket.socket, data: bytes) -> None:
     try:
         sock.sendall(data)
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):
         raise httpx.WriteTimeout("write timed out") from None
     except OSError as exc:
         raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
@@ -360,7 +402,7 @@ def _heard(connection: _Connection, exchange: Exchange) -> bool:
     asyncio driver."""
     try:
         data = connection.sock.recv(READ_SIZE)
-    except TimeoutError:
+    except (TimeoutError, BlockingIOError):
         raise httpx.ReadTimeout("read timed out") from None
     except OSError as exc:
         raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
@@ -393,7 +435,11 @@ def _send_listening(
             return False
         if events & select.POLLOUT:
             try:
-                sent = sock.send(view)
+                # Without waiting: a blocking socket would otherwise wait until all of
+                # ``view`` fits, deaf to an answer meanwhile.
+                sent = sock.send(view, _DONTWAIT) if connection.kernel else sock.send(view)
+            except BlockingIOError:
+                continue  # the room poll saw is gone: poll again
             except TimeoutError:
                 raise httpx.WriteTimeout("write timed out") from None
             except OSError as exc:
