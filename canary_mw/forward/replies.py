@@ -43,6 +43,8 @@ class ErrorReply:
 
 
 BAD_GATEWAY = ErrorReply(502, b"Bad Gateway: the canary upstream could not be reached.\n")
+#: It was reached, and its answer broke HTTP/1.1 (bad framing, a reset, a close unanswered).
+INVALID_RESPONSE = ErrorReply(502, b"Bad Gateway: the canary upstream sent no valid response.\n")
 GATEWAY_TIMEOUT = ErrorReply(504, b"Gateway Timeout: the canary upstream did not answer in time.\n")
 PAYLOAD_TOO_LARGE = ErrorReply(413, b"Payload Too Large: the request body is over the limit.\n")
 REQUEST_TIMEOUT = ErrorReply(408, b"Request Timeout: the request body did not arrive in time.\n")
@@ -56,7 +58,9 @@ def classify(exc: BaseException) -> ErrorReply:
         return UNAVAILABLE
     if isinstance(exc, httpx.TimeoutException):
         return GATEWAY_TIMEOUT
-    return BAD_GATEWAY
+    if is_unreachable(exc):
+        return BAD_GATEWAY
+    return INVALID_RESPONSE
 
 
 def error_kind(exc: BaseException) -> str:

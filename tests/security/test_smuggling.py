@@ -137,8 +137,11 @@ def test_a_body_less_post_is_executed_once_and_answered_502(scripted_upstream, s
     for thread in threads:
         thread.join(15)
     assert upstream.accepted == warm  # the router now holds that many idle connections
-    head, _ = raw_request(router.port, b"POST /pay HTTP/1.1\r\nHost: shop\r\n" + FORCE + b"\r\n")
+    head, body = raw_request(router.port, b"POST /pay HTTP/1.1\r\nHost: shop\r\n" + FORCE + b"\r\n")
     assert head.startswith(b"HTTP/1.1 502")
+    # Reached, and it closed unanswered: not "could not be reached", which would tell the
+    # client (and whoever reads the page) that the payment surely did not happen.
+    assert body == b"Bad Gateway: the canary upstream sent no valid response.\n"
     assert [target(head) for head in upstream.heads].count(b"/pay") == 1
 
 
