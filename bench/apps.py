@@ -140,3 +140,44 @@ def flask_app() -> Any:
             options["default_rules"] = openresty_rules()
         app.wsgi_app = CanaryWSGI(app.wsgi_app, **options)  # type: ignore[method-assign]
     return app
+
+
+def wsgi_floor() -> Any:
+    """The least a WSGI app can do to forward, as a yardstick (never use it): a fixed GET on
+    one kept-alive socket per thread to BENCH_CANARY_URL, the answer relayed after a minimal
+    parse, with no checks at all. What any forwarding WSGI app under gunicorn costs at least:
+    a second blocking round trip per request in a threaded worker."""
+    import socket
+    import threading
+    from urllib.parse import urlsplit
+
+    canary = urlsplit(os.environ["BENCH_CANARY_URL"])
+    address = (canary.hostname or "127.0.0.1", canary.port or 80)
+    request = b"GET / HTTP/1.1\r\nHost: canary\r\n\r\n"
+    local = threading.local()
+
+    def receive(sock: socket.socket) -> bytes:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("the canary closed the connection")
+        return data
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        sock = getattr(local, "sock", None)
+        if sock is None:
+            sock = local.sock = socket.create_connection(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(request)
+        data = receive(sock)
+        while b"\r\n\r\n" not in data:
+            data += receive(sock)
+        head, _, body = data.partition(b"\r\n\r\n")
+        status, *lines = head.decode("latin-1").split("\r\n")
+        headers = [tuple(line.split(": ", 1)) for line in lines]
+        length = next(int(value) for name, value in headers if name == "content-length")
+        while len(body) < length:
+            body += receive(sock)
+        start_response(status[9:], [(n, v) for n, v in headers if n != "transfer-encoding"])
+        return [body]
+
+    return app

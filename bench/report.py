@@ -7,7 +7,13 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.scenarios import PAIRED_ASGI_CANARY, PAIRED_WSGI_CANARY, Context, Row
+from bench.scenarios import (
+    PAIRED_ASGI_CANARY,
+    PAIRED_WSGI_CANARY,
+    PAIRED_WSGI_FLOOR,
+    Context,
+    Row,
+)
 
 
 def machine() -> str:
@@ -67,6 +73,8 @@ def targets(ctx: Context) -> list[tuple[str, str, bool | None]]:
         [paired(PAIRED_ASGI_CANARY, c) for c in (10, 50)], 0.35)  # fmt: skip
     add("CanaryWSGI canary path >= 0.7x bare Flask (gunicorn), paired runs",
         [paired(PAIRED_WSGI_CANARY, c) for c in (10, 50)], 0.7)  # fmt: skip
+    add("(for reference: the cheapest possible WSGI forward, bench/apps.py:wsgi_floor) >= 0.7x",
+        [paired(PAIRED_WSGI_FLOOR, c) for c in (10, 50)], 0.7)  # fmt: skip
     c10, c50 = _find(rows, canary, 10), _find(rows, canary, 50)
     add("ASGI canary path at c50 >= 0.8x at c10",
         [None if not c10 or not c50 else c50.load.rps / c10.load.rps], 0.8)  # fmt: skip

@@ -321,10 +321,10 @@ def _wsgi_router(ctx: Context, name: str, options: dict[str, Any] | str) -> Serv
     return _gunicorn(name, {"BENCH_ROUTER": json.dumps(config)})
 
 
-def _gunicorn(name: str, env: dict[str, str]) -> Server:
+def _gunicorn(name: str, env: dict[str, str], app: str = "bench.apps:flask_app()") -> Server:
     port = free_port()
     command = [sys.executable, "-m", "gunicorn", "-w", "2", "-k", "gthread", "--threads", "8",
-               "-b", f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:flask_app()"]  # fmt: skip
+               "-b", f"127.0.0.1:{port}", "--log-level", "warning", app]  # fmt: skip
     return Server(name, command, port=port, env=env)
 
 
@@ -415,12 +415,19 @@ def canary_paths(ctx: Context, stable: Server) -> None:
     server = _wsgi_router(ctx, "Flask + CanaryWSGI, canary path", "all")
     measure(ctx, "canary", PAIRED_WSGI_CANARY, server, None, canary_pids, bare=bare)
     server.stop()
+    # The yardstick's yardstick: the cheapest forward a WSGI app can make (bench/apps.py),
+    # under the same gunicorn. No forwarding WSGI app can do better than this row.
+    floor = _gunicorn("WSGI floor", {"BENCH_CANARY_URL": ctx.canary.url},
+                      app="bench.apps:wsgi_floor()")  # fmt: skip
+    measure(ctx, "canary", PAIRED_WSGI_FLOOR, floor, None, canary_pids, bare=bare)
+    floor.stop()
     bare.stop()
 
 
 #: Row names of the paired canary-path runs (report.targets reads them).
 PAIRED_ASGI_CANARY = "ASGI canary path, paired with OpenResty's canary path"
 PAIRED_WSGI_CANARY = "CanaryWSGI canary path, paired with bare Flask"
+PAIRED_WSGI_FLOOR = "Cheapest possible WSGI forward, paired with bare Flask"
 
 
 def _check_answers(server: Server, workdir: Path) -> None:

@@ -6,29 +6,30 @@ which takes bytes left after a complete response as the start of the next respon
 canary that wrote a response twice (or a 204 with a body) handed one user's page to the
 next; and it costs a good part of each forwarded request. Here the reuse verdict is the
 core's (``Exchange.reusable``) and the retry rule is ``http11.may_retry``, exactly as in
-``pool.py``; each request is one ``sendall`` of its head, ``recv`` of up to 64 KiB at a
-time, and no thread of its own.
+``pool.py``; a request without a body is one ``send`` of its head, each read is a ``poll``
+and a ``recv`` of up to 64 KiB, and there is no thread of its own.
 
 Timeouts come from ``request.extensions["timeout"]`` as httpx sets them: ``connect``
-(``ConnectTimeout``), ``write`` (``WriteTimeout``, per ``send``; a body's whole piece),
-``read`` (``ReadTimeout``, per ``recv``; the whole response head) and ``pool``
-(``PoolTimeout``, waiting for room).
+(``ConnectTimeout``), ``write`` (``WriteTimeout``: for the whole head of a request without a
+body, for each piece of a body), ``read`` (``ReadTimeout``: for the whole response head, then
+for each read of the body) and ``pool`` (``PoolTimeout``, waiting for room). Each is a
+deadline: signals arriving meanwhile do not extend it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import select
 import socket
 import ssl
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
 
 import httpx
 
-from .http11 import Exchange, RetryableError, may_retry, readable_now
+from .http11 import Exchange, RetryableError, may_retry
 from .idle import IdleConnections
 from .wire import Incoming, Origin, Outgoing, origin_of, response_from_incoming
 
@@ -37,67 +38,93 @@ __all__ = ["HTTP11SyncTransport"]
 Timeouts = dict[str, "float | None"]
 READ_SIZE = 64 * 1024
 _UNSET = -1.0  # a socket timeout no caller asks for: the first one set always happens
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-
-
-def _timeval(timeout: float | None) -> bytes:
-    """``struct timeval`` for SO_RCVTIMEO / SO_SNDTIMEO; zero means no timeout, so a
-    timeout of zero is the smallest one instead."""
-    if timeout is None:
-        return struct.pack("ll", 0, 0)
-    micros = max(1, round(timeout * 1_000_000))
-    return struct.pack("ll", micros // 1_000_000, micros % 1_000_000)
 
 
 class _Connection:
     """One socket to one origin, used by one thread at a time.
 
-    A plain TCP socket stays in blocking mode and the kernel enforces its timeouts
-    (SO_RCVTIMEO, SO_SNDTIMEO): each send and recv is one system call. With a Python-level
-    socket timeout each is a poll and then the call, and under gunicorn's threads every
-    call that releases the GIL costs more again in handing it back (measured: the router's
-    worker spent over four times bare Flask's kernel time per request). A TLS socket keeps
-    Python's timeout, one for both directions: OpenSSL reports a kernel timeout as a
-    "want read" in the middle of a record."""
+    A plain TCP socket is non-blocking, and the waits are ours: a send is tried at once (a
+    request head nearly always fits: one system call) and waits in ``poll`` only for room,
+    a read waits in ``poll`` for data and then reads. Every wait counts down to a deadline
+    that signals do not move (``poll`` is retried with the time left, PEP 475; a blocking
+    call with SO_RCVTIMEO starts its whole timeout again after each signal), and no call
+    changes the socket's mode per request (``settimeout`` is a system call each time). A
+    TLS socket keeps Python's timeout, one for both directions: OpenSSL may need to read to
+    write and the other way round, which Python's timeout handles."""
 
-    __slots__ = ("exchanges", "idle_since", "kernel", "origin", "read_timeout", "sock",
-                 "write_timeout")  # fmt: skip
+    __slots__ = ("_reader", "_timeout", "exchanges", "idle_since", "origin", "plain", "sock")
 
     def __init__(self, origin: Origin, sock: socket.socket):
         self.origin = origin
         self.sock = sock
         self.idle_since = 0.0
         self.exchanges = 0
-        self.read_timeout: float | None = _UNSET
-        self.write_timeout: float | None = _UNSET
-        self.kernel = (
-            sock.family in (socket.AF_INET, socket.AF_INET6)
-            and not isinstance(sock, ssl.SSLSocket)
-            and hasattr(socket, "SO_RCVTIMEO")
-        )
-        if self.kernel:
-            sock.settimeout(None)  # blocking: the kernel times each call out
+        self._timeout: float | None = _UNSET
+        self.plain = not isinstance(sock, ssl.SSLSocket)
+        if self.plain:
+            sock.setblocking(False)
+        self._reader = select.poll()
+        self._reader.register(sock.fileno(), select.POLLIN)
 
-    def for_reading(self, timeout: float | None) -> None:
-        """Bound each following recv by ``timeout`` (each change costs a system call, so
-        only a change is made)."""
-        if timeout != self.read_timeout:
-            if self.kernel:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(timeout))
-            else:
-                self.sock.settimeout(timeout)
-                self.write_timeout = _UNSET  # one timeout for both directions
-            self.read_timeout = timeout
+    def _set_timeout(self, timeout: float | None) -> None:
+        """TLS only: Python's timeout for the next call (a system call, so only a change)."""
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
 
-    def for_writing(self, timeout: float | None) -> None:
-        """Bound each following send by ``timeout``."""
-        if timeout != self.write_timeout:
-            if self.kernel:
-                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(timeout))
-            else:
-                self.sock.settimeout(timeout)
-                self.read_timeout = _UNSET
-            self.write_timeout = timeout
+    def readable_within(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) until the socket can be read."""
+        if self.sock.fileno() < 0:
+            return True  # closed: the read says how
+        milliseconds = None if timeout is None else max(0, math.ceil(timeout * 1000))
+        return bool(self._reader.poll(milliseconds))
+
+    def recv(self, timeout: float | None) -> bytes:
+        """Up to READ_SIZE bytes (b"" at the end), read within ``timeout``."""
+        sock = self.sock
+        try:
+            if not self.plain:
+                self._set_timeout(timeout)
+                return sock.recv(READ_SIZE)
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                if not self.readable_within(left):
+                    raise httpx.ReadTimeout("read timed out")
+                try:
+                    return sock.recv(READ_SIZE)
+                except BlockingIOError:
+                    continue  # readable was a false alarm (poll's word is a hint)
+        except TimeoutError:
+            raise httpx.ReadTimeout("read timed out") from None
+        except OSError as exc:
+            message = f"the connection to the upstream broke: {exc}"
+            raise httpx.RemoteProtocolError(message) from exc
+
+    def send_all(self, data: bytes, timeout: float | None) -> None:
+        """All of ``data``, within ``timeout`` for the whole of it: an upstream that reads a
+        few bytes at a time cannot hold the thread for one timeout per few bytes."""
+        sock = self.sock
+        try:
+            if not self.plain:
+                self._set_timeout(timeout)  # Python's sendall counts it for the whole call
+                sock.sendall(data)
+                return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            view = memoryview(data)
+            while True:
+                with contextlib.suppress(BlockingIOError):  # no room at all: wait below
+                    view = view[sock.send(view) :]
+                if not view:
+                    return
+                left = None if deadline is None else deadline - time.monotonic()
+                if not _writable_within(sock, left):
+                    raise httpx.WriteTimeout("write timed out")
+        except TimeoutError:
+            raise httpx.WriteTimeout("write timed out") from None
+        except OSError as exc:
+            message = f"the connection to the upstream broke: {exc}"
+            raise httpx.RemoteProtocolError(message) from exc
 
     def still_open(self) -> bool:
         """Has the upstream closed this idle connection (or sent bytes nobody asked for)?
@@ -106,11 +133,20 @@ class _Connection:
         sock = self.sock
         if isinstance(sock, ssl.SSLSocket) and sock.pending():
             return False
-        return not readable_now(sock.fileno())
+        return not self.readable_within(0)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _writable_within(sock: socket.socket, timeout: float | None) -> bool:
+    """Wait up to ``timeout`` seconds (None: for ever) for room to send (or an error, which
+    the next send reports)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT)
+    milliseconds = None if timeout is None else max(0, math.ceil(timeout * 1000))
+    return bool(poller.poll(milliseconds))
 
 
 class HTTP11SyncTransport(httpx.BaseTransport):
@@ -200,7 +236,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         except BaseException:  # timeouts, body errors, a worker being stopped
             self._release(connection, False)
             raise
-        stream = _ResponseBody(self, connection, exchange)
+        stream = _ResponseBody(self, connection, exchange, timeouts.get("read"))
         return Incoming(exchange.status, exchange.reason, exchange.headers, stream, stream.close)
 
     def _send(
@@ -210,9 +246,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         exchange: Exchange,
         write_timeout: float | None,
     ) -> None:
-        connection.for_writing(write_timeout)
         if not exchange.has_body:
-            _send_all(connection.sock, exchange.head + exchange.end_body())
+            connection.send_all(exchange.head + exchange.end_body(), write_timeout)
             return
         # Each piece is sent while listening: when the upstream answers early (e.g. 413) or
         # closes, sending stops, even when it stopped reading and the socket is full. The
@@ -322,10 +357,17 @@ class _ResponseBody(httpx.SyncByteStream):
     the connection back when read to the end (reusable by the core's verdict) or closed
     before that (closed with it)."""
 
-    def __init__(self, pool: HTTP11SyncTransport, connection: _Connection, exchange: Exchange):
+    def __init__(
+        self,
+        pool: HTTP11SyncTransport,
+        connection: _Connection,
+        exchange: Exchange,
+        read_timeout: float | None,
+    ):
         self._pool: HTTP11SyncTransport | None = pool
         self._connection = connection
         self._exchange = exchange
+        self._read_timeout = read_timeout  # for each read of the body
 
     def __iter__(self) -> Iterator[bytes]:
         exchange, connection = self._exchange, self._connection
@@ -335,7 +377,7 @@ class _ResponseBody(httpx.SyncByteStream):
                     yield chunk
                 if exchange.complete:
                     break
-                _receive(connection, exchange)
+                _receive(connection, exchange, self._read_timeout)
         except BaseException:
             self._done(False)
             raise
@@ -352,47 +394,23 @@ class _ResponseBody(httpx.SyncByteStream):
 
 def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | None) -> None:
     """Read until the final head is in, within ``timeout`` for the whole head (as the asyncio
-    driver waits for it): a socket timeout alone bounds each read, and an upstream sending a
-    header line every few seconds would hold the thread for up to MAX_HEAD_BYTES lines
-    (red team F4). Leaves the read timeout at ``timeout`` for the body's reads."""
-    connection.for_reading(timeout)
-    if timeout is None:
-        while not exchange.head_done:
-            _receive(connection, exchange)
-        return
-    deadline = time.monotonic() + timeout
-    left = timeout
+    driver waits for it): a timeout per read alone would let an upstream sending a header
+    line every few seconds hold the thread for up to MAX_HEAD_BYTES lines (red team F4)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
     while not exchange.head_done:  # it may be in already (an answer during the upload)
-        if left <= 0:
-            connection.for_reading(timeout)
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
             raise httpx.ReadTimeout("read timed out")
-        connection.for_reading(left)  # the first time, the timeout already set: no syscall
-        _receive(connection, exchange)
-        left = deadline - time.monotonic()
-    connection.for_reading(timeout)
+        _receive(connection, exchange, left)
 
 
-def _receive(connection: _Connection, exchange: Exchange) -> None:
-    """One read from the upstream into the core (the read timeout is already set)."""
-    try:
-        data = connection.sock.recv(READ_SIZE)
-    except (TimeoutError, BlockingIOError):  # Python's timeout, or the kernel's
-        raise httpx.ReadTimeout("read timed out") from None
-    except OSError as exc:
-        raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
+def _receive(connection: _Connection, exchange: Exchange, timeout: float | None) -> None:
+    """One read from the upstream into the core, within ``timeout``."""
+    data = connection.recv(timeout)
     if data:
         exchange.feed(data)
     else:
         exchange.feed_eof()
-
-
-def _send_all(sock: socket.socket, data: bytes) -> None:
-    try:
-        sock.sendall(data)
-    except (TimeoutError, BlockingIOError):
-        raise httpx.WriteTimeout("write timed out") from None
-    except OSError as exc:
-        raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
 
 
 def _heard(connection: _Connection, exchange: Exchange) -> bool:
@@ -400,12 +418,7 @@ def _heard(connection: _Connection, exchange: Exchange) -> bool:
     it is a final answer or the upstream closed (stop sending); an interim head (``100
     Continue`` to the client's ``Expect``) is no answer, and the body goes on, as in the
     asyncio driver."""
-    try:
-        data = connection.sock.recv(READ_SIZE)
-    except (TimeoutError, BlockingIOError):
-        raise httpx.ReadTimeout("read timed out") from None
-    except OSError as exc:
-        raise httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}") from exc
+    data = connection.recv(0)  # poll said readable: no wait
     if not data:
         return True  # the wait for the head reads the EOF again, and says what it means
     exchange.feed(data)
@@ -435,9 +448,7 @@ def _send_listening(
             return False
         if events & select.POLLOUT:
             try:
-                # Without waiting: a blocking socket would otherwise wait until all of
-                # ``view`` fits, deaf to an answer meanwhile.
-                sent = sock.send(view, _DONTWAIT) if connection.kernel else sock.send(view)
+                sent = sock.send(view)  # plain sockets never wait here: they are non-blocking
             except BlockingIOError:
                 continue  # the room poll saw is gone: poll again
             except TimeoutError:

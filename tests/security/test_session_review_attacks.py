@@ -76,23 +76,29 @@ def test_identity_query_names_are_case_insensitive() -> None:
     assert key(b"ticket=a") == key(b"ticket=b")  # not named by default
 
 
-def _seconds(query: bytes) -> float:
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        for _ in range(20):
-            partition_key(BASE, query=query)
-        best = min(best, time.perf_counter() - start)
+def _best_seconds(*queries: bytes) -> list[float]:
+    """The best of seven timings of each query, taken in turns: whatever else the machine
+    does in a moment hits them alike."""
+    best = [float("inf")] * len(queries)
+    for _ in range(7):
+        for index, query in enumerate(queries):
+            start = time.perf_counter()
+            for _ in range(20):
+                partition_key(BASE, query=query)
+            best[index] = min(best[index], time.perf_counter() - start)
     return best
 
 
 @pytest.mark.parametrize("piece", [b"token=&", b"&", b"t", b"TOKEN=a&", b"%74oken=a&"])
 def test_reading_the_query_is_linear(piece: bytes) -> None:
-    small = piece * (16384 // len(piece))
+    small = piece * (8192 // len(piece))
     large = piece * (65536 // len(piece))
-    ratio = _seconds(large) / max(_seconds(small), 1e-6)
-    assert ratio < 10, ratio  # 4x the bytes: ~4x the time (quadratic: ~16x)
-    assert _seconds(large) / 20 < 0.05
+    small_seconds, large_seconds = _best_seconds(small, large)
+    ratio = large_seconds / max(small_seconds, 1e-6)
+    # 8x the bytes: ~8x the time if linear, ~64x if quadratic. (4x with a bound of 10 failed
+    # once under a loaded full run: 22x, from timings taken one after the other.)
+    assert ratio < 30, ratio
+    assert large_seconds / 20 < 0.05
 
 
 def test_many_partitions_from_queries_cost_no_more_than_cookies_did() -> None:
