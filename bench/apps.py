@@ -162,7 +162,7 @@ def wsgi_floor() -> Any:
             raise ConnectionError("the canary closed the connection")
         return data
 
-    def app(environ: Any, start_response: Any) -> list[bytes]:
+    def exchange() -> tuple[str, list[tuple[str, str]], bytes]:
         sock = getattr(local, "sock", None)
         if sock is None:
             sock = local.sock = socket.create_connection(address)
@@ -173,11 +173,20 @@ def wsgi_floor() -> Any:
             data += receive(sock)
         head, _, body = data.partition(b"\r\n\r\n")
         status, *lines = head.decode("latin-1").split("\r\n")
-        headers = [tuple(line.split(": ", 1)) for line in lines]
+        headers = [(name, value) for name, _, value in (line.partition(": ") for line in lines)]
         length = next(int(value) for name, value in headers if name == "content-length")
         while len(body) < length:
             body += receive(sock)
-        start_response(status[9:], [(n, v) for n, v in headers if n != "transfer-encoding"])
+        return status[9:], headers, body
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        try:
+            status, headers, body = exchange()
+        except OSError:  # the canary closed an idle connection: once more, on a new one
+            local.sock.close()
+            local.sock = None
+            status, headers, body = exchange()
+        start_response(status, [(n, v) for n, v in headers if n != "transfer-encoding"])
         return [body]
 
     return app
