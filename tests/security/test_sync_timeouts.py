@@ -333,7 +333,9 @@ def test_an_ipv6_upstream_gets_the_same_timeouts(transport: HTTP11SyncTransport)
             conn.close()
 
 
-def test_a_tls_upstream_keeps_pythons_timeouts(upstream: Callable[..., Upstream]) -> None:
+@pytest.fixture
+def tls(upstream: Callable[..., Upstream]) -> Iterator[tuple[Upstream, HTTP11SyncTransport]]:
+    """A TLS upstream (a trustme CA) and a pool that trusts it."""
     import trustme
 
     authority = trustme.CA()
@@ -341,23 +343,27 @@ def test_a_tls_upstream_keeps_pythons_timeouts(upstream: Callable[..., Upstream]
     authority.issue_cert("127.0.0.1").configure_cert(server_side)
     trusting = ssl.create_default_context()
     authority.configure_trust(trusting)
-    server = upstream(tls=server_side)
     pool = HTTP11SyncTransport(verify=trusting)
-    try:
-        assert send(pool, request(server.url + "/a", read=0.2, write=3.0)) == (200, b"/a")
-        [connection] = idle_connections(pool)
-        assert not connection.plain
-        timeout = connection.sock.gettimeout()
-        assert timeout is not None
-        assert 0 < timeout <= 0.2  # Python's: what was left of the head's 0.2 s
-        assert send(pool, request(server.url + "/slow", read=3.0)) == (200, b"/slow")
-        took, error, _ = elapsed(lambda: send(pool, request(server.url + "/never", read=0.3)))
-        assert isinstance(error, httpx.ReadTimeout), error
-        assert took < 5
-        assert send(pool, request(server.url + "/b")) == (200, b"/b")
-        assert server.accepted == 2
-    finally:
-        pool.close()
+    yield upstream(tls=server_side), pool
+    pool.close()
+
+
+def test_a_tls_upstream_keeps_pythons_timeouts(
+    tls: tuple[Upstream, HTTP11SyncTransport],
+) -> None:
+    server, pool = tls
+    assert send(pool, request(server.url + "/a", read=0.2, write=3.0)) == (200, b"/a")
+    [connection] = idle_connections(pool)
+    assert not connection.plain
+    timeout = connection.sock.gettimeout()
+    assert timeout is not None
+    assert 0 < timeout <= 0.2  # Python's: what was left of the head's 0.2 s
+    assert send(pool, request(server.url + "/slow", read=3.0)) == (200, b"/slow")
+    took, error, _ = elapsed(lambda: send(pool, request(server.url + "/never", read=0.3)))
+    assert isinstance(error, httpx.ReadTimeout), error
+    assert took < 5
+    assert send(pool, request(server.url + "/b")) == (200, b"/b")
+    assert server.accepted == 2
 
 
 # -- signals -------------------------------------------------------------------------------
@@ -410,25 +416,16 @@ def test_signals_do_not_stretch_a_body_write_timeout(
     assert took < 4
 
 
-def test_signals_do_not_stretch_a_tls_read_timeout(upstream: Callable[..., Upstream]) -> None:
+def test_signals_do_not_stretch_a_tls_read_timeout(
+    tls: tuple[Upstream, HTTP11SyncTransport],
+) -> None:
     """TLS keeps Python's timeout, which counts one deadline down across EINTR."""
-    import trustme
-
-    authority = trustme.CA()
-    server_side = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    authority.issue_cert("127.0.0.1").configure_cert(server_side)
-    trusting = ssl.create_default_context()
-    authority.configure_trust(trusting)
-    server = upstream(tls=server_side)
-    pool = HTTP11SyncTransport(verify=trusting)
-    try:
-        with interrupted(threading.get_ident(), every=0.05, at_most=6.0) as sent:
-            took, error, _ = elapsed(lambda: send(pool, request(server.url + "/never", read=0.5)))
-        assert isinstance(error, httpx.ReadTimeout), error
-        assert sent[0] > 0
-        assert took < 4
-    finally:
-        pool.close()
+    server, pool = tls
+    with interrupted(threading.get_ident(), every=0.05, at_most=6.0) as sent:
+        took, error, _ = elapsed(lambda: send(pool, request(server.url + "/never", read=0.5)))
+    assert isinstance(error, httpx.ReadTimeout), error
+    assert sent[0] > 0
+    assert took < 4
 
 
 def test_signals_to_the_reading_thread_do_not_stretch_the_read_timeout(
