@@ -237,6 +237,12 @@ def test_an_upstream_stalling_mid_body_times_out_and_its_bytes_go_nowhere(
     assert server.accepted == 2
 
 
+def deaf(conn: socket.socket, server: Upstream) -> None:
+    """Reads the request head, then nothing: the body fills the socket buffers."""
+    read_head(conn, bytearray())
+    server.state["release"].wait(30)
+
+
 def keep_alive_from(conn: socket.socket, server: Upstream, buffer: bytearray, head: bytes) -> None:
     while head:
         server.heads.append(head)
@@ -247,10 +253,6 @@ def keep_alive_from(conn: socket.socket, server: Upstream, buffer: bytearray, he
 def test_an_upstream_that_stops_reading_a_large_body_times_the_write_out(
     upstream: Callable[..., Upstream], transport: HTTP11SyncTransport
 ) -> None:
-    def deaf(conn: socket.socket, server: Upstream) -> None:
-        read_head(conn, bytearray())
-        server.state["release"].wait(30)
-
     server = upstream(deaf)
     piece = b"x" * (1 << 20)
     req = request(server.url, "POST", write=0.4, content=iter([piece] * 64))
@@ -402,10 +404,6 @@ def test_signals_do_not_stretch_a_body_write_timeout(
     upstream: Callable[..., Upstream], transport: HTTP11SyncTransport
 ) -> None:
     """A body is sent after poll, and Python's poll counts down its timeout across EINTR."""
-
-    def deaf(conn: socket.socket, server: Upstream) -> None:
-        read_head(conn, bytearray())
-        server.state["release"].wait(30)
 
     server = upstream(deaf)
     req = request(server.url, "POST", write=0.5, content=iter([b"x" * (1 << 20)] * 64))
