@@ -338,7 +338,7 @@ def everything(
     )  # fmt: skip
 
 
-@settings_for(1000)
+@settings_for(600)
 @given(
     request=requests(),
     cookies=st.lists(st.sampled_from(["uid", "vip", "a", "missing"]), max_size=3),
