@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 RESULTS = Path(os.environ.get("CANARY_FAULT_RESULTS", ROOT / ".fault-results.json"))
 
 _rows: dict[str, dict[str, Any]] = {}
+_collected: set[str] = set()  # node ids this session collected (see below)
+_files: set[str] = set()  # and their files
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -78,6 +80,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return report
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test this session collected, before -m / -k deselect any: a row of a file it
+    collected whose test is not among them belongs to a test that no longer exists (or a
+    parameter that changed), and leaves the table."""
+    for item in items:
+        _collected.add(item.nodeid)
+        _files.add(item.nodeid.partition("::")[0])
+
+
+def _still_exists(test: str) -> bool:
+    file = test.partition("::")[0]
+    if file in _files:
+        return test in _collected
+    return (ROOT / file).exists()
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if not _rows:
         return
@@ -90,6 +109,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 previous = {row["test"]: row for row in json.loads(RESULTS.read_text())}
             except (ValueError, KeyError, TypeError):
                 previous = {}
+        previous = {test: row for test, row in previous.items() if _still_exists(test)}
         previous.update(_rows)
         RESULTS.write_text(json.dumps(sorted(previous.values(), key=_order), indent=1) + "\n")
 
