@@ -126,6 +126,37 @@ class _Connection:
             message = f"the connection to the upstream broke: {exc}"
             raise httpx.RemoteProtocolError(message) from exc
 
+    def recv_now(self) -> bytes | None:
+        """What can be read without waiting (b"" at the end), or None when nothing can: a
+        TLS socket the upstream wrote only handshake messages to (TLS 1.3 sends session
+        tickets after the handshake, which wake a poll but carry no HTTP), or half a
+        record. Waiting there would wait for an answer to a request not yet sent."""
+        try:
+            if not self.plain:
+                self._set_timeout(0.0)
+            return self.sock.recv(READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return None
+        except OSError as exc:
+            message = f"the connection to the upstream broke: {exc}"
+            raise httpx.RemoteProtocolError(message) from exc
+
+    def send_some(self, data: memoryview, timeout: float | None) -> int:
+        """Send what fits of ``data`` now (a plain socket never waits; a TLS one may, within
+        ``timeout``) and say how much went out."""
+        try:
+            if self.plain:
+                return self.sock.send(data)
+            self._set_timeout(timeout)
+            return self.sock.send(data)
+        except BlockingIOError:
+            return 0  # the room poll saw is gone: poll again
+        except TimeoutError:
+            raise httpx.WriteTimeout("write timed out") from None
+        except OSError as exc:
+            message = f"the connection to the upstream broke: {exc}"
+            raise httpx.RemoteProtocolError(message) from exc
+
     def still_open(self) -> bool:
         """Has the upstream closed this idle connection (or sent bytes nobody asked for)?
         One zero-timeout poll of this socket: an idle connection that is readable at all is
@@ -418,7 +449,9 @@ def _heard(connection: _Connection, exchange: Exchange) -> bool:
     it is a final answer or the upstream closed (stop sending); an interim head (``100
     Continue`` to the client's ``Expect``) is no answer, and the body goes on, as in the
     asyncio driver."""
-    data = connection.recv(0)  # poll said readable: no wait
+    data = connection.recv_now()
+    if data is None:
+        return False  # no HTTP bytes yet (TLS: session tickets, or half a record)
     if not data:
         return True  # the wait for the head reads the EOF again, and says what it means
     exchange.feed(data)
@@ -437,9 +470,9 @@ def _send_listening(
     deadline = None if timeout is None else time.monotonic() + timeout
     view = memoryview(data)
     while view:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
         if isinstance(sock, ssl.SSLSocket) and sock.pending() and _heard(connection, exchange):
             return False
-        left = None if deadline is None else max(0.0, deadline - time.monotonic())
         ready = poller.poll(None if left is None else left * 1000)
         if not ready:
             raise httpx.WriteTimeout("write timed out")
@@ -447,14 +480,6 @@ def _send_listening(
         if events & ~select.POLLOUT and _heard(connection, exchange):  # readable, hung up
             return False
         if events & select.POLLOUT:
-            try:
-                sent = sock.send(view)  # plain sockets never wait here: they are non-blocking
-            except BlockingIOError:
-                continue  # the room poll saw is gone: poll again
-            except TimeoutError:
-                raise httpx.WriteTimeout("write timed out") from None
-            except OSError as exc:
-                message = f"the connection to the upstream broke: {exc}"
-                raise httpx.RemoteProtocolError(message) from exc
-            view = view[sent:]
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            view = view[connection.send_some(view, left) :]
     return True

@@ -28,7 +28,7 @@ import pytest
 
 from canary_mw.forward.sync_pool import HTTP11SyncTransport, _Connection
 from tests.support.routers import ALL_TO_CANARY
-from tests.support.scripted import Upstream, read_head, target, wait_for
+from tests.support.scripted import Upstream, read_body, read_head, target, wait_for
 from tests.support.servers import AppServer, wait_until
 
 # -- helpers -------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def test_an_upstream_that_stops_reading_a_large_body_times_the_write_out(
 def test_an_upstream_that_answers_early_and_stops_reading_is_heard(
     upstream: Callable[..., Upstream], transport: HTTP11SyncTransport
 ) -> None:
-    """The body is sent with poll + send(MSG_DONTWAIT): a full socket never deafens it."""
+    """The body is sent with poll and a non-blocking send: a full socket never deafens it."""
 
     def refuse(conn: socket.socket, server: Upstream) -> None:
         read_head(conn, bytearray())
@@ -335,9 +335,9 @@ def test_an_ipv6_upstream_gets_the_same_timeouts(transport: HTTP11SyncTransport)
             conn.close()
 
 
-@pytest.fixture
-def tls(upstream: Callable[..., Upstream]) -> Iterator[tuple[Upstream, HTTP11SyncTransport]]:
-    """A TLS upstream (a trustme CA) and a pool that trusts it."""
+def tls_contexts() -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for 127.0.0.1 from a trustme CA, and a client
+    context that trusts that CA."""
     import trustme
 
     authority = trustme.CA()
@@ -345,9 +345,62 @@ def tls(upstream: Callable[..., Upstream]) -> Iterator[tuple[Upstream, HTTP11Syn
     authority.issue_cert("127.0.0.1").configure_cert(server_side)
     trusting = ssl.create_default_context()
     authority.configure_trust(trusting)
+    return server_side, trusting
+
+
+@pytest.fixture
+def tls(upstream: Callable[..., Upstream]) -> Iterator[tuple[Upstream, HTTP11SyncTransport]]:
+    """A TLS upstream (by_path) and a pool that trusts it."""
+    server_side, trusting = tls_contexts()
     pool = HTTP11SyncTransport(verify=trusting)
     yield upstream(tls=server_side), pool
     pool.close()
+
+
+def test_a_tls_upstream_that_answers_early_is_heard_and_bodies_follow_the_write_timeout(
+    upstream: Callable[..., Upstream],
+) -> None:
+    """A body sent to a TLS upstream on a new connection: TLS 1.3 session tickets arrive
+    after the handshake and wake the listening send's poll without any HTTP in them. It read
+    them as the upstream's answer and waited for the rest, which could only follow the
+    request it was holding back: every upload on a fresh TLS connection ended in a
+    ReadTimeout (since the blocking driver was written; found writing this test). Also: an
+    early answer is heard, and a body sent on a connection whose last read timeout was
+    short gets its own write timeout (TLS keeps Python's one timeout for both ways)."""
+
+    def refuse_then_serve(conn: socket.socket, server: Upstream) -> None:
+        buffer = bytearray()
+        head = read_head(conn, buffer)
+        server.heads.append(head)
+        if target(head) == b"/refuse":
+            conn.sendall(b"HTTP/1.1 413 Too Large\r\ncontent-length: 4\r\n\r\nnope")
+            server.state["release"].wait(30)
+            return
+        while head:  # keep-alive, reading each body whole
+            read_body(conn, buffer, head)
+            conn.sendall(answer(target(head)))
+            head = read_head(conn, buffer)
+            if head:
+                server.heads.append(head)
+
+    server_side, trusting = tls_contexts()
+    server = upstream(refuse_then_serve, tls=server_side)
+    pool = HTTP11SyncTransport(verify=trusting)
+    try:
+        big = iter([b"x" * (1 << 20)] * 64)
+        refused = request(server.url + "/refuse", "POST", write=5.0, read=5.0, content=big)
+        took, error, result = elapsed(lambda: send(pool, refused))
+        assert error is None, error
+        assert result == (413, b"nope")
+        assert took < 5
+        # A fresh connection: a short read first, then an upload with a long write timeout.
+        assert send(pool, request(server.url + "/a", read=0.05, write=5.0)) == (200, b"/a")
+        upload = request(server.url + "/b", "POST", read=5.0, write=5.0,
+                         content=iter([b"y" * (1 << 20)] * 8))  # fmt: skip
+        assert send(pool, upload) == (200, b"/b")
+        assert server.accepted == 2
+    finally:
+        pool.close()
 
 
 def test_a_tls_upstream_keeps_pythons_timeouts(
