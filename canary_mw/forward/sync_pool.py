@@ -37,6 +37,7 @@ __all__ = ["HTTP11SyncTransport"]
 
 Timeouts = dict[str, "float | None"]
 READ_SIZE = 64 * 1024
+TLS_RECORD = 16 * 1024  # the largest TLS record's plaintext
 _UNSET = -1.0  # a socket timeout no caller asks for: the first one set always happens
 
 
@@ -95,7 +96,8 @@ class _Connection:
                     return sock.recv(READ_SIZE)
                 except BlockingIOError:
                     continue  # readable was a false alarm (poll's word is a hint)
-        except TimeoutError:
+        except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            # (TLS with no time left is a non-blocking read: "want read" is its timeout.)
             raise httpx.ReadTimeout("read timed out") from None
         except OSError as exc:
             message = f"the connection to the upstream broke: {exc}"
@@ -120,7 +122,7 @@ class _Connection:
                 left = None if deadline is None else deadline - time.monotonic()
                 if not _writable_within(sock, left):
                     raise httpx.WriteTimeout("write timed out")
-        except TimeoutError:
+        except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             raise httpx.WriteTimeout("write timed out") from None
         except OSError as exc:
             message = f"the connection to the upstream broke: {exc}"
@@ -141,18 +143,20 @@ class _Connection:
             message = f"the connection to the upstream broke: {exc}"
             raise httpx.RemoteProtocolError(message) from exc
 
-    def send_some(self, data: memoryview, timeout: float | None) -> int:
-        """Send what fits of ``data`` now (a plain socket never waits; a TLS one may, within
-        ``timeout``) and say how much went out."""
+    def send_some(self, data: memoryview) -> int:
+        """Send what fits of ``data`` now, without waiting, and say how much went out (0:
+        poll again; the caller's deadline bounds the waits). A TLS socket sends at most one
+        record per call, non-blocking too: a blocking SSL_write of a whole piece waited for
+        room deaf to an early answer, for ever without a write timeout (review 3c9adb9).
+        OpenSSL wants a retry after "want write" with the same bytes, which the caller's
+        unchanged view gives (Python lets the buffer move)."""
         try:
             if self.plain:
                 return self.sock.send(data)
-            self._set_timeout(timeout)
-            return self.sock.send(data)
-        except BlockingIOError:
-            return 0  # the room poll saw is gone: poll again
-        except TimeoutError:
-            raise httpx.WriteTimeout("write timed out") from None
+            self._set_timeout(0.0)
+            return self.sock.send(data[:TLS_RECORD])
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return 0  # no room (or TLS must read first): poll again
         except OSError as exc:
             message = f"the connection to the upstream broke: {exc}"
             raise httpx.RemoteProtocolError(message) from exc
@@ -480,6 +484,5 @@ def _send_listening(
         if events & ~select.POLLOUT and _heard(connection, exchange):  # readable, hung up
             return False
         if events & select.POLLOUT:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            view = view[connection.send_some(view, left) :]
+            view = view[connection.send_some(view) :]
     return True

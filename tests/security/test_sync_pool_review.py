@@ -311,16 +311,13 @@ def test_a_plain_upstream_that_answers_while_the_socket_is_full_is_heard(
         pool.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TLS send_some is a blocking SSL_write of the whole piece under Python's timeout: "
-    "an answer arriving once the socket is full is not heard (WriteTimeout after the write "
-    "timeout instead of the 413; with write=None the thread waits for ever)",
-)
 @pytest.mark.parametrize("write", [3.0, None])
 def test_a_tls_upstream_that_answers_while_the_socket_is_full_is_heard(
     upstreams: Callable[..., Upstream], write: float | None
 ) -> None:
+    """Failed until send_some sent TLS a record at a time without waiting: a blocking
+    SSL_write of the whole piece was deaf to the 413 (WriteTimeout after the write timeout;
+    with write=None the thread waited for ever)."""
     server = upstreams(answer_after_filling, tls=server_context())
     pool = trusting_pool()
     try:
@@ -333,15 +330,12 @@ def test_a_tls_upstream_that_answers_while_the_socket_is_full_is_heard(
         pool.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a zero (or elapsed) write timeout on TLS sets settimeout(0.0): SSL_write is "
-    "non-blocking and a full socket raises SSLWantWriteError, reported as "
-    "RemoteProtocolError ('the connection broke') instead of WriteTimeout",
-)
 def test_a_tls_body_with_a_zero_write_timeout_is_a_write_timeout(
     upstreams: Callable[..., Upstream],
 ) -> None:
+    """Failed before: a zero (or elapsed) TLS write timeout surfaced as SSLWantWriteError,
+    reported as RemoteProtocolError ("the connection broke") instead of WriteTimeout."""
+
     def deaf(conn: socket.socket, server: Upstream) -> None:
         read_head(conn, bytearray())
         server.state["release"].wait(30)
@@ -379,15 +373,9 @@ def test_a_plain_body_with_a_zero_write_timeout_is_a_write_timeout(
     "tls",
     [
         pytest.param(False, id="plain"),
-        pytest.param(
-            True,
-            id="tls",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="TLS recv(0.0) sets settimeout(0.0): SSLWantReadError, reported as "
-                "RemoteProtocolError instead of ReadTimeout",
-            ),
-        ),
+        # Failed before: TLS recv with no time left raised SSLWantReadError, reported as
+        # RemoteProtocolError instead of ReadTimeout.
+        pytest.param(True, id="tls"),
     ],
 )
 def test_a_zero_read_timeout_on_a_body_after_an_early_answer_is_a_read_timeout(
