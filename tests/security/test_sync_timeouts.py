@@ -28,7 +28,7 @@ import pytest
 
 from canary_mw.forward.sync_pool import HTTP11SyncTransport, _Connection
 from tests.support.routers import ALL_TO_CANARY
-from tests.support.scripted import Upstream, read_body, read_head, target, wait_for
+from tests.support.scripted import Upstream, deaf, elapsed, read_body, read_head, target, wait_for
 from tests.support.servers import AppServer, wait_until
 
 # -- helpers -------------------------------------------------------------------------------
@@ -58,16 +58,6 @@ def stream_of(response: httpx.Response) -> httpx.SyncByteStream:
     return cast(httpx.SyncByteStream, response.stream)
 
 
-def elapsed(action: Callable[[], object]) -> tuple[float, BaseException | None, object]:
-    """How long ``action`` took, what it raised (or None) and what it returned."""
-    start = time.monotonic()
-    try:
-        result = action()
-    except BaseException as exc:  # the tests look at what it was
-        return time.monotonic() - start, exc, None
-    return time.monotonic() - start, None, result
-
-
 def answer(body: bytes) -> bytes:
     return b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
 
@@ -84,22 +74,6 @@ def by_path(conn: socket.socket, server: Upstream) -> None:
         if path.startswith(b"/slow"):
             time.sleep(0.6)
         conn.sendall(answer(path))
-
-
-@pytest.fixture
-def upstream() -> Iterator[Callable[..., Upstream]]:
-    made: list[Upstream] = []
-
-    def make(handler: Callable[[socket.socket, Upstream], None] = by_path, **kw: Any) -> Upstream:
-        server = Upstream(handler, **kw)
-        server.state["release"] = threading.Event()
-        made.append(server)
-        return server
-
-    yield make
-    for server in made:
-        server.state["release"].set()
-        server.close()
 
 
 @pytest.fixture
@@ -147,7 +121,7 @@ def test_read_and_write_timeouts_follow_each_request_on_a_reused_connection(
     """Timeouts change between requests on one connection; none is left behind: a short
     read timeout does not cut a later slow answer, and a "none" does not outlive its
     request."""
-    server = upstream()
+    server = upstream(by_path)
     steps: list[tuple[str, float | None, float | None]] = [
         ("/fast", 0.1, 7.0),
         ("/slow", 3.0, 0.2),  # answers after 0.6 s: the 0.1 s before must be gone
@@ -179,7 +153,7 @@ def test_read_and_write_timeouts_follow_each_request_on_a_reused_connection(
 def test_an_upstream_that_never_answers_times_out_and_is_dropped(
     upstream: Callable[..., Upstream], transport: HTTP11SyncTransport, read: float, reused: bool
 ) -> None:
-    server = upstream()
+    server = upstream(by_path)
     if reused:  # the connection carried a request with no read timeout at all
         assert send(transport, request(server.url + "/first", read=None)) == (200, b"/first")
     took, error, _ = elapsed(lambda: send(transport, request(server.url + "/never", read=read)))
@@ -235,12 +209,6 @@ def test_an_upstream_stalling_mid_body_times_out_and_its_bytes_go_nowhere(
     for n in range(3):
         assert send(transport, request(server.url + f"/user{n}")) == (200, b"/user%d" % n)
     assert server.accepted == 2
-
-
-def deaf(conn: socket.socket, server: Upstream) -> None:
-    """Reads the request head, then nothing: the body fills the socket buffers."""
-    read_head(conn, bytearray())
-    server.state["release"].wait(30)
 
 
 def keep_alive_from(conn: socket.socket, server: Upstream, buffer: bytearray, head: bytes) -> None:
@@ -353,7 +321,7 @@ def tls(upstream: Callable[..., Upstream]) -> Iterator[tuple[Upstream, HTTP11Syn
     """A TLS upstream (by_path) and a pool that trusts it."""
     server_side, trusting = tls_contexts()
     pool = HTTP11SyncTransport(verify=trusting)
-    yield upstream(tls=server_side), pool
+    yield upstream(by_path, tls=server_side), pool
     pool.close()
 
 
@@ -436,7 +404,7 @@ def test_a_signal_handler_that_raises_mid_read_leaves_the_pool_whole(
     def raise_alarm(number: int, frame: object) -> None:
         raise AlarmError
 
-    server = upstream()
+    server = upstream(by_path)
     pool = HTTP11SyncTransport(httpx.Limits(max_connections=1, max_keepalive_connections=1))
     previous = signal.signal(signal.SIGUSR2, raise_alarm)
     timer = threading.Timer(0.3, signal.pthread_kill, (threading.get_ident(), signal.SIGUSR2))
@@ -485,7 +453,7 @@ def test_signals_to_the_reading_thread_do_not_stretch_the_read_timeout(
     """A blocking recv under SO_RCVTIMEO fails with EINTR on each signal, CPython retries it
     (PEP 475) and the kernel starts the whole timeout again: signals more often than the
     timeout kept the read waiting for ever. A deadline of ours does not move."""
-    server = upstream()
+    server = upstream(by_path)
     with interrupted(threading.get_ident(), every=0.05, at_most=6.0) as sent:
         took, error, _ = elapsed(lambda: send(transport, request(server.url + "/never", read=0.5)))
     assert isinstance(error, httpx.ReadTimeout), error

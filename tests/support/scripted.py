@@ -277,3 +277,20 @@ def parts_after(event: threading.Event, first: bytes, rest: bytes) -> Iterator[b
     yield first
     event.wait(5)
     yield rest
+
+
+def deaf(conn: socket.socket, server: Upstream) -> None:
+    """A handler that reads the request head, then nothing until ``server.state["release"]``
+    is set (tests/security/conftest.py's ``upstream`` sets it): a body fills the buffers."""
+    read_head(conn, bytearray())
+    server.state["release"].wait(30)
+
+
+def elapsed(action: Callable[[], object]) -> tuple[float, BaseException | None, object]:
+    """How long ``action`` took, what it raised (or None) and what it returned."""
+    start = time.monotonic()
+    try:
+        result = action()
+    except BaseException as exc:  # the tests look at what it was
+        return time.monotonic() - start, exc, None
+    return time.monotonic() - start, None, result
