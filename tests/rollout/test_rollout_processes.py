@@ -62,11 +62,12 @@ def test_a_healthy_canary_walks_every_step_and_is_promoted(
         store.start_rollout(PLAN, actor="alice")
         wait_until(lambda: store.rollout_status()["rollout"].step == 1, timeout=40,
                    what="step 2")  # fmt: skip
-        # At 50 %, held: the canary's share over 2000 distinct users (a new uid per request,
-        # through both routers) is the step's percentage within 3 points.
+        # At 50 %, held: the canary's share over 4,000 distinct users (a new uid per request,
+        # through both routers) is the step's percentage within 3 points. (Over 2,000 the
+        # sample's own spread is 1.1 points: CI once saw 53.35 %. Over 4,000 it is 0.8.)
         store.rollout_command("pause")
         load.served.clear()
-        wait_until(lambda: sum(load.served.values()) >= 2000, timeout=60, what="2000 users")
+        wait_until(lambda: sum(load.served.values()) >= 4000, timeout=60, what="4000 users")
         share = 100 * load.served.get("canary", 0) / sum(load.served.values())
         assert abs(share - 50) <= 3, load.served
         store.rollout_command("resume")
