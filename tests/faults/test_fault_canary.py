@@ -411,7 +411,7 @@ def test_client_leaves_mid_upload(
 
 
 @pytest.mark.fault(
-    "client", "10,000 requests with random disconnects", "open fds back to the baseline"
+    "client", "5,000 requests with random disconnects", "open fds back to the baseline"
 )
 def test_random_disconnects_leak_nothing(
     canary: MisbehavingCanary, observed: Callable[[str], None]
@@ -422,7 +422,9 @@ def test_random_disconnects_leak_nothing(
         for _ in range(20):  # warm: the pool and the process reach their steady state
             httpx.get(server.url + "/ok", timeout=10)
         baseline = open_fds(server.pid)
-        for n in range(10_000):
+        # 5,000 (was 10,000: about 8 s of the suite's CPU): a leak of one fd in a hundred
+        # requests would still be 50 fds over the baseline's bound of 2.
+        for n in range(5_000):
             kind = rng.choice(("whole", "before", "upload", "download"))
             with socket.create_connection(("127.0.0.1", server.port)) as sock:
                 if kind == "whole":
@@ -436,7 +438,7 @@ def test_random_disconnects_leak_nothing(
                 else:
                     sock.sendall(b"GET /big?300000 HTTP/1.1\r\nHost: x\r\n\r\n")
                     sock.recv(1000)
-            if n % 2000 == 1999:
+            if n % 1000 == 999:
                 observed(f"{n + 1}: {open_fds(server.pid)} fds")
         wait_until(
             lambda: open_fds(server.pid) <= baseline + 2, timeout=10, what="fds back to baseline"
