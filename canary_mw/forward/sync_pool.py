@@ -100,33 +100,21 @@ class _Connection:
             # (TLS with no time left is a non-blocking read: "want read" is its timeout.)
             raise httpx.ReadTimeout("read timed out") from None
         except OSError as exc:
-            message = f"the connection to the upstream broke: {exc}"
-            raise httpx.RemoteProtocolError(message) from exc
+            raise _broken(exc) from exc
 
     def send_all(self, data: bytes, timeout: float | None) -> None:
         """All of ``data``, within ``timeout`` for the whole of it: an upstream that reads a
-        few bytes at a time cannot hold the thread for one timeout per few bytes."""
-        sock = self.sock
-        try:
-            if not self.plain:
-                self._set_timeout(timeout)  # Python's sendall counts it for the whole call
-                sock.sendall(data)
+        few bytes at a time cannot hold the thread for one timeout per few bytes. The same
+        non-blocking sends as a body's (send_some), plain and TLS alike."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        view = memoryview(data)
+        while True:
+            view = view[self.send_some(view) :]
+            if not view:
                 return
-            deadline = None if timeout is None else time.monotonic() + timeout
-            view = memoryview(data)
-            while True:
-                with contextlib.suppress(BlockingIOError):  # no room at all: wait below
-                    view = view[sock.send(view) :]
-                if not view:
-                    return
-                left = None if deadline is None else deadline - time.monotonic()
-                if not _writable_within(sock, left):
-                    raise httpx.WriteTimeout("write timed out")
-        except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            raise httpx.WriteTimeout("write timed out") from None
-        except OSError as exc:
-            message = f"the connection to the upstream broke: {exc}"
-            raise httpx.RemoteProtocolError(message) from exc
+            left = None if deadline is None else deadline - time.monotonic()
+            if not _writable_within(self.sock, left):
+                raise httpx.WriteTimeout("write timed out")
 
     def recv_now(self) -> bytes | None:
         """What can be read without waiting (b"" at the end), or None when nothing can: a
@@ -140,8 +128,7 @@ class _Connection:
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return None
         except OSError as exc:
-            message = f"the connection to the upstream broke: {exc}"
-            raise httpx.RemoteProtocolError(message) from exc
+            raise _broken(exc) from exc
 
     def send_some(self, data: memoryview) -> int:
         """Send what fits of ``data`` now, without waiting, and say how much went out (0:
@@ -158,8 +145,7 @@ class _Connection:
         except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
             return 0  # no room (or TLS must read first): poll again
         except OSError as exc:
-            message = f"the connection to the upstream broke: {exc}"
-            raise httpx.RemoteProtocolError(message) from exc
+            raise _broken(exc) from exc
 
     def still_open(self) -> bool:
         """Has the upstream closed this idle connection (or sent bytes nobody asked for)?
@@ -173,6 +159,10 @@ class _Connection:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.sock.close()
+
+
+def _broken(exc: OSError) -> httpx.RemoteProtocolError:
+    return httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}")
 
 
 def _writable_within(sock: socket.socket, timeout: float | None) -> bool:

@@ -493,11 +493,14 @@ def test_signals_to_a_worker_thread_do_not_stretch_a_body_read(
     assert took < 4, f"a 0.5 s read timeout fired after {took:.1f} s"
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 def test_an_upstream_draining_a_large_head_slowly_is_bounded_by_the_write_timeout(
-    transport: HTTP11SyncTransport,
+    tls: bool,
 ) -> None:
     """The write-side twin of red team F4: a head is bounded as a whole, not per send, or
-    an upstream reading a few bytes in time holds the thread as long as it likes."""
+    an upstream reading a few bytes in time holds the thread as long as it likes. Over TLS
+    too (its head now goes out through the same non-blocking sends as a body)."""
+    server_side, trusting = tls_contexts()
     listener = socket.socket()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     listener.bind(("127.0.0.1", 0))
@@ -508,6 +511,8 @@ def test_an_upstream_draining_a_large_head_slowly_is_bounded_by_the_write_timeou
 
     def drip() -> None:
         conn, _ = listener.accept()
+        if tls:
+            conn = server_side.wrap_socket(conn, server_side=True)
         with conn:
             while not stop.wait(0.1) and (data := conn.recv(2048)):
                 drained[0] += len(data)
@@ -517,16 +522,15 @@ def test_an_upstream_draining_a_large_head_slowly_is_bounded_by_the_write_timeou
     timer.start()
     # A head far larger than the socket buffers (10 MiB; a real network's are smaller).
     headers = [(b"x-pad-%d" % n, b"a" * 4000) for n in range(2500)]
+    pool = HTTP11SyncTransport(verify=trusting)
+    url = f"{'https' if tls else 'http'}://127.0.0.1:{port}/"
     try:
-        took, error, _ = elapsed(
-            lambda: send(
-                transport, request(f"http://127.0.0.1:{port}/", write=0.5, headers=headers)
-            )
-        )
+        took, error, _ = elapsed(lambda: send(pool, request(url, write=0.5, headers=headers)))
     finally:
         stop.set()
         timer.cancel()
         listener.close()
+        pool.close()
     assert drained[0] > 0
     assert isinstance(error, httpx.WriteTimeout), error
     assert took < 4, f"a 0.5 s write timeout fired after {took:.1f} s"
