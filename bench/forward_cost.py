@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import cProfile
 import io
+import os
 import pstats
 import socket
 import statistics
@@ -88,7 +89,15 @@ def wsgi_cases(canary_url: str) -> dict[str, Callable[[int], None]]:
     store = store_from_url("memory://")
     store.set_mode("all")
     router = CanaryWSGI(flask.wsgi_app, store=store, canary_url=canary_url)
-    return {"bare Flask app": _wsgi_loop(flask), "CanaryWSGI canary path": _wsgi_loop(router)}
+    os.environ["BENCH_CANARY_URL"] = canary_url
+    from bench.apps import wsgi_floor
+
+    return {
+        "bare Flask app": _wsgi_loop(flask),
+        "CanaryWSGI canary path": _wsgi_loop(router),
+        # The yardstick: the cheapest forward a WSGI app can make (no checks at all).
+        "WSGI floor (bench/apps.py)": _wsgi_loop(wsgi_floor()),
+    }
 
 
 # -- ASGI ------------------------------------------------------------------------------------

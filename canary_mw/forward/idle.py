@@ -54,23 +54,35 @@ class IdleConnections(Generic[C]):
         """The most recently idle connection under ``key`` that is neither expired nor
         closed by the upstream (the least likely to be stale), and how many were found
         stale on the way: those are closed here, and no longer idle."""
+        stale = 0
+        while True:
+            connection, expired = self.pop(key, now)
+            stale += expired
+            if connection is None or connection.still_open():
+                return connection, stale
+            connection.close()
+            stale += 1
+
+    def pop(self, key: Hashable, now: float) -> tuple[C | None, int]:
+        """Like :meth:`take`, but the connection is not asked whether the upstream closed it
+        (the caller asks, outside its lock: that is a system call); only expired ones are
+        closed on the way."""
         idle = self._by_key.get(key)
         if idle is None:
             return None, 0
-        stale = 0
+        expired = 0
         found = None
         while idle:
             connection = idle.pop()
             del self._oldest_first[connection]
-            expired = self._expiry is not None and now - connection.idle_since > self._expiry
-            if not expired and connection.still_open():
+            if self._expiry is None or now - connection.idle_since <= self._expiry:
                 found = connection
                 break
             connection.close()
-            stale += 1
+            expired += 1
         if not idle:
             del self._by_key[key]
-        return found, stale
+        return found, expired
 
     def pop_oldest(self) -> C | None:
         """The connection idle the longest, whatever its key (the caller closes it)."""

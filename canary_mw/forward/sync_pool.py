@@ -293,30 +293,45 @@ class HTTP11SyncTransport(httpx.BaseTransport):
     # -- the pool ----------------------------------------------------------------------------
     def _acquire(self, origin: Origin, timeouts: Timeouts, *, fresh: bool = False) -> _Connection:
         """An idle connection to ``origin`` (unless ``fresh``), else a new one when there is
-        room, else the first that frees up within the pool timeout."""
+        room, else the first that frees up within the pool timeout.
+
+        The lock guards the bookkeeping only: asking an idle connection whether the upstream
+        closed it (a poll) and closing one happen outside it. Under gunicorn's threads a
+        lock held across a call that lets the GIL go puts every other forwarding thread to
+        sleep on the lock."""
         pool_timeout = timeouts.get("pool")
         deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
-        with self._lock:
-            while True:
-                if self._closed:
-                    raise httpx.PoolTimeout("the transport was closed")
-                if not fresh:
-                    connection, stale = self._idle.take(origin, time.monotonic())
-                    self._open -= stale
-                    if connection is not None:
-                        return connection
-                if self._max_open is None or self._open < self._max_open:
-                    self._open += 1
-                    break
-                oldest = self._idle.pop_oldest()
-                if oldest is not None:  # full, but an idle connection of another key can go
-                    oldest.close()
-                    self._open -= 1
-                    continue
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    raise httpx.PoolTimeout("no connection to the upstream became free in time")
-                self._room.wait(left)
+        while True:
+            victim = None
+            with self._lock:
+                while True:
+                    if self._closed:
+                        raise httpx.PoolTimeout("the transport was closed")
+                    if not fresh:
+                        connection, expired = self._idle.pop(origin, time.monotonic())
+                        self._open -= expired
+                        if connection is not None:
+                            break
+                    if self._max_open is None or self._open < self._max_open:
+                        self._open += 1
+                        connection = None
+                        break
+                    # Full, but an idle connection of another key can go.
+                    victim = self._idle.pop_oldest()
+                    if victim is not None:
+                        break
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise httpx.PoolTimeout("no connection to the upstream became free in time")
+                    self._room.wait(left)
+            if victim is not None:
+                self._discard(victim)
+            elif connection is None:
+                break  # room for a new one
+            elif connection.still_open():
+                return connection
+            else:
+                self._discard(connection)  # the upstream closed it while idle: look again
         try:
             return self._connect(origin, timeouts.get("connect"))
         except BaseException:
@@ -331,9 +346,15 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             if reusable and not self._closed and self._idle.has_room():
                 connection.idle_since = time.monotonic()
                 self._idle.put(connection.origin, connection)
-            else:
-                connection.close()
-                self._open -= 1
+                self._room.notify()
+                return
+        self._discard(connection)
+
+    def _discard(self, connection: _Connection) -> None:
+        """Close a connection that counted as open, then make its room known."""
+        connection.close()
+        with self._lock:
+            self._open -= 1
             self._room.notify()
 
     def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
