@@ -209,8 +209,14 @@ def chart(ctx: Context, path: Path) -> bool:
     except ImportError:
         return False
     rows = [row for row in ctx.rows if row.connections == 50]
-    colors = {"asgi": "#4c72b0", "transport": "#8172b2", "openresty": "#c44e52", "wsgi": "#55a868",
-              "canary": "#dd8452", "streaming": "#937860"}
+    colors = {
+        "asgi": "#4c72b0",
+        "transport": "#8172b2",
+        "openresty": "#c44e52",
+        "wsgi": "#55a868",
+        "canary": "#dd8452",
+        "streaming": "#937860",
+    }
     figure, axes = plt.subplots(figsize=(11, 0.42 * len(rows) + 1.5))
     axes.barh([row.name for row in rows], [row.load.rps for row in rows],
               color=[colors.get(row.group, "#8c8c8c") for row in rows])  # fmt: skip
