@@ -280,6 +280,8 @@ class CanaryConfig:
         return (self.loop, b"1")
 
     def is_trusted_peer(self, peer: str | None) -> bool:
+        if not self.resolver.trusts_any_proxy:
+            return False  # the usual case: no address to parse per forwarded request
         address = parse_ip(peer) if peer else None
         return address is not None and self.resolver.is_trusted(address)
 

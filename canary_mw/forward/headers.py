@@ -68,6 +68,8 @@ HOP_BY_HOP = frozenset(
     }
 )
 _FRAMING = frozenset({b"content-length", b"transfer-encoding"})
+#: Never passed on as they came, whatever the Connection header says.
+_ALWAYS_DROPPED = HOP_BY_HOP | _FRAMING
 #: Headers naming the client or the original request (see the module docstring), lower-case.
 CLIENT_FACT_HEADERS = frozenset(
     {
@@ -136,7 +138,31 @@ def request_headers(
     remove, e.g. a loop-guard header the client sent. ``address_headers``: the client-address
     kinds (lower-case) a trusted proxy writes; its other CLIENT_ADDRESS_HEADERS are removed.
     """
-    named = connection_tokens(raw)
+    arguments = (client, scheme, host, default_host, trusted_peer, extra, drop, address_headers)
+    # One pass over the headers, unless a Connection header names one that is not always
+    # dropped anyway (browsers send "Connection: keep-alive"): then, knowing the names, again.
+    headers = _clean(raw, None, *arguments)
+    if headers is None:
+        headers = _clean(raw, connection_tokens(raw), *arguments)
+    assert headers is not None
+    return headers
+
+
+def _clean(
+    raw: Sequence[tuple[bytes, bytes]],
+    named: frozenset[bytes] | None,
+    client: bytes | None,
+    scheme: bytes,
+    host: bytes | None,
+    default_host: bytes,
+    trusted_peer: bool,
+    extra: Sequence[tuple[bytes, bytes]],
+    drop: frozenset[bytes],
+    address_headers: frozenset[bytes],
+) -> RawHeaders | None:
+    """request_headers's pass; ``named``: the names Connection headers list (None: not
+    read yet, and None is returned on meeting a Connection header that lists any other
+    than _ALWAYS_DROPPED)."""
     headers: RawHeaders = []
     forwarded_for: list[bytes] = []
     forwarded: list[bytes] = []
@@ -144,14 +170,21 @@ def request_headers(
     client_host = None
     for name, value in raw:
         lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in _FRAMING or lowered in named or lowered in drop:
+        if lowered in _ALWAYS_DROPPED:
+            if (
+                named is None
+                and lowered == b"connection"
+                and connection_tokens(((lowered, value),)).difference(_ALWAYS_DROPPED)
+            ):
+                return None
+            continue
+        if lowered in drop or (named is not None and lowered in named):
             continue
         if lowered == b"host":
             client_host = value
-            continue
-        if b"_" in lowered and lowered.replace(b"_", b"-") in CLIENT_FACT_HEADERS:
-            continue  # an underscore twin, from anyone
-        if lowered not in CLIENT_FACT_HEADERS:
+        elif lowered not in CLIENT_FACT_HEADERS:
+            if b"_" in lowered and lowered.replace(b"_", b"-") in CLIENT_FACT_HEADERS:
+                continue  # an underscore twin, from anyone
             headers.append((name, value))
         elif not trusted_peer:
             continue
@@ -171,6 +204,8 @@ def request_headers(
         forwarded_for.append(client)
         if forwarded:
             forwarded.append(b'for="[' + client + b']"' if b":" in client else b"for=" + client)
+    outgoing_host = host if host is not None else client_host
+    headers.insert(0, (b"host", outgoing_host or default_host))
     if forwarded_for:
         headers.append((b"x-forwarded-for", b", ".join(forwarded_for)))
     if forwarded:
@@ -178,8 +213,6 @@ def request_headers(
     headers.append((b"x-forwarded-proto", proto or scheme))
     if forwarded_host or client_host:
         headers.append((b"x-forwarded-host", forwarded_host or client_host or b""))
-    outgoing_host = host if host is not None else client_host
-    headers.insert(0, (b"host", outgoing_host or default_host))
     headers.extend(extra)
     return headers
 

@@ -261,8 +261,17 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         except BaseException:  # timeouts, body errors, a worker being stopped
             self._release(connection, False)
             raise
-        stream = _ResponseBody(self, connection, exchange, timeouts.get("read"))
-        return Incoming(exchange.status, exchange.reason, exchange.headers, stream, stream.close)
+        if exchange.complete:
+            # The whole answer came with its head (most small ones do): the exchange is
+            # over, so the connection goes back now, and the body is handed over as bytes.
+            self._release(connection, exchange.reusable)
+            whole = exchange.take() or b""
+            return Incoming(
+                exchange.status, exchange.reason, exchange.headers, httpx.ByteStream(whole),
+                _over, whole,
+            )  # fmt: skip
+        body = _ResponseBody(self, connection, exchange, timeouts.get("read"))
+        return Incoming(exchange.status, exchange.reason, exchange.headers, body, body.close)
 
     def _send(
         self,
@@ -436,6 +445,10 @@ class _ResponseBody(httpx.SyncByteStream):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool._release(self._connection, reusable)
+
+
+def _over() -> None:
+    """``Incoming.close`` of an exchange that was over when its head came."""
 
 
 def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | None) -> None:

@@ -77,13 +77,18 @@ class Incoming:
     """An upstream's answer, once its head is in: the body streams from ``stream`` (an
     iterable or async iterable of bytes, as the transport is), and ``close`` (a function, or
     a coroutine function for an async transport) ends the exchange: the connection goes back
-    to the pool only if the body was read to its exact end."""
+    to the pool only if the body was read to its exact end.
+
+    ``whole``: the entire body when it came with the head (most small answers), the
+    exchange already over and its connection released; ``stream`` then yields it too, and
+    ``close`` does nothing. None when the body is still to be read."""
 
     status: int
     reason: bytes
     headers: RawHeaders
     stream: Any
     close: Callable[[], Any]
+    whole: bytes | None = None
 
 
 def incoming_from_response(response: httpx.Response, *, asynchronous: bool) -> Incoming:

@@ -8,7 +8,6 @@ from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import quote, urlsplit
-from wsgiref.util import is_hop_by_hop
 
 import httpx
 
@@ -26,6 +25,7 @@ __all__ = ["ForwardedBody", "SyncHTTPForwarder", "environ_headers"]
 Environ = MutableMapping[str, Any]
 StartResponse = Callable[..., Any]
 READ_SIZE = 64 * 1024
+_WSGI_HOP_BY_HOP = frozenset({b"trailers"})
 
 
 def environ_headers(environ: Environ) -> RawHeaders:
@@ -205,6 +205,10 @@ class SyncHTTPForwarder(ForwarderBase):
         transport: httpx.BaseTransport | None = None,
     ):
         super().__init__(policy, observer)
+        # PEP 3333 servers refuse every hop-by-hop header from an app, and wsgiref's list
+        # (util.is_hop_by_hop) also has "Trailers": dropped with the others, in one pass.
+        self._response_drop |= _WSGI_HOP_BY_HOP
+        self._bodiless_drop |= _WSGI_HOP_BY_HOP
         self._given = transport
         self._own: httpx.BaseTransport | None = None
         self._own_pid = 0
@@ -289,6 +293,12 @@ class SyncHTTPForwarder(ForwarderBase):
                 return None
             return _reply(start_response, reply, tag)
         headers, _ = self.answered(upstream, response, tag)
+        status_line = _status_line(response.status, response.reason.decode("ascii", "ignore"))
+        native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        whole = response.whole
+        if whole is not None:  # the exchange is over: nothing to read, nothing to release
+            start_response(status_line, native)
+            return [whole] if whole else []
         # The first body bytes are read before start_response: once it is called, a failure
         # can only be the server's own 500 page (gunicorn) instead of our 502.
         rest = iter(response.stream)
@@ -303,10 +313,7 @@ class SyncHTTPForwarder(ForwarderBase):
             response.close()
             raise
         try:
-            start_response(
-                _status_line(response.status, response.reason.decode("ascii", "ignore")),
-                [(name, value) for name, value in _native(headers) if not is_hop_by_hop(name)],
-            )
+            start_response(status_line, native)
         except BaseException:
             # The server refused the status or a header: the body is never read, and a
             # response left open would hold its pooled connection for the worker's life.

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from collections.abc import Iterator
 
@@ -11,7 +12,15 @@ import pytest
 
 from canary_mw.forward.client import DEFAULT_LIMITS, make_sync_transport
 from canary_mw.forward.sync_pool import HTTP11SyncTransport
-from tests.support.scripted import TIMEOUTS, Upstream, keep_alive, wait_for
+from tests.support.scripted import (
+    TIMEOUTS,
+    Upstream,
+    answer,
+    keep_alive,
+    read_head,
+    target,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -66,7 +75,25 @@ def test_close_closes_the_idle_connections(server: Upstream) -> None:
         get(transport, server.url)
 
 
-def test_a_waiting_thread_gets_the_connection_another_releases(server: Upstream) -> None:
+def test_a_waiting_thread_gets_the_connection_another_releases() -> None:
+    # The first answer's body comes in two parts, the second once the test says so: until
+    # then its exchange holds the only connection. (A body that comes whole with its head
+    # frees the connection at once.)
+    rest_may_go = threading.Event()
+
+    def upstream(conn: socket.socket, server: Upstream) -> None:
+        buffer = bytearray()
+        while head := read_head(conn, buffer):
+            server.heads.append(head)
+            path = target(head)
+            if path == b"/held":
+                conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n/h")
+                rest_may_go.wait(10)
+                conn.sendall(b"eld")
+            else:
+                conn.sendall(answer(path))
+
+    server = Upstream(upstream)
     transport = HTTP11SyncTransport(httpx.Limits(max_connections=1, max_keepalive_connections=1))
     request = httpx.Request("GET", server.url + "/held", extensions={"timeout": TIMEOUTS})
     held = transport.handle_request(request)  # its body not read: the connection is busy
@@ -79,9 +106,26 @@ def test_a_waiting_thread_gets_the_connection_another_releases(server: Upstream)
     waiter.start()
     # The pool's condition (CPython's) lists the threads waiting on it.
     wait_for(lambda: len(transport._room._waiters) == 1, what="the second request to wait")
+    rest_may_go.set()
     assert b"".join(held.stream) == b"/held"  # type: ignore[union-attr]
     held.close()
     waiter.join(10)
     assert result == [(200, b"/next")]
+    assert server.accepted == 1
+    server.close()
+    transport.close()
+
+
+def test_an_answer_that_came_whole_with_its_head_frees_its_connection_at_once(
+    server: Upstream,
+) -> None:
+    # Most small answers arrive in the read that brings their head: the exchange is over,
+    # so the connection goes back before the caller reads the body, and is reused.
+    transport = HTTP11SyncTransport(httpx.Limits(max_connections=1, max_keepalive_connections=1))
+    request = httpx.Request("GET", server.url + "/first", extensions={"timeout": TIMEOUTS})
+    first = transport.handle_request(request)  # body not read, response not closed
+    assert get(transport, server.url + "/second") == (200, b"/second")  # no pool wait
+    assert b"".join(first.stream) == b"/first"  # type: ignore[union-attr]
+    first.close()
     assert server.accepted == 1
     transport.close()
