@@ -87,15 +87,20 @@ class _Connection:
             if not self.plain:
                 self._set_timeout(timeout)
                 return sock.recv(READ_SIZE)
-            deadline = None if timeout is None else time.monotonic() + timeout
+            # The first wait is the whole timeout (poll itself goes on with the time left
+            # after a signal, PEP 475); only a false alarm needs the clock.
+            deadline = None
+            left = timeout
             while True:
-                left = None if deadline is None else deadline - time.monotonic()
                 if not self.readable_within(left):
                     raise httpx.ReadTimeout("read timed out")
                 try:
                     return sock.recv(READ_SIZE)
-                except BlockingIOError:
-                    continue  # readable was a false alarm (poll's word is a hint)
+                except BlockingIOError:  # readable was a false alarm (poll's word is a hint)
+                    now = time.monotonic()
+                    if deadline is None and timeout is not None:
+                        deadline = now + timeout  # (an upper bound of the true one)
+                    left = None if deadline is None else deadline - now
         except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # (TLS with no time left is a non-blocking read: "want read" is its timeout.)
             raise httpx.ReadTimeout("read timed out") from None
@@ -106,8 +111,11 @@ class _Connection:
         """All of ``data``, within ``timeout`` for the whole of it: an upstream that reads a
         few bytes at a time cannot hold the thread for one timeout per few bytes. The same
         non-blocking sends as a body's (send_some), plain and TLS alike."""
+        sent = self.send_some(data)  # a request head nearly always goes in one system call
+        if sent == len(data):
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
-        view = memoryview(data)
+        view = memoryview(data)[sent:]
         while True:
             view = view[self.send_some(view) :]
             if not view:
@@ -130,7 +138,7 @@ class _Connection:
         except OSError as exc:
             raise _broken(exc) from exc
 
-    def send_some(self, data: memoryview) -> int:
+    def send_some(self, data: bytes | memoryview) -> int:
         """Send what fits of ``data`` now, without waiting, and say how much went out (0:
         poll again; the caller's deadline bounds the waits). A TLS socket sends at most one
         record per call, non-blocking too: a blocking SSL_write of a whole piece waited for
@@ -152,7 +160,7 @@ class _Connection:
         One zero-timeout poll of this socket: an idle connection that is readable at all is
         closed, broken, or carries bytes that must never be read as a response."""
         sock = self.sock
-        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+        if not self.plain and sock.pending():  # type: ignore[attr-defined]
             return False
         return not self.readable_within(0)
 
@@ -308,8 +316,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         closed it (a poll) and closing one happen outside it. Under gunicorn's threads a
         lock held across a call that lets the GIL go puts every other forwarding thread to
         sleep on the lock."""
-        pool_timeout = timeouts.get("pool")
-        deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
+        deadline: float | None = None  # of the wait for room, set when it first waits
         while True:
             victim = None
             with self._lock:
@@ -329,7 +336,12 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                     victim = self._idle.pop_oldest()
                     if victim is not None:
                         break
-                    left = None if deadline is None else deadline - time.monotonic()
+                    if deadline is None:
+                        pool_timeout = timeouts.get("pool")
+                        deadline = (
+                            math.inf if pool_timeout is None else time.monotonic() + pool_timeout
+                        )
+                    left = None if deadline == math.inf else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise httpx.PoolTimeout("no connection to the upstream became free in time")
                     self._room.wait(left)

@@ -37,9 +37,9 @@ def environ_headers(environ: Environ) -> RawHeaders:
     header, where the trusted-proxy rules then see it as part of that header."""
     headers: RawHeaders = []
     for key, value in environ.items():
-        if key.startswith("HTTP_"):
+        if key[:5] == "HTTP_":
             name = key[5:].replace("_", "-").lower()
-        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+        elif key in {"CONTENT_TYPE", "CONTENT_LENGTH"} and value:
             name = key.replace("_", "-").lower()
         else:
             continue
