@@ -144,7 +144,7 @@ def request_headers(
     headers = _clean(raw, None, *arguments)
     if headers is None:
         headers = _clean(raw, connection_tokens(raw), *arguments)
-    assert headers is not None
+    assert headers is not None  # a pass told the names never gives up
     return headers
 
 
@@ -171,11 +171,7 @@ def _clean(
     for name, value in raw:
         lowered = name.lower()
         if lowered in _ALWAYS_DROPPED:
-            if (
-                named is None
-                and lowered == b"connection"
-                and connection_tokens(((lowered, value),)).difference(_ALWAYS_DROPPED)
-            ):
+            if named is None and lowered == b"connection" and _lists_more(value, _ALWAYS_DROPPED):
                 return None
             continue
         if lowered in drop or (named is not None and lowered in named):
@@ -222,15 +218,36 @@ def response_headers(
 ) -> tuple[RawHeaders, int | None]:
     """The upstream response's headers minus hop-by-hop ones and ``drop`` (lower-case), and
     its Content-Length when it gave exactly one valid value (None otherwise)."""
-    named = connection_tokens(raw)
+    # One pass, as in request_headers, unless a Connection header names more than these.
+    kept = _kept(raw, None, drop)
+    if kept is None:
+        kept = _kept(raw, connection_tokens(raw), drop)
+    assert kept is not None  # a pass told the names never gives up
+    headers, lengths = kept
+    length = int(lengths[0]) if len(lengths) == 1 and lengths[0].strip().isdigit() else None
+    return headers, length
+
+
+def _kept(
+    raw: Sequence[tuple[bytes, bytes]], named: frozenset[bytes] | None, drop: frozenset[bytes]
+) -> tuple[RawHeaders, list[bytes]] | None:
     kept: RawHeaders = []
     lengths = []
     for name, value in raw:
         lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in named or lowered in drop:
+        if lowered in HOP_BY_HOP:
+            if named is None and lowered == b"connection" and _lists_more(value, HOP_BY_HOP):
+                return None
+            continue
+        if lowered in drop or (named is not None and lowered in named):
             continue
         if lowered == b"content-length":
             lengths.append(value)
         kept.append((name, value))
-    length = int(lengths[0]) if len(lengths) == 1 and lengths[0].strip().isdigit() else None
-    return kept, length
+    return kept, lengths
+
+
+def _lists_more(connection: bytes, dropped: frozenset[bytes]) -> bool:
+    """Whether a Connection header's value names a header beyond ``dropped`` (those a pass
+    drops anyway)."""
+    return bool(connection_tokens(((b"connection", connection),)).difference(dropped))

@@ -35,6 +35,7 @@ depend on where reads end (``tests/forward/test_http11_core.py`` splits at every
 
 from __future__ import annotations
 
+import operator
 import re
 import select
 
@@ -80,6 +81,13 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 #: llhttp lets them through, and a WSGI server refuses such a status line from its app.
 _REASON_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEAD_END = b"\r\n\r\n"
+_header_line = b": ".join
+_name = operator.itemgetter(0)
+#: Header names already found to be tokens: most requests send only names seen before, and
+#: one set lookup each replaces the scan. Bounded (a client inventing names fills it once;
+#: names past the bound are checked every time, as before).
+_VALID_NAMES: set[bytes] = set()
+_MAX_VALID_NAMES = 4096
 
 
 class _ExtraBytesError(Exception):
@@ -118,7 +126,7 @@ class Exchange:
         if chunked and length is not None:
             raise httpx.LocalProtocolError("both Content-Length and Transfer-Encoding")
         request_line = b"%s %s HTTP/1.1" % (method.encode("ascii"), target)
-        self.head = b"\r\n".join([request_line, *[b": ".join(pair) for pair in headers], b"\r\n"])
+        self.head = b"\r\n".join([request_line, *map(_header_line, headers), b"\r\n"])
         _check_head(self.head, request_line, headers)
         self.has_body = chunked or bool(length)
         self._length = -1 if chunked else (length or 0)  # -1: chunked
@@ -491,8 +499,11 @@ def _check_head(head: bytes, request_line: bytes, headers: list[tuple[bytes, byt
     ends = len(headers) + 2
     if head.count(b"\r") != ends or head.count(b"\n") != ends or b"\0" in head:
         raise httpx.LocalProtocolError("CR, LF or NUL in the request line or a header")
-    names = [name for name, _ in headers]
-    if b"" in names or _NAME_BAD.search(b"".join(names)):
-        raise httpx.LocalProtocolError(f"invalid header name among {names!r}")
+    if not _VALID_NAMES.issuperset(map(_name, headers)):
+        names = [name for name, _ in headers]
+        if b"" in names or _NAME_BAD.search(b"".join(names)):
+            raise httpx.LocalProtocolError(f"invalid header name among {names!r}")
+        if len(_VALID_NAMES) < _MAX_VALID_NAMES:
+            _VALID_NAMES.update(names)
     if request_line.count(b" ") != 2:
         raise httpx.LocalProtocolError("a space in the request method or target")

@@ -203,6 +203,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         self._ssl: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
+        self._waiting = 0  # threads waiting for room: without any, nobody is told of it
         self._idle: IdleConnections[_Connection] = IdleConnections(
             limits.max_keepalive_connections, limits.keepalive_expiry
         )
@@ -344,7 +345,11 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                     left = None if deadline == math.inf else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise httpx.PoolTimeout("no connection to the upstream became free in time")
-                    self._room.wait(left)
+                    self._waiting += 1
+                    try:
+                        self._room.wait(left)
+                    finally:
+                        self._waiting -= 1
             if victim is not None:
                 self._discard(victim)
             elif connection is None:
@@ -358,7 +363,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         except BaseException:
             with self._lock:
                 self._open -= 1
-                self._room.notify()
+                if self._waiting:
+                    self._room.notify()
             raise
 
     def _release(self, connection: _Connection, reusable: bool) -> None:
@@ -367,7 +373,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             if reusable and not self._closed and self._idle.has_room():
                 connection.idle_since = time.monotonic()
                 self._idle.put(connection.origin, connection)
-                self._room.notify()
+                if self._waiting:
+                    self._room.notify()
                 return
         self._discard(connection)
 
@@ -376,7 +383,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         connection.close()
         with self._lock:
             self._open -= 1
-            self._room.notify()
+            if self._waiting:
+                self._room.notify()
 
     def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
         scheme, host, port, _ = origin

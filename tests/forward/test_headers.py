@@ -13,6 +13,7 @@ from canary_mw.forward.headers import (
     CLIENT_FACT_HEADERS,
     DEFAULT_ADDRESS_HEADERS,
     request_headers,
+    response_headers,
 )
 
 PEER = b"198.51.100.20"
@@ -196,3 +197,69 @@ def test_whatever_an_untrusted_peer_sends(sent: list[tuple[str, str]]) -> None:
         assert name.replace(b"_", b"-") not in CLIENT_FACT_HEADERS or name in ours, headers
     for name in ours:
         assert names.count(name) <= 1
+
+
+# -- Connection: the headers it names are dropped, in both directions ---------------------
+_HOP = {b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate",
+        b"proxy-authorization", b"te", b"trailer", b"transfer-encoding", b"upgrade"}  # fmt: skip
+_CONNECTION_NAMES = st.sampled_from(
+    ["connection", "keep-alive", "close", "te", "x-a", "x-b", "host", "cookie",
+     "content-length", "x-forwarded-for", "upgrade", "X-A"]
+)  # fmt: skip
+_LISTED = st.lists(_CONNECTION_NAMES, max_size=3).map(", ".join)
+_HEADERS = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from(["Connection", "connection"]), _LISTED),
+        st.tuples(_CONNECTION_NAMES, st.sampled_from(["1", "a.test", "10.1.2.3"])),
+    ),
+    max_size=10,
+)
+
+
+def _named(raw: list[tuple[bytes, bytes]]) -> set[bytes]:
+    """The reading of RFC 9110 §7.6.1 the functions keep, written out plainly."""
+    return {
+        token.strip().lower()
+        for name, value in raw
+        if name.lower() == b"connection"
+        for token in value.split(b",")
+        if token.strip()
+    }
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HEADERS)
+def test_a_request_header_the_connection_header_names_never_goes_on(
+    sent: list[tuple[str, str]],
+) -> None:
+    # (request_headers reads the headers once, and again only when a Connection header
+    # names something beyond the hop-by-hop and framing ones: both paths are drawn here.)
+    raw = [(name.encode(), value.encode()) for name, value in sent]
+    named = _named(raw)
+    headers = build(raw, trusted=True)
+    ours = {b"host", b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host",
+            b"x-canary-forwarded"}  # fmt: skip
+    theirs = [(name.lower(), value) for name, value in headers if name.lower() not in ours]
+    expected = [
+        (name.lower(), value)
+        for name, value in raw
+        if name.lower() not in named | _HOP | {b"content-length"} | ours
+    ]
+    assert theirs == expected
+    if b"host" in named:  # the client's Host is named: the default one goes
+        assert headers[0] == (b"host", b"canary:8000")
+
+
+@settings(max_examples=400, deadline=None)
+@given(_HEADERS)
+def test_a_response_header_the_connection_header_names_never_goes_on(
+    sent: list[tuple[str, str]],
+) -> None:
+    raw = [(name.encode(), value.encode()) for name, value in sent]
+    named = _named(raw)
+    kept, length = response_headers(raw, drop=frozenset({b"x-b"}))
+    expected = [(name, value) for name, value in raw if name.lower() not in named | _HOP | {b"x-b"}]
+    assert kept == expected
+    lengths = [value for name, value in expected if name.lower() == b"content-length"]
+    valid = len(lengths) == 1 and lengths[0].isdigit()
+    assert length == (int(lengths[0]) if valid else None)
