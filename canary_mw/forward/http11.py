@@ -110,10 +110,12 @@ class Exchange:
         self.head_only = method == "HEAD"
         length: int | None = None
         chunked = False
-        for name, value in headers:
-            size = len(name)  # the two framing names' lengths: most names are not looked at
-            if size not in {14, 17}:
-                continue
+        names = list(map(_name, headers))
+        # The framing headers are looked for in C first: one join of the names, lowered.
+        # Only when one may be there (a name containing it) are the headers read one by one.
+        lowered_names = b"\n".join(names).lower()
+        framed = b"content-length" in lowered_names or b"transfer-encoding" in lowered_names
+        for name, value in headers if framed else ():
             lowered = name.lower()
             if lowered == b"content-length":
                 if length is not None or not _DIGITS.fullmatch(value):
@@ -127,7 +129,7 @@ class Exchange:
             raise httpx.LocalProtocolError("both Content-Length and Transfer-Encoding")
         request_line = b"%s %s HTTP/1.1" % (method.encode("ascii"), target)
         self.head = b"\r\n".join([request_line, *map(_header_line, headers), b"\r\n"])
-        _check_head(self.head, request_line, headers)
+        _check_head(self.head, request_line, names)
         self.has_body = chunked or bool(length)
         self._length = -1 if chunked else (length or 0)  # -1: chunked
         self._sent = 0
@@ -489,18 +491,17 @@ def readable_now(fd: int) -> bool:
     return bool(poller.poll(0))
 
 
-def _check_head(head: bytes, request_line: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+def _check_head(head: bytes, request_line: bytes, names: list[bytes]) -> None:
     """Refuse to write a head that a CR, LF or NUL could split in two (request smuggling),
     or a header name that is not an HTTP token: a few scans of the bytes, in C.
 
     ``head`` is the request line and each header line, each ended by CRLF, then CRLF: our
     own line ends are exactly one CR and one LF per line plus the blank line's, so any other
     CR or LF (in the method, target, a name or a value) makes a count come out higher."""
-    ends = len(headers) + 2
+    ends = len(names) + 2
     if head.count(b"\r") != ends or head.count(b"\n") != ends or b"\0" in head:
         raise httpx.LocalProtocolError("CR, LF or NUL in the request line or a header")
-    if not _VALID_NAMES.issuperset(map(_name, headers)):
-        names = [name for name, _ in headers]
+    if not _VALID_NAMES.issuperset(names):
         if b"" in names or _NAME_BAD.search(b"".join(names)):
             raise httpx.LocalProtocolError(f"invalid header name among {names!r}")
         if len(_VALID_NAMES) < _MAX_VALID_NAMES:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import operator
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, MutableMapping
@@ -35,16 +37,27 @@ def environ_headers(environ: Environ) -> RawHeaders:
     So an underscore twin (``X_Forwarded_For``) is only kept apart by the server: gunicorn and
     waitress drop names with ``_``; werkzeug's development server joins a twin into the real
     header, where the trusted-proxy rules then see it as part of that header."""
-    headers: RawHeaders = []
-    for key, value in environ.items():
-        if key[:5] == "HTTP_":
-            name = key[5:].replace("_", "-").lower()
-        elif key in {"CONTENT_TYPE", "CONTENT_LENGTH"} and value:
-            name = key.replace("_", "-").lower()
-        else:
-            continue
-        headers.append((name.encode("latin-1"), str(value).encode("latin-1")))
+    # The environ holds some twenty keys besides the headers: they are passed over in C
+    # (filter with a method caller), and each header's name is converted once per name.
+    headers: RawHeaders = [
+        (_header_name(key), environ[key].encode("latin-1"))
+        for key in filter(_is_header_key, environ)
+    ]
+    for key, name in _CONTENT_KEYS:
+        value = environ.get(key)
+        if value:
+            headers.append((name, str(value).encode("latin-1")))
     return headers
+
+
+_is_header_key = operator.methodcaller("startswith", "HTTP_")
+_CONTENT_KEYS = (("CONTENT_TYPE", b"content-type"), ("CONTENT_LENGTH", b"content-length"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_name(key: str) -> bytes:
+    """``HTTP_X_FOO`` → ``b"x-foo"`` (bounded: clients choose names)."""
+    return key[5:].replace("_", "-").lower().encode("latin-1")
 
 
 def request_target(environ: Environ) -> tuple[bytes, bytes]:
