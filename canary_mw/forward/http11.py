@@ -99,8 +99,8 @@ class Exchange:
 
     __slots__ = (
         "_after_head", "_block_body", "_block_fill", "_body_bytes", "_chunked_response",
-        "_coding", "_crlf_run", "_head_buf", "_head_seen", "_interim", "_length",
-        "_length_given", "_parser", "_sent", "_stall", "_stall_mark", "buffered", "chunks",
+        "_crlf_run", "_head_buf", "_head_seen", "_interim", "_length", "_parser", "_sent",
+        "_stall", "_stall_mark", "buffered", "chunks",
         "complete", "has_body", "head", "head_done", "head_only", "headers", "keep_alive",
         "method", "reason", "received", "request_done", "status", "trailing", "until_eof",
     )  # fmt: skip
@@ -147,8 +147,6 @@ class Exchange:
         self._stall_mark = 0  # _body_bytes when the count last looked
         self._crlf_run = 0  # CR/LF bytes at the end of what was fed
         self._chunked_response = False
-        self._coding: bytes | None = None  # the last Transfer-Encoding header's value
-        self._length_given = False
         self.received = 0  # any byte of a response: from then on, never sent again
         self.status = 0
         self.reason = b""
@@ -397,14 +395,10 @@ class Exchange:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.head_done:
             return  # a trailer: never promoted to a header, whenever it arrives
-        if len(self.headers) >= MAX_HEADERS:
+        headers = self.headers
+        headers.append((name, value))
+        if len(headers) > MAX_HEADERS:
             raise httpx.RemoteProtocolError("the upstream sent too many response headers")
-        self.headers.append((name, value))
-        size = len(name)  # framing headers noted as they come: no second pass
-        if size == 14 and name.lower() == b"content-length":
-            self._length_given = True
-        elif size == 17 and name.lower() == b"transfer-encoding":
-            self._coding = value
 
     def on_headers_complete(self) -> None:
         if self.head_done:
@@ -416,7 +410,6 @@ class Exchange:
             raise httpx.RemoteProtocolError(f"the upstream answered status {status}")
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
             self.headers, self.reason = [], b""
-            self._coding, self._length_given = None, False
             self._interim = True
             return
         self.status = status
@@ -429,11 +422,16 @@ class Exchange:
             return
         if status in (204, 304):
             return
-        if self._coding is not None:  # llhttp: chunked only when it is the last coding
-            self._chunked_response = self._coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+        # The framing headers, found in C: names cannot hold a line feed (llhttp refuses
+        # one), so "\nname\n" in the joined names is an exact match of a whole name.
+        names = b"\n%s\n" % b"\n".join(map(_name, self.headers)).lower()
+        if b"\ntransfer-encoding\n" in names:
+            # llhttp: chunked only when it is the last coding of the last such header.
+            coding = [v for n, v in self.headers if n.lower() == b"transfer-encoding"][-1]
+            self._chunked_response = coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             self.until_eof = not self._chunked_response
         else:
-            self.until_eof = not self._length_given
+            self.until_eof = b"\ncontent-length\n" not in names
 
     def on_body(self, body: bytes) -> None:
         if self.complete:  # after the head of a HEAD response: bytes that belong to none
