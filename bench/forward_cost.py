@@ -4,6 +4,7 @@ benchmark's trivial backend under uvicorn, in its own process).
 
     python bench/forward_cost.py            # both sides, about half a minute
     python bench/forward_cost.py --profile  # and a cProfile of each canary path
+    python bench/forward_cost.py --opcodes  # Python bytecodes per WSGI request, counted
 
 What it prints is this process's CPU time per request (the canary's own is not counted),
 in rounds that alternate the cases, so whatever else the machine does hits them alike:
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -163,9 +165,35 @@ def profile(name: str, run: Callable[[int], None]) -> None:
     pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
+def opcodes(name: str, run: Callable[[int], None], top: int = 12) -> None:
+    """Count the bytecodes one request executes (sys.settrace with opcode events): the same
+    figure on every run of the same code, where CPU time on a shared machine moves by tens
+    of percent. What C does (system calls, httptools, hashing) is not counted."""
+    per_function: Counter[str] = Counter()
+
+    def tracer(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        if event == "opcode":
+            code = frame.f_code
+            per_function["/".join(code.co_filename.split("/")[-2:]) + ":" + code.co_name] += 1
+        return tracer
+
+    requests = 100
+    sys.settrace(tracer)
+    try:
+        run(requests)
+    finally:
+        sys.settrace(None)
+    total = sum(per_function.values()) / requests
+    print(f"\n-- {name}: {total:.0f} bytecodes per request, the most in")
+    for function, count in per_function.most_common(top):
+        print(f"{count / requests:7.0f}  {function}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--opcodes", action="store_true")
     args = parser.parse_args()
     import uvloop
 
@@ -178,6 +206,10 @@ def main() -> None:
         bare = results["bare Flask app"]
         for name, cost in results.items():
             print(f"{name:<46} {cost:7.1f} µs CPU/request  ({cost / bare:.2f}x bare Flask)")
+        if args.opcodes:
+            for name, run in cases.items():
+                if "Router" not in name:  # the WSGI cases: an event loop's own would count
+                    opcodes(name, run)
         if args.profile:
             for name, run in cases.items():
                 if "canary" in name:
