@@ -57,20 +57,23 @@ class IdleConnections(Generic[C]):
         stale = 0
         while True:
             connection, expired = self.pop(key, now)
-            stale += expired
+            for old in expired:
+                old.close()
+            stale += len(expired)
             if connection is None or connection.still_open():
                 return connection, stale
             connection.close()
             stale += 1
 
-    def pop(self, key: Hashable, now: float) -> tuple[C | None, int]:
-        """Like :meth:`take`, but the connection is not asked whether the upstream closed it
-        (the caller asks, outside its lock: that is a system call); only expired ones are
-        closed on the way."""
+    def pop(self, key: Hashable, now: float) -> tuple[C | None, list[C]]:
+        """Like :meth:`take`, but nothing is asked of or done to a connection (a system
+        call: the blocking pool makes none under its lock): the most recent one that has not
+        expired, unasked whether the upstream closed it, and the expired ones found on the
+        way, no longer idle, for the caller to close."""
         idle = self._by_key.get(key)
         if idle is None:
-            return None, 0
-        expired = 0
+            return None, []
+        expired: list[C] = []
         found = None
         while idle:
             connection = idle.pop()
@@ -78,8 +81,7 @@ class IdleConnections(Generic[C]):
             if self._expiry is None or now - connection.idle_since <= self._expiry:
                 found = connection
                 break
-            connection.close()
-            expired += 1
+            expired.append(connection)
         if not idle:
             del self._by_key[key]
         return found, expired

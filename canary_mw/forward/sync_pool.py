@@ -271,14 +271,16 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             self._release(connection, False)
             raise
         if exchange.complete:
-            # The whole answer came with its head (most small ones do): the exchange is
-            # over, so the connection goes back now, and the body is handed over as bytes.
-            self._release(connection, exchange.reusable)
+            # The whole answer came with its head (most small ones do): nothing is left to
+            # read, so the body is handed over as bytes. The connection stays this exchange's
+            # until the caller closes it (the server has written the body to its client): a
+            # canary's late second copy of this answer then finds it idle and is caught by
+            # the check before reuse, as when the body is read from the socket.
             whole = exchange.take() or b""
+            done = _Whole(self, connection, exchange.reusable, whole)
             return Incoming(
-                exchange.status, exchange.reason, exchange.headers, httpx.ByteStream(whole),
-                _over, whole,
-            )  # fmt: skip
+                exchange.status, exchange.reason, exchange.headers, done, done.close, whole
+            )
         body = _ResponseBody(self, connection, exchange, timeouts.get("read"))
         return Incoming(exchange.status, exchange.reason, exchange.headers, body, body.close)
 
@@ -320,13 +322,15 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         deadline: float | None = None  # of the wait for room, set when it first waits
         while True:
             victim = None
+            expired: list[_Connection] = []
             with self._lock:
                 while True:
                     if self._closed:
                         raise httpx.PoolTimeout("the transport was closed")
                     if not fresh:
-                        connection, expired = self._idle.pop(origin, time.monotonic())
-                        self._open -= expired
+                        connection, stale = self._idle.pop(origin, time.monotonic())
+                        self._open -= len(stale)
+                        expired += stale  # closed once the lock is let go
                         if connection is not None:
                             break
                     if self._max_open is None or self._open < self._max_open:
@@ -350,6 +354,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                         self._room.wait(left)
                     finally:
                         self._waiting -= 1
+            for old in expired:  # (already counted as closed)
+                old.close()
             if victim is not None:
                 self._discard(victim)
             elif connection is None:
@@ -467,8 +473,28 @@ class _ResponseBody(httpx.SyncByteStream):
             pool._release(self._connection, reusable)
 
 
-def _over() -> None:
-    """``Incoming.close`` of an exchange that was over when its head came."""
+class _Whole(httpx.SyncByteStream):
+    """The body of an answer that came whole with its head: iterating gives it at once, and
+    closing hands the connection back (reusable by the core's verdict, taken then)."""
+
+    __slots__ = ("_body", "_connection", "_pool", "_reusable")
+
+    def __init__(
+        self, pool: HTTP11SyncTransport, connection: _Connection, reusable: bool, body: bytes
+    ):
+        self._pool: HTTP11SyncTransport | None = pool
+        self._connection = connection
+        self._reusable = reusable
+        self._body = body
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._body:
+            yield self._body
+
+    def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool._release(self._connection, self._reusable)
 
 
 def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | None) -> None:

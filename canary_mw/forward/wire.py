@@ -79,9 +79,9 @@ class Incoming:
     a coroutine function for an async transport) ends the exchange: the connection goes back
     to the pool only if the body was read to its exact end.
 
-    ``whole``: the entire body when it came with the head (most small answers), the
-    exchange already over and its connection released; ``stream`` then yields it too, and
-    ``close`` does nothing. None when the body is still to be read."""
+    ``whole``: the entire body when it came with the head (most small answers); ``stream``
+    then yields it too, and ``close`` still ends the exchange (the connection is released
+    then, not before). None when the body is still to be read."""
 
     status: int
     reason: bytes

@@ -40,7 +40,7 @@ def environ_headers(environ: Environ) -> RawHeaders:
     # The environ holds some twenty keys besides the headers: they are passed over in C
     # (filter with a method caller), and each header's name is converted once per name.
     headers: RawHeaders = [
-        (_header_name(key), environ[key].encode("latin-1"))
+        (_header_name(key), str(environ[key]).encode("latin-1"))
         for key in filter(_is_header_key, environ)
     ]
     for key, name in _CONTENT_KEYS:
@@ -308,10 +308,16 @@ class SyncHTTPForwarder(ForwarderBase):
         headers, _ = self.answered(upstream, response, tag)
         status_line = _status_line(response.status, response.reason.decode("ascii", "ignore"))
         native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
-        whole = response.whole
-        if whole is not None:  # the exchange is over: nothing to read, nothing to release
-            start_response(status_line, native)
-            return [whole] if whole else []
+        if response.whole is not None:
+            # Nothing left to read: the server iterates the body at once and its close()
+            # (once the client has it) releases the connection.
+            try:
+                start_response(status_line, native)
+            except BaseException:
+                response.close()
+                raise
+            whole: Iterable[bytes] = response.stream
+            return whole
         # The first body bytes are read before start_response: once it is called, a failure
         # can only be the server's own 500 page (gunicorn) instead of our 502.
         rest = iter(response.stream)

@@ -84,20 +84,21 @@ def test_room_and_drain() -> None:
     assert table.take("a", 0) == (None, 0)
 
 
-def test_pop_closes_expired_ones_but_asks_no_connection_whether_it_is_open() -> None:
-    # The blocking pool calls pop() under its lock and asks still_open() (a poll) after
-    # letting the lock go: pop() itself must not ask.
+def test_pop_neither_asks_nor_closes_any_connection() -> None:
+    # The blocking pool calls pop() under its lock, and asks still_open() (a poll) and
+    # closes connections (system calls) after letting the lock go: pop() does neither.
     table: IdleConnections[Conn] = IdleConnections(None, expiry=5)
     fresh = idle(table, "k", "fresh", 8)
     closed = idle(table, "k", "closed", 9)
     closed.open = False
-    idle(table, "k", "expired", 1)
+    expired = idle(table, "k", "expired", 1)
     asked: list[str] = []
     for connection in (fresh, closed):
         connection.still_open = lambda c=connection: asked.append(c.name) or c.open  # type: ignore[method-assign]
-    assert table.pop("k", 10) == (closed, 1)  # the expired one, most recent, closed on the way
+    # The expired one, most recent, is found on the way and handed over, not closed.
+    assert table.pop("k", 10) == (closed, [expired])
+    assert table.pop("k", 10) == (fresh, [])
+    assert table.pop("k", 10) == (None, [])
     assert asked == []
-    assert closed.closes == 0  # the caller asks, and closes it
-    assert table.pop("k", 10) == (fresh, 0)
-    assert table.pop("k", 10) == (None, 0)
+    assert (fresh.closes, closed.closes, expired.closes) == (0, 0, 0)
     assert table._by_key == {}

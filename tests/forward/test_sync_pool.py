@@ -116,16 +116,43 @@ def test_a_waiting_thread_gets_the_connection_another_releases() -> None:
     transport.close()
 
 
-def test_an_answer_that_came_whole_with_its_head_frees_its_connection_at_once(
-    server: Upstream,
-) -> None:
-    # Most small answers arrive in the read that brings their head: the exchange is over,
-    # so the connection goes back before the caller reads the body, and is reused.
-    transport = HTTP11SyncTransport(httpx.Limits(max_connections=1, max_keepalive_connections=1))
-    request = httpx.Request("GET", server.url + "/first", extensions={"timeout": TIMEOUTS})
-    first = transport.handle_request(request)  # body not read, response not closed
-    assert get(transport, server.url + "/second") == (200, b"/second")  # no pool wait
-    assert b"".join(first.stream) == b"/first"  # type: ignore[union-attr]
-    first.close()
-    assert server.accepted == 1
+def test_a_whole_answers_connection_stays_its_own_until_the_response_is_closed() -> None:
+    # An answer that came whole with its head has nothing left to read, but its connection
+    # is not handed to the next request before the caller closes the response (a WSGI
+    # server: once its client has the body). A canary that writes user A's page a second
+    # time, late, has the copy caught before reuse instead of read as B's answer. Here the
+    # canary sends A's copy when the next request arrives on A's connection (review of the
+    # early release, /tmp/review/test_early_release.py: B got A's page, 5 runs in 5).
+    def twice(conn: socket.socket, server: Upstream) -> None:
+        buffer = bytearray()
+        late = b""
+        while head := read_head(conn, buffer):
+            server.heads.append(head)
+            path = target(head)
+            conn.sendall(late + answer(path))
+            late = answer(path) if path == b"/user-a" else b""
+
+    server = Upstream(twice)
+    transport = HTTP11SyncTransport(httpx.Limits(max_connections=4, max_keepalive_connections=4))
+    a = transport.handle_request(
+        httpx.Request("GET", server.url + "/user-a", extensions={"timeout": TIMEOUTS})
+    )  # A's answer is in whole; A's response is still open (its client still reading)
+    assert get(transport, server.url + "/user-b") == (200, b"/user-b")
+    assert server.accepted == 2  # B got a connection of its own
+    assert b"".join(a.stream) == b"/user-a"  # type: ignore[union-attr]
+    a.close()
     transport.close()
+    server.close()
+
+
+def test_an_expired_idle_connection_is_closed_not_reused(server: Upstream) -> None:
+    # Found expired under the pool's lock, closed after it is let go: never leaked.
+    limits = httpx.Limits(max_connections=4, max_keepalive_connections=4, keepalive_expiry=0)
+    transport = HTTP11SyncTransport(limits)
+    assert get(transport, server.url + "/one") == (200, b"/one")
+    wait_for(lambda: len(transport._idle) == 1, what="the first connection to go idle")
+    assert get(transport, server.url + "/two") == (200, b"/two")
+    assert server.accepted == 2
+    wait_for(lambda: server.finished >= 1, what="the expired connection to be closed")
+    transport.close()
+    wait_for(lambda: server.finished == 2, what="every connection to be closed")
