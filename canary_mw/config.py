@@ -29,6 +29,7 @@ from .forward.client import (
     checked_timeout,
 )
 from .forward.common import ForwardPolicy
+from .forward.headers import HOP_BY_HOP
 from .forward.partition import IDENTITY_HEADERS, IDENTITY_QUERY
 from .forward.wsgi_http import SyncHTTPForwarder
 from .health import AsyncChecker, BackendHealth, BlockingChecker, HealthCheck
@@ -63,6 +64,24 @@ def _header_name(option: str, value: object) -> bytes:
             f"{option} must be a header name such as 'X-Canary-Version', got {value!r}"
         )
     return value.lower().encode("ascii")
+
+
+#: Names a header of ours may not have: hop-by-hop ones (RFC 9110 §7.6.1; wsgiref's list
+#: adds "Trailers") are dropped by every proxy on the way, and the framing ones and Host
+#: describe the message itself.
+_NOT_OURS = HOP_BY_HOP | {b"trailers", b"content-length", b"host"}
+
+
+def _own_header(option: str, value: object) -> bytes:
+    """A header the routers write (the tag, the loop guard): a token, and not one that a
+    proxy drops or that frames the message."""
+    name = _header_name(option, value)
+    if name in _NOT_OURS:
+        raise ConfigurationError(
+            f"{option} {value!r} is a hop-by-hop or framing header, which proxies drop or "
+            f"rewrite: choose another name, such as 'X-Canary-Version'"
+        )
+    return name
 
 
 def _name_list(option: str, names: object, what: str) -> Sequence[Any]:
@@ -143,8 +162,8 @@ class CanaryConfig:
                 header=self.force_header, cookie=self.force_cookie, sticky=self._sticky()
             ),
             "rules": self._rules(),
-            "tag": None if self.tag_header is None else _header_name("tag_header", self.tag_header),
-            "loop": _header_name("loop_header", self.loop_header),
+            "tag": None if self.tag_header is None else _own_header("tag_header", self.tag_header),
+            "loop": _own_header("loop_header", self.loop_header),
             "identity": self._identity(),
             "query_identity": self._query_identity(),
             "http_timeout": checked_timeout(self.timeout),

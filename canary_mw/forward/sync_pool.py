@@ -88,8 +88,8 @@ class _Connection:
                 self._set_timeout(timeout)
                 return sock.recv(READ_SIZE)
             # The first wait is the whole timeout (poll itself goes on with the time left
-            # after a signal, PEP 475); only a false alarm needs the clock.
-            deadline = None
+            # after a signal, PEP 475); after a false alarm, what is left of it.
+            deadline = None if timeout is None else time.monotonic() + timeout
             left = timeout
             while True:
                 if not self.readable_within(left):
@@ -97,10 +97,7 @@ class _Connection:
                 try:
                     return sock.recv(READ_SIZE)
                 except BlockingIOError:  # readable was a false alarm (poll's word is a hint)
-                    now = time.monotonic()
-                    if deadline is None and timeout is not None:
-                        deadline = now + timeout  # (an upper bound of the true one)
-                    left = None if deadline is None else deadline - now
+                    left = None if deadline is None else max(0.0, deadline - time.monotonic())
         except (TimeoutError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             # (TLS with no time left is a non-blocking read: "want read" is its timeout.)
             raise httpx.ReadTimeout("read timed out") from None
@@ -319,7 +316,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         closed it (a poll) and closing one happen outside it. Under gunicorn's threads a
         lock held across a call that lets the GIL go puts every other forwarding thread to
         sleep on the lock."""
-        deadline: float | None = None  # of the wait for room, set when it first waits
+        started = time.monotonic()  # the pool timeout counts from here
+        deadline: float | None = None  # worked out when it first has to wait
         while True:
             victim = None
             expired: list[_Connection] = []
@@ -343,9 +341,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                         break
                     if deadline is None:
                         pool_timeout = timeouts.get("pool")
-                        deadline = (
-                            math.inf if pool_timeout is None else time.monotonic() + pool_timeout
-                        )
+                        deadline = math.inf if pool_timeout is None else started + pool_timeout
                     left = None if deadline == math.inf else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise httpx.PoolTimeout("no connection to the upstream became free in time")

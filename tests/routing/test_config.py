@@ -50,6 +50,9 @@ ROUTERS = [
     [
         ({}, "no upstream"),
         ({**GOOD, "tag_header": "X Canary"}, "header name"),
+        ({**GOOD, "tag_header": "Trailers"}, "tag_header 'Trailers' is a hop-by-hop or framing header"),
+        ({**GOOD, "loop_header": "Connection"}, "loop_header 'Connection' is a hop-by-hop"),
+        ({**GOOD, "loop_header": "Content-Length"}, "hop-by-hop or framing header"),
         ({**GOOD, "timeout": "soon"}, "httpx.Timeout"),
         ({**GOOD, "max_body_size": 0}, "positive number of bytes"),
         ({**GOOD, "metrics": "yes"}, "True, False or a Metrics"),
