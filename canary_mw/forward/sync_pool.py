@@ -470,8 +470,10 @@ class _ResponseBody(httpx.SyncByteStream):
 
 
 class _Whole(httpx.SyncByteStream):
-    """The body of an answer that came whole with its head: iterating gives it at once, and
-    closing hands the connection back (reusable by the core's verdict, taken then)."""
+    """The body of an answer that came whole with its head: iterating gives it at once. The
+    connection goes back (reusable by the core's verdict, taken then) when the iteration
+    is resumed past it (a WSGI server has written it to its client by then) or on close,
+    whichever comes first, as a body read from the socket does."""
 
     __slots__ = ("_body", "_connection", "_pool", "_reusable")
 
@@ -486,6 +488,7 @@ class _Whole(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         if self._body:
             yield self._body
+        self.close()
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

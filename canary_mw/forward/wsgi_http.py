@@ -305,9 +305,13 @@ class SyncHTTPForwarder(ForwarderBase):
                     environ["wsgi.input"] = _Replayed(body.first, body.stream)
                 return None
             return _reply(start_response, reply, tag)
-        headers, _ = self.answered(upstream, response, tag)
-        status_line = _status_line(response.status, response.reason.decode("ascii", "ignore"))
-        native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        try:
+            headers, _ = self.answered(upstream, response, tag)
+            status_line = _status_line(response.status, response.reason.decode("ascii", "ignore"))
+            native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        except BaseException:
+            response.close()  # never hold a pooled connection past a failure of ours
+            raise
         if response.whole is not None:
             # Nothing left to read: the server iterates the body at once and its close()
             # (once the client has it) releases the connection.

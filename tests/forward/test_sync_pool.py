@@ -156,3 +156,18 @@ def test_an_expired_idle_connection_is_closed_not_reused(server: Upstream) -> No
     wait_for(lambda: server.finished >= 1, what="the expired connection to be closed")
     transport.close()
     wait_for(lambda: server.finished == 2, what="every connection to be closed")
+
+
+def test_a_whole_answer_read_to_its_end_gives_its_connection_back_unclosed(
+    server: Upstream,
+) -> None:
+    # As a body read from the socket does: a caller that reads to the end and never calls
+    # close() does not keep the connection (review: with one connection, the next request
+    # waited for room until PoolTimeout).
+    transport = HTTP11SyncTransport(httpx.Limits(max_connections=1, max_keepalive_connections=1))
+    request = httpx.Request("GET", server.url + "/first", extensions={"timeout": TIMEOUTS})
+    first = transport.handle_request(request)
+    assert b"".join(first.stream) == b"/first"  # type: ignore[union-attr]  (no close())
+    assert get(transport, server.url + "/second") == (200, b"/second")
+    assert server.accepted == 1
+    transport.close()
