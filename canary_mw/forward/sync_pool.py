@@ -77,8 +77,7 @@ class _Connection:
         """Wait up to ``timeout`` seconds (None: for ever) until the socket can be read."""
         if self.sock.fileno() < 0:
             return True  # closed: the read says how
-        milliseconds = None if timeout is None else max(0, math.ceil(timeout * 1000))
-        return bool(self._reader.poll(milliseconds))
+        return bool(self._reader.poll(_milliseconds(timeout)))
 
     def recv(self, timeout: float | None) -> bytes:
         """Up to READ_SIZE bytes (b"" at the end), read within ``timeout``."""
@@ -170,13 +169,17 @@ def _broken(exc: OSError) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}")
 
 
+def _milliseconds(timeout: float | None) -> int | None:
+    """A timeout in seconds as poll takes it: whole milliseconds, rounded up (None: none)."""
+    return None if timeout is None else max(0, math.ceil(timeout * 1000))
+
+
 def _writable_within(sock: socket.socket, timeout: float | None) -> bool:
     """Wait up to ``timeout`` seconds (None: for ever) for room to send (or an error, which
     the next send reports)."""
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT)
-    milliseconds = None if timeout is None else max(0, math.ceil(timeout * 1000))
-    return bool(poller.poll(milliseconds))
+    return bool(poller.poll(_milliseconds(timeout)))
 
 
 class HTTP11SyncTransport(httpx.BaseTransport):
@@ -200,7 +203,6 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         self._ssl: ssl.SSLContext | None = None
         self._lock = threading.Lock()
         self._room = threading.Condition(self._lock)
-        self._waiting = 0  # threads waiting for room: without any, nobody is told of it
         self._idle: IdleConnections[_Connection] = IdleConnections(
             limits.max_keepalive_connections, limits.keepalive_expiry
         )
@@ -267,19 +269,14 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         except BaseException:  # timeouts, body errors, a worker being stopped
             self._release(connection, False)
             raise
-        if exchange.complete:
-            # The whole answer came with its head (most small ones do): nothing is left to
-            # read, so the body is handed over as bytes. The connection stays this exchange's
-            # until the caller closes it (the server has written the body to its client): a
-            # canary's late second copy of this answer then finds it idle and is caught by
-            # the check before reuse, as when the body is read from the socket.
-            whole = exchange.take() or b""
-            done = _Whole(self, connection, exchange.reusable, whole)
-            return Incoming(
-                exchange.status, exchange.reason, exchange.headers, done, done.close, whole
-            )
+        # Also when the whole answer came with its head (most small ones do): the connection
+        # stays this exchange's until the body has been iterated past or closed, so a
+        # canary's late second copy of the answer finds it idle and is caught before reuse.
         body = _ResponseBody(self, connection, exchange, timeouts.get("read"))
-        return Incoming(exchange.status, exchange.reason, exchange.headers, body, body.close)
+        return Incoming(
+            exchange.status, exchange.reason, exchange.headers, body, body.close,
+            complete=exchange.complete,
+        )  # fmt: skip
 
     def _send(
         self,
@@ -316,8 +313,8 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         closed it (a poll) and closing one happen outside it. Under gunicorn's threads a
         lock held across a call that lets the GIL go puts every other forwarding thread to
         sleep on the lock."""
-        started = time.monotonic()  # the pool timeout counts from here
-        deadline: float | None = None  # worked out when it first has to wait
+        pool_timeout = timeouts.get("pool")
+        deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
         while True:
             victim = None
             expired: list[_Connection] = []
@@ -339,17 +336,10 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                     victim = self._idle.pop_oldest()
                     if victim is not None:
                         break
-                    if deadline is None:
-                        pool_timeout = timeouts.get("pool")
-                        deadline = math.inf if pool_timeout is None else started + pool_timeout
-                    left = None if deadline == math.inf else deadline - time.monotonic()
+                    left = None if deadline is None else deadline - time.monotonic()
                     if left is not None and left <= 0:
                         raise httpx.PoolTimeout("no connection to the upstream became free in time")
-                    self._waiting += 1
-                    try:
-                        self._room.wait(left)
-                    finally:
-                        self._waiting -= 1
+                    self._room.wait(left)
             for old in expired:  # (already counted as closed)
                 old.close()
             if victim is not None:
@@ -365,8 +355,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         except BaseException:
             with self._lock:
                 self._open -= 1
-                if self._waiting:
-                    self._room.notify()
+                self._room.notify()
             raise
 
     def _release(self, connection: _Connection, reusable: bool) -> None:
@@ -375,8 +364,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
             if reusable and not self._closed and self._idle.has_room():
                 connection.idle_since = time.monotonic()
                 self._idle.put(connection.origin, connection)
-                if self._waiting:
-                    self._room.notify()
+                self._room.notify()
                 return
         self._discard(connection)
 
@@ -385,8 +373,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         connection.close()
         with self._lock:
             self._open -= 1
-            if self._waiting:
-                self._room.notify()
+            self._room.notify()
 
     def _connect(self, origin: Origin, timeout: float | None) -> _Connection:
         scheme, host, port, _ = origin
@@ -467,33 +454,6 @@ class _ResponseBody(httpx.SyncByteStream):
         pool, self._pool = self._pool, None
         if pool is not None:
             pool._release(self._connection, reusable)
-
-
-class _Whole(httpx.SyncByteStream):
-    """The body of an answer that came whole with its head: iterating gives it at once. The
-    connection goes back (reusable by the core's verdict, taken then) when the iteration
-    is resumed past it (a WSGI server has written it to its client by then) or on close,
-    whichever comes first, as a body read from the socket does."""
-
-    __slots__ = ("_body", "_connection", "_pool", "_reusable")
-
-    def __init__(
-        self, pool: HTTP11SyncTransport, connection: _Connection, reusable: bool, body: bytes
-    ):
-        self._pool: HTTP11SyncTransport | None = pool
-        self._connection = connection
-        self._reusable = reusable
-        self._body = body
-
-    def __iter__(self) -> Iterator[bytes]:
-        if self._body:
-            yield self._body
-        self.close()
-
-    def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool._release(self._connection, self._reusable)
 
 
 def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | None) -> None:

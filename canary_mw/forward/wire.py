@@ -79,16 +79,15 @@ class Incoming:
     a coroutine function for an async transport) ends the exchange: the connection goes back
     to the pool only if the body was read to its exact end.
 
-    ``whole``: the entire body when it came with the head (most small answers); ``stream``
-    then yields it too, and ``close`` still ends the exchange (the connection is released
-    then, not before). None when the body is still to be read."""
+    ``complete``: the whole body came with the head (most small answers): ``stream`` gives
+    it without waiting on the upstream, so nothing can fail any more."""
 
     status: int
     reason: bytes
     headers: RawHeaders
     stream: Any
     close: Callable[[], Any]
-    whole: bytes | None = None
+    complete: bool = False
 
 
 def incoming_from_response(response: httpx.Response, *, asynchronous: bool) -> Incoming:

@@ -312,29 +312,23 @@ class SyncHTTPForwarder(ForwarderBase):
         except BaseException:
             response.close()  # never hold a pooled connection past a failure of ours
             raise
-        if response.whole is not None:
-            # Nothing left to read: the server iterates the body at once and its close()
-            # (once the client has it) releases the connection.
+        iterable: Iterable[bytes] = response.stream
+        if not response.complete:
+            # The first body bytes are read before start_response: once it is called, a
+            # failure can only be the server's own 500 page (gunicorn) instead of our 502.
+            # (An answer that came whole with its head has nothing left that can fail.)
+            rest = iter(response.stream)
             try:
-                start_response(status_line, native)
+                first = next(rest, b"")
+            except httpx.HTTPError as exc:
+                response.close()
+                # The upstream got the request and answered: never stable's to serve again.
+                reply = self.failed(exc, upstream, request, body_read=True, fallback=False)
+                return _reply(start_response, reply or classify(exc), tag)
             except BaseException:
                 response.close()
                 raise
-            whole: Iterable[bytes] = response.stream
-            return whole
-        # The first body bytes are read before start_response: once it is called, a failure
-        # can only be the server's own 500 page (gunicorn) instead of our 502.
-        rest = iter(response.stream)
-        try:
-            first = next(rest, b"")
-        except httpx.HTTPError as exc:
-            response.close()
-            # The upstream got the request and answered: never stable's to serve again.
-            reply = self.failed(exc, upstream, request, body_read=True, fallback=False)
-            return _reply(start_response, reply or classify(exc), tag)
-        except BaseException:
-            response.close()
-            raise
+            iterable = ForwardedBody(response, first, rest)
         try:
             start_response(status_line, native)
         except BaseException:
@@ -342,4 +336,4 @@ class SyncHTTPForwarder(ForwarderBase):
             # response left open would hold its pooled connection for the worker's life.
             response.close()
             raise
-        return ForwardedBody(response, first, rest)
+        return iterable

@@ -77,8 +77,7 @@ def test_close_closes_the_idle_connections(server: Upstream) -> None:
 
 def test_a_waiting_thread_gets_the_connection_another_releases() -> None:
     # The first answer's body comes in two parts, the second once the test says so: until
-    # then its exchange holds the only connection. (A body that comes whole with its head
-    # frees the connection at once.)
+    # then its exchange holds the only connection.
     rest_may_go = threading.Event()
 
     def upstream(conn: socket.socket, server: Upstream) -> None:
