@@ -38,6 +38,7 @@ from __future__ import annotations
 import operator
 import re
 import select
+from collections import deque
 
 import httptools
 import httpx
@@ -90,6 +91,12 @@ _VALID_NAMES: set[bytes] = set()
 _MAX_VALID_NAMES = 4096
 
 
+def _sink() -> list[tuple[bytes, bytes]]:
+    """Where header fields go once the final head is in (trailers): nowhere. Only ever
+    appended to, which a deque that keeps nothing does in C."""
+    return deque(maxlen=0)  # type: ignore[return-value]
+
+
 class _ExtraBytesError(Exception):
     """Raised into llhttp when a byte follows the complete response: parsing stops there."""
 
@@ -99,7 +106,8 @@ class Exchange:
 
     __slots__ = (
         "_after_head", "_block_body", "_block_fill", "_body_bytes", "_chunked_response",
-        "_crlf_run", "_head_buf", "_head_seen", "_interim", "_length", "_parser", "_sent",
+        "_crlf_run", "_fields", "_head_buf", "_head_seen", "_interim", "_length", "_parser",
+        "_sent",
         "_stall", "_stall_mark", "buffered", "chunks",
         "complete", "has_body", "head", "head_done", "head_only", "headers", "keep_alive",
         "method", "reason", "received", "request_done", "status", "trailing", "until_eof",
@@ -151,6 +159,7 @@ class Exchange:
         self.status = 0
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self._fields: list[tuple[bytes, bytes]] = []  # the fields of the head being parsed
         self.head_done = False
         self.chunks: list[bytes | bytearray] = []  # body not taken yet, in order
         self.buffered = 0
@@ -198,7 +207,8 @@ class Exchange:
             self._feed_head(data)
             return
         self._after_head += len(data)
-        self._note_crlf(data)
+        if self._chunked_response:
+            self._note_crlf(data)
         self._parse_counted(data)
         if self.complete:
             self._check_tail()
@@ -261,12 +271,13 @@ class Exchange:
                 self._check_head_size(len(data))
                 buf += data
                 return
-            self._check_head_size(end + 4)
-            self._head_seen += end + 4
+            seen = self._head_seen + end + 4
+            if seen > MAX_HEAD_BYTES:
+                raise httpx.RemoteProtocolError("the upstream's response head is too large")
+            self._head_seen = seen
             if data[9:10] != b"1" and data[:5] == b"HTTP/":  # final: head and body in one parse
                 rest_size = len(data) - end - 4
                 self._after_head += rest_size
-                self._note_crlf(data)
                 if rest_size <= STALL_BLOCK:  # the body's part lies in its first block
                     self._parse(data)
                     if self._chunked_response:
@@ -278,6 +289,8 @@ class Exchange:
                         self._parse_counted(whole[end + 4 :])
                 if not self.head_done:  # "HTTP/1.1 " was not where the status code is
                     raise httpx.RemoteProtocolError("invalid response: no final status")
+                if self._chunked_response:  # (only a chunked body's end is CR/LF counted)
+                    self._note_crlf(data)
                 if self.complete:
                     self._check_tail()
                 return
@@ -292,8 +305,9 @@ class Exchange:
             end = data.find(_HEAD_END)
         if rest:
             self._after_head += len(rest)
-            self._note_crlf(rest)
             self._parse_counted(rest)
+            if self._chunked_response:
+                self._note_crlf(rest)
         if self.complete:
             self._check_tail()
 
@@ -393,25 +407,28 @@ class Exchange:
         self.reason = reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.head_done:
-            return  # a trailer: never promoted to a header, whenever it arrives
-        headers = self.headers
-        headers.append((name, value))
-        if len(headers) > MAX_HEADERS:
-            raise httpx.RemoteProtocolError("the upstream sent too many response headers")
+        # Counted when the head is complete: a head is whole before llhttp sees it, and at
+        # most MAX_HEAD_BYTES long. After the final head, _fields is a sink: a trailer is
+        # never promoted to a header, whenever it arrives.
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self.head_done:
             return  # the end of the trailers
+        fields = self._fields
+        if len(fields) > MAX_HEADERS:
+            raise httpx.RemoteProtocolError("the upstream sent too many response headers")
         status = self._parser.get_status_code()
         if status == 101:
             raise httpx.RemoteProtocolError("the upstream switched protocols unasked")
         if status > 599:  # RFC 9110 §15: three digits 1xx-5xx; servers in front refuse others
             raise httpx.RemoteProtocolError(f"the upstream answered status {status}")
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
-            self.headers, self.reason = [], b""
+            self._fields, self.reason = [], b""
             self._interim = True
             return
+        self.headers = fields
+        self._fields = _sink()
         self.status = status
         self.head_done = True
         if self.head_only:
@@ -441,12 +458,15 @@ class Exchange:
         self._body_bytes += size
         self.buffered += size
         chunks = self.chunks
-        if size < _SMALL_PIECE:
-            if chunks and isinstance(last := chunks[-1], bytearray):
-                last += body
-            else:
-                chunks.append(bytearray(body))
-        else:
+        if size < _SMALL_PIECE and chunks:  # joined to a small piece before it
+            last = chunks[-1]
+            if type(last) is not bytearray:
+                if len(last) >= _SMALL_PIECE:
+                    chunks.append(bytearray(body))
+                    return
+                chunks[-1] = last = bytearray(last)
+            last += body
+        else:  # kept as llhttp gave it (a small body in one piece is never copied)
             chunks.append(body)
 
     def on_message_complete(self) -> None:

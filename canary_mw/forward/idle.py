@@ -10,7 +10,7 @@ key, is found without walking the keys.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 __all__ = ["IdleConnections"]
@@ -65,14 +65,14 @@ class IdleConnections(Generic[C]):
             connection.close()
             stale += 1
 
-    def pop(self, key: Hashable, now: float) -> tuple[C | None, list[C]]:
+    def pop(self, key: Hashable, now: float) -> tuple[C | None, Sequence[C]]:
         """Like :meth:`take`, but nothing is asked of or done to a connection (a system
         call: the blocking pool makes none under its lock): the most recent one that has not
         expired, unasked whether the upstream closed it, and the expired ones found on the
         way, no longer idle, for the caller to close."""
         idle = self._by_key.get(key)
         if idle is None:
-            return None, []
+            return None, ()
         expired: list[C] = []
         found = None
         while idle:

@@ -25,7 +25,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import httpx
 
@@ -77,7 +77,7 @@ class _Connection:
         """Wait up to ``timeout`` seconds (None: for ever) until the socket can be read."""
         if self.sock.fileno() < 0:
             return True  # closed: the read says how
-        return bool(self._reader.poll(_milliseconds(timeout)))
+        return bool(self._reader.poll(None if timeout is None else _milliseconds(timeout)))
 
     def recv(self, timeout: float | None) -> bytes:
         """Up to READ_SIZE bytes (b"" at the end), read within ``timeout``."""
@@ -158,7 +158,7 @@ class _Connection:
         sock = self.sock
         if not self.plain and sock.pending():  # type: ignore[attr-defined]
             return False
-        return not self.readable_within(0)
+        return sock.fileno() >= 0 and not self._reader.poll(0)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -169,9 +169,9 @@ def _broken(exc: OSError) -> httpx.RemoteProtocolError:
     return httpx.RemoteProtocolError(f"the connection to the upstream broke: {exc}")
 
 
-def _milliseconds(timeout: float | None) -> int | None:
-    """A timeout in seconds as poll takes it: whole milliseconds, rounded up (None: none)."""
-    return None if timeout is None else max(0, math.ceil(timeout * 1000))
+def _milliseconds(timeout: float) -> int:
+    """A timeout in seconds as poll takes it: whole milliseconds, rounded up."""
+    return max(0, math.ceil(timeout * 1000))
 
 
 def _writable_within(sock: socket.socket, timeout: float | None) -> bool:
@@ -179,7 +179,7 @@ def _writable_within(sock: socket.socket, timeout: float | None) -> bool:
     the next send reports)."""
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT)
-    return bool(poller.poll(_milliseconds(timeout)))
+    return bool(poller.poll(None if timeout is None else _milliseconds(timeout)))
 
 
 class HTTP11SyncTransport(httpx.BaseTransport):
@@ -313,19 +313,21 @@ class HTTP11SyncTransport(httpx.BaseTransport):
         closed it (a poll) and closing one happen outside it. Under gunicorn's threads a
         lock held across a call that lets the GIL go puts every other forwarding thread to
         sleep on the lock."""
+        now = time.monotonic()
         pool_timeout = timeouts.get("pool")
-        deadline = None if pool_timeout is None else time.monotonic() + pool_timeout
+        deadline = None if pool_timeout is None else now + pool_timeout
         while True:
             victim = None
-            expired: list[_Connection] = []
+            expired: Sequence[_Connection] = ()
             with self._lock:
                 while True:
                     if self._closed:
                         raise httpx.PoolTimeout("the transport was closed")
                     if not fresh:
-                        connection, stale = self._idle.pop(origin, time.monotonic())
-                        self._open -= len(stale)
-                        expired += stale  # closed once the lock is let go
+                        connection, stale = self._idle.pop(origin, now)
+                        if stale:  # closed once the lock is let go
+                            self._open -= len(stale)
+                            expired = [*expired, *stale]
                         if connection is not None:
                             break
                     if self._max_open is None or self._open < self._max_open:
@@ -340,6 +342,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                     if left is not None and left <= 0:
                         raise httpx.PoolTimeout("no connection to the upstream became free in time")
                     self._room.wait(left)
+                    now = time.monotonic()
             for old in expired:  # (already counted as closed)
                 old.close()
             if victim is not None:
@@ -350,6 +353,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
                 return connection
             else:
                 self._discard(connection)  # the upstream closed it while idle: look again
+            now = time.monotonic()
         try:
             return self._connect(origin, timeouts.get("connect"))
         except BaseException:
@@ -448,7 +452,8 @@ class _ResponseBody(httpx.SyncByteStream):
         self._done(exchange.reusable)
 
     def close(self) -> None:
-        self._done(self._exchange.reusable)
+        if self._pool is not None:  # (iterated to its end: given back already)
+            self._done(self._exchange.reusable)
 
     def _done(self, reusable: bool) -> None:
         pool, self._pool = self._pool, None

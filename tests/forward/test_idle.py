@@ -96,9 +96,13 @@ def test_pop_neither_asks_nor_closes_any_connection() -> None:
     for connection in (fresh, closed):
         connection.still_open = lambda c=connection: asked.append(c.name) or c.open  # type: ignore[method-assign]
     # The expired one, most recent, is found on the way and handed over, not closed.
-    assert table.pop("k", 10) == (closed, [expired])
-    assert table.pop("k", 10) == (fresh, [])
-    assert table.pop("k", 10) == (None, [])
+    def pop() -> tuple[Conn | None, list[Conn]]:
+        connection, expired = table.pop("k", 10)
+        return connection, list(expired)
+
+    assert pop() == (closed, [expired])
+    assert pop() == (fresh, [])
+    assert pop() == (None, [])
     assert asked == []
     assert (fresh.closes, closed.closes, expired.closes) == (0, 0, 0)
     assert table._by_key == {}
