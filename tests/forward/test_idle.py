@@ -95,6 +95,7 @@ def test_pop_neither_asks_nor_closes_any_connection() -> None:
     asked: list[str] = []
     for connection in (fresh, closed):
         connection.still_open = lambda c=connection: asked.append(c.name) or c.open  # type: ignore[method-assign]
+
     # The expired one, most recent, is found on the way and handed over, not closed.
     def pop() -> tuple[Conn | None, list[Conn]]:
         connection, expired = table.pop("k", 10)
