@@ -11,6 +11,7 @@ from bench.scenarios import (
     PAIRED_ASGI_CANARY,
     PAIRED_WSGI_CANARY,
     PAIRED_WSGI_FLOOR,
+    PAIRED_WSGI_VS_FLOOR,
     Context,
     Row,
 )
@@ -75,6 +76,8 @@ def targets(ctx: Context) -> list[tuple[str, str, bool | None]]:
         [paired(PAIRED_WSGI_CANARY, c) for c in (10, 50)], 0.7)  # fmt: skip
     add("(for reference: the cheapest possible WSGI forward, bench/apps.py:wsgi_floor) >= 0.7x",
         [paired(PAIRED_WSGI_FLOOR, c) for c in (10, 50)], 0.7)  # fmt: skip
+    add("(for reference: CanaryWSGI canary path against that cheapest forward) >= 0.8x",
+        [paired(PAIRED_WSGI_VS_FLOOR, c) for c in (10, 50)], 0.8)  # fmt: skip
     c10, c50 = _find(rows, canary, 10), _find(rows, canary, 50)
     add("ASGI canary path at c50 >= 0.8x at c10",
         [None if not c10 or not c50 else c50.load.rps / c10.load.rps], 0.8)  # fmt: skip

@@ -113,13 +113,15 @@ def load(url: str, connections: int, seconds: float, script: str | None) -> Load
 
 def measure(ctx: Context, group: str, name: str, server: Server, script: str | None,
             extra_pids: list[int] = (), note: str = "", *,  # type: ignore[assignment]
-            bare: Server | None = None) -> list[Row]:  # fmt: skip
+            bare: Server | None = None, bare_pids: list[int] = ()) -> list[Row]:  # type: ignore[assignment]  # fmt: skip
     """Rows at 10 and 50 connections. With ``bare``, the bare app and this server take turns
     run by run (bare, server, bare, server...), and the ratio is the median of each pair's:
-    the machine is shared, and its speed drifts between runs more than the router costs."""
+    the machine is shared, and its speed drifts between runs more than the router costs.
+    ``bare_pids``: other processes whose CPU counts for the bare app's requests too."""
     rows = []
     for connections in ctx.connections:
-        turns = [(bare, []), (server, list(extra_pids))] if bare else [(server, list(extra_pids))]
+        turns = ([(bare, list(bare_pids)), (server, list(extra_pids))] if bare
+                 else [(server, list(extra_pids))])  # fmt: skip
         for turn, _ in turns:
             load(turn.url + "/", connections, 1, script)  # warm up: connections, caches
         runs: list[list[tuple[Load, float]]] = [[] for _ in turns]
@@ -414,20 +416,25 @@ def canary_paths(ctx: Context, stable: Server) -> None:
     bare = _gunicorn("bare Flask app", {})
     server = _wsgi_router(ctx, "Flask + CanaryWSGI, canary path", "all")
     measure(ctx, "canary", PAIRED_WSGI_CANARY, server, None, canary_pids, bare=bare)
-    server.stop()
     # The yardstick's yardstick: the cheapest forward a WSGI app can make (bench/apps.py),
     # under the same gunicorn. No forwarding WSGI app can do better than this row.
     floor = _gunicorn("WSGI floor", {"BENCH_CANARY_URL": ctx.canary.url},
                       app="bench.apps:wsgi_floor()")  # fmt: skip
     measure(ctx, "canary", PAIRED_WSGI_FLOOR, floor, None, canary_pids, bare=bare)
-    floor.stop()
     bare.stop()
+    # What CanaryWSGI's own work costs: paired with the floor, which shares the machine with
+    # the same canary process (bare Flask has no second process to share two cores with).
+    measure(ctx, "canary", PAIRED_WSGI_VS_FLOOR, server, None, canary_pids, bare=floor,
+            bare_pids=canary_pids)  # fmt: skip
+    server.stop()
+    floor.stop()
 
 
 #: Row names of the paired canary-path runs (report.targets reads them).
 PAIRED_ASGI_CANARY = "ASGI canary path, paired with OpenResty's canary path"
 PAIRED_WSGI_CANARY = "CanaryWSGI canary path, paired with bare Flask"
 PAIRED_WSGI_FLOOR = "Cheapest possible WSGI forward, paired with bare Flask"
+PAIRED_WSGI_VS_FLOOR = "CanaryWSGI canary path, paired with the cheapest possible forward"
 
 
 def _check_answers(server: Server, workdir: Path) -> None:

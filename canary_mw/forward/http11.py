@@ -112,6 +112,12 @@ class Exchange:
         "complete", "has_body", "head", "head_done", "head_only", "headers", "keep_alive",
         "method", "reason", "received", "request_done", "status", "trailing", "until_eof",
     )  # fmt: skip
+    # Set by _start_chunked, read only for a chunked body.
+    _stall: int
+    _block_fill: int
+    _block_body: bool
+    _stall_mark: int
+    _crlf_run: int
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]]):
         self.method = method
@@ -149,11 +155,8 @@ class Exchange:
         self._interim = False
         self._after_head = 0  # bytes fed after the final head
         self._body_bytes = 0  # of which body
-        self._stall = 0  # whole blocks (STALL_BLOCK) without body since body last came
-        self._block_fill = 0  # bytes of the current block fed so far
-        self._block_body = False  # whether body came in the current block
-        self._stall_mark = 0  # _body_bytes when the count last looked
-        self._crlf_run = 0  # CR/LF bytes at the end of what was fed
+        # A chunked body's counts (_stall, _block_fill, _block_body, _stall_mark, _crlf_run)
+        # are set when the head says chunked (_start_chunked): no other body reads them.
         self._chunked_response = False
         self.received = 0  # any byte of a response: from then on, never sent again
         self.status = 0
@@ -445,10 +448,20 @@ class Exchange:
         if b"\ntransfer-encoding\n" in names:
             # llhttp: chunked only when it is the last coding of the last such header.
             coding = [v for n, v in self.headers if n.lower() == b"transfer-encoding"][-1]
-            self._chunked_response = coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            self.until_eof = not self._chunked_response
+            if coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
+                self._start_chunked()
+            else:
+                self.until_eof = True
         else:
             self.until_eof = b"\ncontent-length\n" not in names
+
+    def _start_chunked(self) -> None:
+        self._chunked_response = True
+        self._stall = 0  # whole blocks (STALL_BLOCK) without body since body last came
+        self._block_fill = 0  # bytes of the current block fed so far
+        self._block_body = False  # whether body came in the current block
+        self._stall_mark = 0  # _body_bytes when the count last looked
+        self._crlf_run = 0  # CR/LF bytes at the end of what was fed
 
     def on_body(self, body: bytes) -> None:
         if self.complete:  # after the head of a HEAD response: bytes that belong to none

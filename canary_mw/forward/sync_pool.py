@@ -465,12 +465,18 @@ def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | 
     """Read until the final head is in, within ``timeout`` for the whole head (as the asyncio
     driver waits for it): a timeout per read alone would let an upstream sending a header
     line every few seconds hold the thread for up to MAX_HEAD_BYTES lines (red team F4)."""
+    if exchange.head_done:  # it is in already (an answer during the upload)
+        return
     deadline = None if timeout is None else time.monotonic() + timeout
-    while not exchange.head_done:  # it may be in already (an answer during the upload)
-        left = None if deadline is None else deadline - time.monotonic()
-        if left is not None and left <= 0:
-            raise httpx.ReadTimeout("read timed out")
+    left = timeout
+    while True:
         _receive(connection, exchange, left)
+        if exchange.head_done:
+            return
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise httpx.ReadTimeout("read timed out")
 
 
 def _receive(connection: _Connection, exchange: Exchange, timeout: float | None) -> None:
