@@ -6,6 +6,9 @@ benchmark's trivial backend under uvicorn, in its own process).
     python bench/forward_cost.py --profile  # and a cProfile of each canary path
     python bench/forward_cost.py --opcodes  # Python bytecodes per WSGI request, counted
 
+The two last WSGI rows (an app that does nothing, and CanaryWSGI's stable path around it)
+give what routing alone costs: the decision, the metrics, the wrapper.
+
 What it prints is this process's CPU time per request (the canary's own is not counted),
 in rounds that alternate the cases, so whatever else the machine does hits them alike:
 the median over rounds, and each case's ratio to the bare Flask app's (WSGI) cost.
@@ -61,6 +64,7 @@ def _environ() -> dict[str, Any]:
         "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1", "HTTP_HOST": "127.0.0.1:8000",
         "HTTP_USER_AGENT": "wrk", "REMOTE_ADDR": "127.0.0.1", "wsgi.url_scheme": "http",
         "wsgi.input": io.BytesIO(b""), "wsgi.errors": sys.stderr,
+        "RAW_URI": "/", "SCRIPT_NAME": "",  # as gunicorn's environ has them
     }  # fmt: skip
 
 
@@ -94,12 +98,24 @@ def wsgi_cases(canary_url: str) -> dict[str, Callable[[int], None]]:
     os.environ["BENCH_CANARY_URL"] = canary_url
     from bench.apps import wsgi_floor
 
+    # Routing alone: CanaryWSGI's stable path around an app that does nothing, with the
+    # same options as the canary path's router (the forward is what the two differ by).
+    stable_store = store_from_url("memory://")
+    stable_store.set_mode("off")
+    stable_router = CanaryWSGI(_nothing, store=stable_store, canary_url=canary_url)
     return {
         "bare Flask app": _wsgi_loop(flask),
         "CanaryWSGI canary path": _wsgi_loop(router),
         # The yardstick: the cheapest forward a WSGI app can make (no checks at all).
         "WSGI floor (bench/apps.py)": _wsgi_loop(wsgi_floor()),
+        "a WSGI app that does nothing": _wsgi_loop(_nothing),
+        "CanaryWSGI stable path, around it": _wsgi_loop(stable_router),
     }
+
+
+def _nothing(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"nothing\n"]
 
 
 # -- ASGI ------------------------------------------------------------------------------------
@@ -208,7 +224,7 @@ def main() -> None:
             print(f"{name:<46} {cost:7.1f} µs CPU/request  ({cost / bare:.2f}x bare Flask)")
         if args.opcodes:
             for name, run in cases.items():
-                if "Router" not in name:  # the WSGI cases: an event loop's own would count
+                if "Router" not in name and "nothing" not in name:  # (WSGI; no event loop)
                     opcodes(name, run)
         if args.profile:
             for name, run in cases.items():
