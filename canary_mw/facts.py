@@ -64,6 +64,17 @@ def _header_key(name: str) -> bytes:
     return name.lower().encode("latin-1")
 
 
+@functools.lru_cache(maxsize=256)
+def _environ_key(name: str) -> str:
+    """The PEP 3333 environ key of header ``name`` (the names rules read: a bounded set)."""
+    lowered = name.lower()
+    if lowered == "content-type":
+        return "CONTENT_TYPE"
+    if lowered == "content-length":
+        return "CONTENT_LENGTH"
+    return "HTTP_" + name.upper().replace("-", "_")
+
+
 def _host_without_port(host: str) -> str:
     host = host.strip().lower()
     if host.startswith("["):  # [2001:db8::1]:8080
@@ -335,13 +346,7 @@ class WSGIFacts(RequestFacts):
         return str(self._environ.get("SERVER_NAME", "")).lower()
 
     def header(self, name: str) -> str | None:
-        if name == "content-type":
-            key = "CONTENT_TYPE"
-        elif name == "content-length":
-            key = "CONTENT_LENGTH"
-        else:
-            key = "HTTP_" + name.upper().replace("-", "_")
-        value: str | None = self._environ.get(key)
+        value: str | None = self._environ.get(_environ_key(name))
         return value
 
     @property

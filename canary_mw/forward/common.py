@@ -11,7 +11,13 @@ from typing import Any, Protocol
 import httpx
 
 from ..upstreams import Upstream
-from .headers import DEFAULT_ADDRESS_HEADERS, RawHeaders, request_headers, response_headers
+from .headers import (
+    DEFAULT_ADDRESS_HEADERS,
+    HOP_BY_HOP,
+    RawHeaders,
+    request_headers,
+    response_headers,
+)
 from .partition import IDENTITY_HEADERS, IDENTITY_QUERY, partition_key
 from .replies import ErrorReply, classify, error_kind, is_unreachable
 from .wire import NO_BODY, Incoming, Outgoing
@@ -84,8 +90,9 @@ class ForwarderBase:
         self._preserve_host = policy.preserve_host
         self._is_trusted_peer = policy.is_trusted_peer
         self._request_extra = policy.request_extra
-        self._response_drop = policy.response_drop
-        self._bodiless_drop = policy.response_drop | {b"content-length"}
+        # Hop-by-hop headers included: response_headers then makes no set per response.
+        self._response_drop = policy.response_drop | HOP_BY_HOP
+        self._bodiless_drop = self._response_drop | {b"content-length"}
         self._identity = policy.identity_headers
         self._query_identity = policy.identity_query
         self._request_drop = policy.request_drop

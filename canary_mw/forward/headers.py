@@ -218,6 +218,8 @@ def response_headers(
 ) -> tuple[RawHeaders, int | None]:
     """The upstream response's headers minus hop-by-hop ones and ``drop`` (lower-case), and
     its Content-Length when it gave exactly one valid value (None otherwise)."""
+    if not drop >= HOP_BY_HOP:  # (the forwarders pass sets that hold them: no new set)
+        drop = drop | HOP_BY_HOP
     # One pass, as in request_headers, unless a Connection header names more than these.
     kept = _kept(raw, None, drop)
     if kept is None:
@@ -231,15 +233,16 @@ def response_headers(
 def _kept(
     raw: Sequence[tuple[bytes, bytes]], named: frozenset[bytes] | None, drop: frozenset[bytes]
 ) -> tuple[RawHeaders, list[bytes]] | None:
+    """response_headers's pass; ``drop`` holds HOP_BY_HOP."""
     kept: RawHeaders = []
     lengths = []
     for name, value in raw:
         lowered = name.lower()
-        if lowered in HOP_BY_HOP:
-            if named is None and lowered == b"connection" and _lists_more(value, HOP_BY_HOP):
+        if lowered in drop:
+            if named is None and lowered == b"connection" and _lists_more(value, drop):
                 return None
             continue
-        if lowered in drop or (named is not None and lowered in named):
+        if named is not None and lowered in named:
             continue
         if lowered == b"content-length":
             lengths.append(value)

@@ -19,6 +19,9 @@ __all__ = ["IdleConnections"]
 class Pooled(Protocol):
     idle_since: float
 
+    @property
+    def origin(self) -> Hashable: ...
+
     def still_open(self) -> bool: ...
 
     def close(self) -> None: ...
@@ -44,6 +47,14 @@ class IdleConnections(Generic[C]):
 
     def has_room(self) -> bool:
         return self._max is None or len(self._oldest_first) < self._max
+
+    def offer(self, connection: C, now: float) -> bool:
+        """Keep ``connection`` idle (under its ``origin``) from ``now``, if there is room."""
+        if self._max is not None and len(self._oldest_first) >= self._max:
+            return False
+        connection.idle_since = now
+        self.put(connection.origin, connection)
+        return True
 
     def put(self, key: Hashable, connection: C) -> None:
         """``connection`` (its ``idle_since`` set) is idle, for requests under ``key``."""

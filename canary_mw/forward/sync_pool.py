@@ -73,12 +73,6 @@ class _Connection:
             self.sock.settimeout(timeout)
             self._timeout = timeout
 
-    def readable_within(self, timeout: float | None) -> bool:
-        """Wait up to ``timeout`` seconds (None: for ever) until the socket can be read."""
-        if self.sock.fileno() < 0:
-            return True  # closed: the read says how
-        return bool(self._reader.poll(None if timeout is None else _milliseconds(timeout)))
-
     def recv(self, timeout: float | None) -> bytes:
         """Up to READ_SIZE bytes (b"" at the end), read within ``timeout``."""
         sock = self.sock
@@ -91,7 +85,10 @@ class _Connection:
             deadline = None if timeout is None else time.monotonic() + timeout
             left = timeout
             while True:
-                if not self.readable_within(left):
+                # Wait until the socket can be read (a closed one: the read says how).
+                if sock.fileno() >= 0 and not self._reader.poll(
+                    None if left is None else _milliseconds(left)
+                ):
                     raise httpx.ReadTimeout("read timed out")
                 try:
                     return sock.recv(READ_SIZE)
@@ -365,9 +362,7 @@ class HTTP11SyncTransport(httpx.BaseTransport):
     def _release(self, connection: _Connection, reusable: bool) -> None:
         """Called once per exchange, when it is over."""
         with self._lock:
-            if reusable and not self._closed and self._idle.has_room():
-                connection.idle_since = time.monotonic()
-                self._idle.put(connection.origin, connection)
+            if reusable and not self._closed and self._idle.offer(connection, time.monotonic()):
                 self._room.notify()
                 return
         self._discard(connection)
@@ -441,7 +436,8 @@ class _ResponseBody(httpx.SyncByteStream):
         exchange, connection = self._exchange, self._connection
         try:
             while True:
-                while (chunk := exchange.take()) is not None:
+                chunk = exchange.take()  # all that came in (nothing comes in while we yield)
+                if chunk is not None:
                     yield chunk
                 if exchange.complete:
                     break
@@ -470,7 +466,11 @@ def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | 
     deadline = None if timeout is None else time.monotonic() + timeout
     left = timeout
     while True:
-        _receive(connection, exchange, left)
+        data = connection.recv(left)
+        if data:
+            exchange.feed(data)
+        else:
+            exchange.feed_eof()
         if exchange.head_done:
             return
         if deadline is not None:
