@@ -427,6 +427,7 @@ class Exchange:
         if status > 599:  # RFC 9110 §15: three digits 1xx-5xx; servers in front refuse others
             raise httpx.RemoteProtocolError(f"the upstream answered status {status}")
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
+            _check_interim(fields)
             self._fields, self.reason = [], b""
             self._interim = True
             return
@@ -467,6 +468,8 @@ class Exchange:
         if self.complete:  # after the head of a HEAD response: bytes that belong to none
             self.trailing = True
             return
+        if self._interim:  # (_check_interim refuses the heads that frame one)
+            raise httpx.RemoteProtocolError("the upstream sent an interim (1xx) response a body")
         size = len(body)
         self._body_bytes += size
         self.buffered += size
@@ -490,6 +493,20 @@ class Exchange:
             return
         self.complete = True
         self.keep_alive = self._parser.should_keep_alive()
+
+
+def _check_interim(fields: list[tuple[bytes, bytes]]) -> None:
+    """Refuse an interim (1xx) head that frames a body. A 1xx ends with its head: no content,
+    no trailers (RFC 9110 §15.2), and no Content-Length (§8.6). llhttp reads a body for a
+    1xx other than 100, 102 and 103 when the head frames one, and that body's bytes and
+    trailer fields would be taken for the final answer's body and header fields. A zero
+    Content-Length frames nothing and is let through."""
+    names = b"\n%s\n" % b"\n".join(map(_name, fields)).lower()
+    if b"\ntransfer-encoding\n" in names or (
+        b"\ncontent-length\n" in names
+        and any(n.lower() == b"content-length" and v.strip(b" \t0") for n, v in fields)
+    ):
+        raise httpx.RemoteProtocolError("the upstream framed a body in an interim (1xx) response")
 
 
 def may_retry(method: str, exchange: Exchange, *, reused: bool) -> bool:

@@ -71,6 +71,17 @@ CASES = {
         Outcome(200, TE, b"abc", True, True)),
     "interim-then-final": (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Hints\r\nlink: </a>\r\n\r\n"
                            + OK, False, Outcome(200, LENGTH, b"ab", True, True)),
+    # A 1xx has no body and no trailers (RFC 9110 §15.2): llhttp reads one for 104-199 when
+    # the head frames it, and its bytes and trailer fields joined the final answer's.
+    "interim-with-chunked-body": (
+        b"HTTP/1.1 199 X\r\ntransfer-encoding: chunked\r\n\r\n5\r\nEVIL!\r\n0\r\n"
+        b"set-cookie: session=attacker\r\n\r\n" + OK, False, Outcome(error="interim")),
+    "interim-with-length-body": (b"HTTP/1.1 150 X\r\ncontent-length: 5\r\n\r\nEVIL!" + OK, False,
+                                 Outcome(error="interim")),
+    "interim-103-with-length": (b"HTTP/1.1 103 Hints\r\ncontent-length: 5\r\n\r\nEVIL!" + OK,
+                                False, Outcome(error="interim")),
+    "interim-with-zero-length": (b"HTTP/1.1 100 Continue\r\ncontent-length: 0\r\n\r\n" + OK,
+                                 False, Outcome(200, LENGTH, b"ab", True, True)),
     "204": (b"HTTP/1.1 204 No Content\r\n\r\n", False, Outcome(204, (), b"", True, True)),
     "304-with-length": (b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", False,
                         Outcome(304, ((b"content-length", b"9"),), b"", True, True)),
@@ -122,6 +133,7 @@ def test_bytes_become_a_response_and_a_verdict(data: bytes, eof: bool, expected:
 
 
 SPLIT = ["length", "chunked", "chunked-with-trailers", "interim-then-final", "204",
+         "interim-with-chunked-body", "interim-with-length-body",
          "response-twice", "crlf-after-length", "crlf-after-chunked", "204-with-body",
          "until-eof", "closed-mid-body"]  # fmt: skip
 
