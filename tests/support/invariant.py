@@ -172,7 +172,7 @@ def register(upstream: ScriptedUpstream, plan: list[list[Client]]) -> int:
 
 # -- strategies ------------------------------------------------------------------------------
 QUIRKS = (
-    "early", "extra", "misdeclare", "interim", "close", "hang_up", "cut", "drip",
+    "early", "extra", "misdeclare", "interim", "interim_body", "close", "hang_up", "cut", "drip",
     "chunk_edges", "trailers", "eof", "http10", "no_body_status", "body_anyway", "status",
 )  # fmt: skip
 
@@ -203,6 +203,9 @@ def scripts(draw: st.DrawFn) -> Script:
         values["interim"] = tuple(
             draw(st.lists(st.sampled_from([100, 102, 103]), max_size=2, min_size=1))
         )
+    if "interim_body" in quirks:  # llhttp reads a framed body for 104-199, not 100-103
+        values["interim"] = (draw(st.sampled_from([100, 103, 150, 199])),)
+        values["interim_body"] = draw(st.sampled_from(["chunked", "length"]))
     if "close" in quirks:
         values["close"] = True
     if "hang_up" in quirks:

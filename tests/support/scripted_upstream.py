@@ -56,7 +56,9 @@ class Script:
     (> 0: the body is cut short and the connection closed; < 0: bytes follow the response).
     ``chunks``: sizes the chunked body is cut into (the rest goes in one chunk);
     ``chunk_style``: ``lower``, ``upper`` (hex digits), ``zeros`` (leading zeros) or ``ext``
-    (chunk extensions). ``interim``: 1xx responses sent first. ``early``: answer after this
+    (chunk extensions). ``interim``: 1xx responses sent first. ``interim_body``: each of
+    them frames a body all the same (``chunked``, with a trailer, or ``length``), which a
+    1xx never has: only an error is right then. ``early``: answer after this
     many body bytes instead of after the whole body (the rest is still read afterwards,
     as most servers do when they keep the connection). ``close``: say Connection: close and
     close. ``hang_up``: close after a keep-alive response without saying so. ``cut``: close
@@ -76,6 +78,7 @@ class Script:
     chunk_style: str = "lower"
     trailers: tuple[tuple[bytes, bytes], ...] = ()
     interim: tuple[int, ...] = ()
+    interim_body: str = ""
     early: int | None = None
     close: bool = False
     hang_up: bool = False
@@ -152,6 +155,14 @@ def _chunked(body: bytes, script: Script) -> bytes:
     return bytes(out + b"\r\n")
 
 
+#: What follows an interim status line: its end, or a body framed all the same.
+_INTERIM_BODIES = {
+    "": b"\r\n",
+    "chunked": b"transfer-encoding: chunked\r\n\r\n5\r\nEVIL!\r\n0\r\nset-cookie: forged=1\r\n\r\n",
+    "length": b"content-length: 5\r\n\r\nEVIL!",
+}
+
+
 def render(script: Script, rid: str, method: str) -> Rendered:
     """The bytes the upstream writes for request ``rid`` and what a client should get."""
     if script.raw is not None:
@@ -177,7 +188,10 @@ def render(script: Script, rid: str, method: str) -> Rendered:
     else:
         wire = body
     head_bytes = b"\r\n".join(head) + b"\r\n\r\n"
-    interim = b"".join(b"HTTP/1.1 %d Interim\r\n\r\n" % code for code in script.interim)
+    interim = b"".join(
+        b"HTTP/1.1 %d Interim\r\n%s" % (code, _INTERIM_BODIES[script.interim_body])
+        for code in script.interim
+    )
     if version == "1.0":
         interim = b""
     produced_body: bytes | None = body
@@ -206,7 +220,11 @@ def render(script: Script, rid: str, method: str) -> Rendered:
             pass  # only bytes past the declared length were cut: the response is whole
         elif not bodiless:
             produced_body = None
+        if interim and script.interim_body:
+            produced_body = None
         return Rendered(response[:cut], True, Produced(status, produced_body))
+    if interim and script.interim_body:
+        produced_body = None  # (its bytes, or its trailer's cookie, are in no right answer)
     return Rendered(response + trailing + after, close, Produced(status, produced_body))
 
 
