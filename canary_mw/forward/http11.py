@@ -43,6 +43,8 @@ from collections import deque
 import httptools
 import httpx
 
+from .headers import connection_tokens
+
 __all__ = [
     "IDEMPOTENT",
     "MAX_HEADERS",
@@ -82,6 +84,7 @@ _DIGITS = re.compile(rb"[0-9]{1,18}")
 #: llhttp lets them through, and a WSGI server refuses such a status line from its app.
 _REASON_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _HEAD_END = b"\r\n\r\n"
+_LINE_ENDS = (b"\r", b"\n")
 _header_line = b": ".join
 _name = operator.itemgetter(0)
 #: Header names already found to be tokens: most requests send only names seen before, and
@@ -106,8 +109,8 @@ class Exchange:
 
     __slots__ = (
         "_after_head", "_block_body", "_block_fill", "_body_bytes", "_chunked_response",
-        "_crlf_run", "_fields", "_head_buf", "_head_seen", "_interim", "_length", "_parser",
-        "_sent",
+        "_crlf_run", "_fields", "_head_buf", "_head_seen", "_interim", "_length",
+        "_must_close", "_parser", "_sent",
         "_stall", "_stall_mark", "buffered", "chunks",
         "complete", "has_body", "head", "head_done", "head_only", "headers", "keep_alive",
         "method", "reason", "received", "request_done", "status", "trailing", "until_eof",
@@ -158,6 +161,7 @@ class Exchange:
         # A chunked body's counts (_stall, _block_fill, _block_body, _stall_mark, _crlf_run)
         # are set when the head says chunked (_start_chunked): no other body reads them.
         self._chunked_response = False
+        self._must_close = False  # whatever llhttp says of keep-alive (on_headers_complete)
         self.received = 0  # any byte of a response: from then on, never sent again
         self.status = 0
         self.reason = b""
@@ -258,6 +262,11 @@ class Exchange:
         # line (it would grow it with ``+=`` on every read) and the limit counts raw bytes.
         # A head that arrives in one read (the usual case) is never copied.
         buf = self._head_buf
+        if data[:1] in _LINE_ENDS and not buf:
+            # llhttp skips CR and LF before a status line. Here they can only be the end of
+            # an answer we already took (it came after the pool's check): the connection
+            # has carried more than its responses, so it carries no further exchange.
+            self._must_close = True
         if buf:
             start = len(buf) - 3  # the blank line may straddle the two reads
             buf += data
@@ -305,6 +314,8 @@ class Exchange:
             if self.head_done:
                 break
             data = rest
+            if data[:1] in _LINE_ENDS:  # (blank lines between an interim head and the next)
+                self._must_close = True
             end = data.find(_HEAD_END)
         if rest:
             self._after_head += len(rest)
@@ -424,7 +435,10 @@ class Exchange:
         status = self._parser.get_status_code()
         if status == 101:
             raise httpx.RemoteProtocolError("the upstream switched protocols unasked")
-        if status > 599:  # RFC 9110 §15: three digits 1xx-5xx; servers in front refuse others
+        if status > 599 or status < 100:
+            # RFC 9110 §15: three digits, 1xx-5xx; servers in front refuse others. llhttp
+            # passes 000-099, which would otherwise pass for an interim answer: the next
+            # response would be taken for this request's.
             raise httpx.RemoteProtocolError(f"the upstream answered status {status}")
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
             _check_interim(fields)
@@ -441,14 +455,26 @@ class Exchange:
             self.complete = True
             self.keep_alive = False
             return
-        if status in (204, 304):
-            return
         # The framing headers, found in C: names cannot hold a line feed (llhttp refuses
         # one), so "\nname\n" in the joined names is an exact match of a whole name.
-        names = b"\n%s\n" % b"\n".join(map(_name, self.headers)).lower()
+        names = b"\n%s\n" % b"\n".join(map(_name, fields)).lower()
+        if b"\nconnection\n" in names and self._parser.get_http_version() != "1.1":
+            # llhttp lets keep-alive win over close in HTTP/1.0 ("close, keep-alive");
+            # close wins (RFC 9112 §9.3), as llhttp already has it for HTTP/1.1.
+            self._must_close = b"close" in connection_tokens(fields)
+        if status in (204, 304):
+            return
         if b"\ntransfer-encoding\n" in names:
+            codings = [v for n, v in fields if n.lower() == b"transfer-encoding"]
+            if b",".join(codings).lower().replace(b" ", b"").split(b",").count(b"chunked") > 1:
+                # RFC 9112 §7: never applied twice; llhttp would undo it once, not twice.
+                raise httpx.RemoteProtocolError("the upstream applied chunked twice")
+            if self._parser.get_http_version() != "1.1":
+                # RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding. Read the message as
+                # framed, then close: the sender may not frame the next one the same way.
+                self._must_close = True
             # llhttp: chunked only when it is the last coding of the last such header.
-            coding = [v for n, v in self.headers if n.lower() == b"transfer-encoding"][-1]
+            coding = codings[-1]
             if coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
                 self._start_chunked()
             else:
@@ -492,7 +518,7 @@ class Exchange:
         if not self.status or self.complete:
             return
         self.complete = True
-        self.keep_alive = self._parser.should_keep_alive()
+        self.keep_alive = not self._must_close and self._parser.should_keep_alive()
 
 
 def _check_interim(fields: list[tuple[bytes, bytes]]) -> None:

@@ -82,6 +82,36 @@ CASES = {
                                 False, Outcome(error="interim")),
     "interim-with-zero-length": (b"HTTP/1.1 100 Continue\r\ncontent-length: 0\r\n\r\n" + OK,
                                  False, Outcome(200, LENGTH, b"ab", True, True)),
+    # Found by a differential fuzz against h11: llhttp passes status 000-099, which read as
+    # an interim answer, so the next response was taken for this request's, reusably.
+    "status-000-then-final": (b"\r\nHTTP/1.1 000 X\r\ncontent-length: 0\r\n\r\n" + OK, False,
+                              Outcome(error="status 0")),
+    "status-099-then-final": (b"HTTP/1.1 099 X\r\ncontent-length: 0\r\n\r\n" + OK, False,
+                              Outcome(error="status 99")),
+    # HTTP/1.0 has no Transfer-Encoding (RFC 9112 §6.1): read as framed, then closed.
+    "http-1.0-chunked-keep-alive": (
+        b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ntransfer-encoding: chunked\r\n\r\n"
+        b"2\r\nab\r\n0\r\n\r\n", False,
+        Outcome(200, ((b"connection", b"keep-alive"), *TE), b"ab", True)),
+    # close wins over keep-alive (RFC 9112 §9.3); llhttp let keep-alive win in HTTP/1.0.
+    "http-1.0-close-and-keep-alive": (
+        b"HTTP/1.0 200 OK\r\nconnection: close, keep-alive\r\ncontent-length: 2\r\n\r\nab",
+        False, Outcome(200, ((b"connection", b"close, keep-alive"), *LENGTH), b"ab", True)),
+    "http-1.0-keep-alive-then-close": (
+        b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\nconnection: close\r\n"
+        b"content-length: 2\r\n\r\nab", False,
+        Outcome(200, ((b"connection", b"keep-alive"), (b"connection", b"close"), *LENGTH), b"ab",
+                True)),
+    # CR/LF before a status line can only be the end of an answer taken already.
+    "crlf-before-the-status-line": (b"\r\n" + OK, False, Outcome(200, LENGTH, b"ab", True)),
+    "lf-between-interim-and-final": (b"HTTP/1.1 100 Continue\r\n\r\n\n" + OK, False,
+                                     Outcome(200, LENGTH, b"ab", True)),
+    "chunked-twice": (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
+                      b"transfer-encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n", False,
+                      Outcome(error="chunked twice")),
+    "chunked-twice-in-one-header": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
+        False, Outcome(error="chunked twice")),
     "204": (b"HTTP/1.1 204 No Content\r\n\r\n", False, Outcome(204, (), b"", True, True)),
     "304-with-length": (b"HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", False,
                         Outcome(304, ((b"content-length", b"9"),), b"", True, True)),
@@ -133,7 +163,9 @@ def test_bytes_become_a_response_and_a_verdict(data: bytes, eof: bool, expected:
 
 
 SPLIT = ["length", "chunked", "chunked-with-trailers", "interim-then-final", "204",
-         "interim-with-chunked-body", "interim-with-length-body",
+         "interim-with-chunked-body", "interim-with-length-body", "status-000-then-final",
+         "status-099-then-final", "crlf-before-the-status-line", "lf-between-interim-and-final",
+         "http-1.0-chunked-keep-alive",
          "response-twice", "crlf-after-length", "crlf-after-chunked", "204-with-body",
          "until-eof", "closed-mid-body"]  # fmt: skip
 
