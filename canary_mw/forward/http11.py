@@ -458,10 +458,15 @@ class Exchange:
         # The framing headers, found in C: names cannot hold a line feed (llhttp refuses
         # one), so "\nname\n" in the joined names is an exact match of a whole name.
         names = b"\n%s\n" % b"\n".join(map(_name, fields)).lower()
-        if b"\nconnection\n" in names and self._parser.get_http_version() != "1.1":
+        if (
+            b"\nconnection\n" in names
+            and self._parser.get_http_version() != "1.1"
+            and b"close" in connection_tokens(fields)
+        ):
             # llhttp lets keep-alive win over close in HTTP/1.0 ("close, keep-alive");
-            # close wins (RFC 9112 §9.3), as llhttp already has it for HTTP/1.1.
-            self._must_close = b"close" in connection_tokens(fields)
+            # close wins (RFC 9112 §9.3), as llhttp already has it for HTTP/1.1. (Only ever
+            # set here: a CR/LF before the status line may have set it already.)
+            self._must_close = True
         if status in (204, 304):
             return
         if b"\ntransfer-encoding\n" in names:

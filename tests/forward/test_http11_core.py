@@ -104,6 +104,9 @@ CASES = {
                 True)),
     # CR/LF before a status line can only be the end of an answer taken already.
     "crlf-before-the-status-line": (b"\r\n" + OK, False, Outcome(200, LENGTH, b"ab", True)),
+    "lf-before-an-http-1.0-keep-alive": (
+        b"\nHTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nab", False,
+        Outcome(200, ((b"connection", b"keep-alive"), *LENGTH), b"ab", True)),
     "lf-between-interim-and-final": (b"HTTP/1.1 100 Continue\r\n\r\n\n" + OK, False,
                                      Outcome(200, LENGTH, b"ab", True)),
     "chunked-twice": (b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n"
