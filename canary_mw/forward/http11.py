@@ -470,20 +470,20 @@ class Exchange:
         if status in (204, 304):
             return
         if b"\ntransfer-encoding\n" in names:
-            codings = [v for n, v in fields if n.lower() == b"transfer-encoding"]
-            if b",".join(codings).lower().replace(b" ", b"").split(b",").count(b"chunked") > 1:
-                # RFC 9112 §7: never applied twice; llhttp would undo it once, not twice.
-                raise httpx.RemoteProtocolError("the upstream applied chunked twice")
+            codings = b",".join([v for n, v in fields if n.lower() == b"transfer-encoding"])
+            tokens = [token.strip(b" \t") for token in codings.lower().split(b",")]
+            if [token for token in tokens if token] != [b"chunked"]:  # (empty ones: none)
+                # Only chunked, once (as nginx has it). Any other coding would reach the
+                # client still coded (Transfer-Encoding is hop-by-hop: it is not passed on),
+                # and chunked twice (RFC 9112 §7) would be undone once by llhttp.
+                raise httpx.RemoteProtocolError(
+                    f"the upstream used a transfer coding other than chunked once: {codings[:64]!r}"
+                )
             if self._parser.get_http_version() != "1.1":
                 # RFC 9112 §6.1: HTTP/1.0 has no Transfer-Encoding. Read the message as
                 # framed, then close: the sender may not frame the next one the same way.
                 self._must_close = True
-            # llhttp: chunked only when it is the last coding of the last such header.
-            coding = codings[-1]
-            if coding.rsplit(b",", 1)[-1].strip().lower() == b"chunked":
-                self._start_chunked()
-            else:
-                self.until_eof = True
+            self._start_chunked()
         else:
             self.until_eof = b"\ncontent-length\n" not in names
 
