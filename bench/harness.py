@@ -208,6 +208,15 @@ def summarize(samples: list[tuple[float, float, bool]], seconds: float) -> Load:
     return Load(len(samples) / seconds, pct(0.5), pct(0.99), len(samples), errors, samples)
 
 
+def start_redis(binary: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A private redis-server on a free port, nothing saved, answering: (process, port)."""
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--save", "",
+                                "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
+    wait_for_port(port)
+    return process, port
+
+
 def stop_redis(process: subprocess.Popen[bytes], directory: str) -> None:
     """Stop a redis-server we started (even a paused one) and remove its directory."""
     process.send_signal(signal.SIGCONT)

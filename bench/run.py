@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import report, scenarios
-from bench.harness import Server, descendants, free_port, have, uvicorn, wait_for_port
+from bench.harness import Server, descendants, free_port, have, start_redis, uvicorn
 
 
 def main() -> int:
@@ -53,10 +52,7 @@ def main() -> int:
     groups = set(
         args.only or ["asgi", "transports", "openresty", "wsgi", "canary", "outage", "streaming"]
     )
-    redis_port = free_port()
-    redis_process = subprocess.Popen([binary, "--port", str(redis_port), "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
-    wait_for_port(redis_port)
+    redis_process, redis_port = start_redis(binary)
     canary_port, stable_port = free_port(), free_port()
     canary = Server("canary", uvicorn("bench.apps:backend", canary_port), port=canary_port,
                     env={"MESSAGE": "This is version 2"})  # fmt: skip

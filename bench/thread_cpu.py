@@ -18,13 +18,12 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import TICKS, Server, cpu_seconds, free_port, uvicorn, wait_for_port
+from bench.harness import TICKS, Server, cpu_seconds, free_port, start_redis, uvicorn
 from bench.scenarios import load
 
 
@@ -52,10 +51,7 @@ def main() -> int:
         return 2
     from canary_mw.stores import store_from_url
 
-    redis_port = free_port()
-    redis = subprocess.Popen([binary, "--port", str(redis_port), "--save", "",
-                              "--appendonly", "no"], stdout=subprocess.DEVNULL)  # fmt: skip
-    wait_for_port(redis_port)
+    redis, redis_port = start_redis(binary)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     canary_port = free_port()
     canary = Server("canary", uvicorn("bench.apps:backend", canary_port), port=canary_port)

@@ -440,8 +440,11 @@ class Exchange:
             # passes 000-099, which would otherwise pass for an interim answer: the next
             # response would be taken for this request's.
             raise httpx.RemoteProtocolError(f"the upstream answered status {status}")
+        # The framing headers, found in C: names cannot hold a line feed (llhttp refuses
+        # one), so "\nname\n" in the joined names is an exact match of a whole name.
+        names = b"\n%s\n" % b"\n".join(map(_name, fields)).lower()
         if status < 200:  # 100 Continue, 103 Early Hints: the final answer follows
-            _check_interim(fields)
+            _check_interim(fields, names)
             self._fields, self.reason = [], b""
             self._interim = True
             return
@@ -455,9 +458,6 @@ class Exchange:
             self.complete = True
             self.keep_alive = False
             return
-        # The framing headers, found in C: names cannot hold a line feed (llhttp refuses
-        # one), so "\nname\n" in the joined names is an exact match of a whole name.
-        names = b"\n%s\n" % b"\n".join(map(_name, fields)).lower()
         if (
             b"\nconnection\n" in names
             and self._parser.get_http_version() != "1.1"
@@ -526,13 +526,13 @@ class Exchange:
         self.keep_alive = not self._must_close and self._parser.should_keep_alive()
 
 
-def _check_interim(fields: list[tuple[bytes, bytes]]) -> None:
+def _check_interim(fields: list[tuple[bytes, bytes]], names: bytes) -> None:
     """Refuse an interim (1xx) head that frames a body. A 1xx ends with its head: no content,
     no trailers (RFC 9110 §15.2), and no Content-Length (§8.6). llhttp reads a body for a
     1xx other than 100, 102 and 103 when the head frames one, and that body's bytes and
     trailer fields would be taken for the final answer's body and header fields. A zero
-    Content-Length frames nothing and is let through."""
-    names = b"\n%s\n" % b"\n".join(map(_name, fields)).lower()
+    Content-Length frames nothing and is let through. ``names``: the fields' names, lower
+    case, each between line feeds (on_headers_complete's)."""
     if b"\ntransfer-encoding\n" in names or (
         b"\ncontent-length\n" in names
         and any(n.lower() == b"content-length" and v.strip(b" \t0") for n, v in fields)

@@ -50,7 +50,7 @@ class IdleConnections(Generic[C]):
 
     def offer(self, connection: C, now: float) -> bool:
         """Keep ``connection`` idle (under its ``origin``) from ``now``, if there is room."""
-        if self._max is not None and len(self._oldest_first) >= self._max:
+        if not self.has_room():
             return False
         connection.idle_since = now
         self.put(connection.origin, connection)

@@ -73,6 +73,13 @@ class _Connection:
             self.sock.settimeout(timeout)
             self._timeout = timeout
 
+    def readable_within(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever) until the socket can be read (a
+        closed one: the read says how)."""
+        if self.sock.fileno() < 0:
+            return True
+        return bool(self._reader.poll(None if timeout is None else _milliseconds(timeout)))
+
     def recv(self, timeout: float | None) -> bytes:
         """Up to READ_SIZE bytes (b"" at the end), read within ``timeout``."""
         sock = self.sock
@@ -85,10 +92,7 @@ class _Connection:
             deadline = None if timeout is None else time.monotonic() + timeout
             left = timeout
             while True:
-                # Wait until the socket can be read (a closed one: the read says how).
-                if sock.fileno() >= 0 and not self._reader.poll(
-                    None if left is None else _milliseconds(left)
-                ):
+                if not self.readable_within(left):
                     raise httpx.ReadTimeout("read timed out")
                 try:
                     return sock.recv(READ_SIZE)
@@ -155,7 +159,7 @@ class _Connection:
         sock = self.sock
         if not self.plain and sock.pending():  # type: ignore[attr-defined]
             return False
-        return sock.fileno() >= 0 and not self._reader.poll(0)
+        return not self.readable_within(0)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -466,11 +470,7 @@ def _receive_head(connection: _Connection, exchange: Exchange, timeout: float | 
     deadline = None if timeout is None else time.monotonic() + timeout
     left = timeout
     while True:
-        data = connection.recv(left)
-        if data:
-            exchange.feed(data)
-        else:
-            exchange.feed_eof()
+        _receive(connection, exchange, left)
         if exchange.head_done:
             return
         if deadline is not None:

@@ -308,7 +308,7 @@ class SyncHTTPForwarder(ForwarderBase):
         try:
             headers, _ = self.answered(upstream, response, tag)
             status_line = _status_line(response.status, response.reason.decode("ascii", "ignore"))
-            native = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+            native = _native(headers)
         except BaseException:
             response.close()  # never hold a pooled connection past a failure of ours
             raise
