@@ -472,7 +472,10 @@ class Exchange:
         if b"\ntransfer-encoding\n" in names:
             codings = b",".join([v for n, v in fields if n.lower() == b"transfer-encoding"])
             tokens = [token.strip(b" \t") for token in codings.lower().split(b",")]
-            if [token for token in tokens if token] != [b"chunked"]:  # (empty ones: none)
+            # llhttp frames by the last element alone, an empty one included ("chunked ,"
+            # is not chunked to it): that one must be chunked, and no other element may be
+            # anything but empty (",chunked" is chunked to both).
+            if tokens[-1] != b"chunked" or [token for token in tokens if token] != [b"chunked"]:
                 # Only chunked, once (as nginx has it). Any other coding would reach the
                 # client still coded (Transfer-Encoding is hop-by-hop: it is not passed on),
                 # and chunked twice (RFC 9112 §7) would be undone once by llhttp.

@@ -131,6 +131,13 @@ CASES = {
                      Outcome(error="other than chunked")),
     "gzip-then-chunked": (b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
                           False, Outcome(error="other than chunked")),
+    # llhttp frames by the last element, empty or not: "chunked ," is not chunked to it.
+    "chunked-then-an-empty-element": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked ,\r\n\r\n2\r\nab\r\n0\r\n\r\n", False,
+        Outcome(error="other than chunked")),
+    "chunked-then-an-empty-header": (
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: \r\n\r\n"
+        b"2\r\nab\r\n0\r\n\r\n", False, Outcome(error="invalid response")),  # (llhttp's own)
     "an-empty-list-element": (b"HTTP/1.1 200 OK\r\ntransfer-encoding: ,chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n",
                               False, Outcome(200, ((b"transfer-encoding", b",chunked"),), b"ab", True, True)),
     # Anything after a complete response poisons the connection (finding 4).

@@ -155,7 +155,7 @@ def streams(draw: st.DrawFn) -> bytes:
                 [b"5", b"05", b"+5", b" 5 ", b"5, 5", b"5,6", b"-1", b"", b"0", b"4", b"6"])))  # fmt: skip
         elif oddity == "coding":
             fields.append(b"Transfer-Encoding: " + draw(st.sampled_from([b"chunked", b"Chunked",
-                b"chunked, chunked", b"identity", b"chunked;q=1", b",chunked", b"chunked,", b""])))  # fmt: skip
+                b"chunked, chunked", b"identity", b"chunked;q=1", b",chunked", b"chunked,", b"chunked ,", b""])))  # fmt: skip
         elif oddity == "connection":
             fields.append(b"Connection: " + draw(st.sampled_from([b"close", b"keep-alive",
                 b"close, keep-alive", b"keep-alive, close", b"upgrade", b"te, close", b""])))  # fmt: skip
